@@ -1,0 +1,127 @@
+"""A run is described by one plain, frozen value: it can be saved, hashed, diffed, replayed."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SpecError
+from .registry import get_backbone
+
+STRATEGIES = ("frozen", "partial", "full", "two-phase")
+UNFREEZE_UNITS = ("layers", "blocks")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "translation")
+DEFAULT_AUGMENTATION = ("flip", "rotation", "zoom")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    backbone: str = "MobileNetV2-0.35"
+    weights: str = "imagenet"  # "imagenet", "none" (random init) or a path to a weights file
+    image_size: int = 0  # 0 -> the backbone's default input size
+    hidden_units: int = 0  # 0 -> no hidden Dense layer in the head
+    dropout: float = 0.2
+    strategy: str = "frozen"
+    unfreeze: int = 0  # for partial / two-phase: how many top layers or blocks train
+    unfreeze_unit: str = "layers"
+    epochs: int = 10  # for two-phase: the fine-tuning epochs after the head epochs
+    head_epochs: int = 3  # two-phase only: epochs with the backbone frozen
+    fine_tune_lr_factor: float = 0.1  # two-phase only: phase-2 learning rate multiplier
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    label_smoothing: float = 0.0
+    augment: tuple[str, ...] = ()
+    class_weights: bool = False
+    early_stopping: int = 0  # patience in epochs; 0 turns it off
+    reduce_lr: bool = False
+    val_split: float = 0.2  # ignored when the dataset brings its own train/val split
+    test_split: float = 0.0
+    seed: int = 42
+
+    def normalized(self) -> RunSpec:
+        """Validated, with defaults resolved, so equal work has equal specs."""
+        backbone = get_backbone(self.backbone)
+        size = int(self.image_size) or backbone.default_size
+        if size < backbone.min_size or size > 1024:
+            raise SpecError(
+                f"Image size {size} does not fit {backbone.key}: "
+                f"use {backbone.min_size} to 1024 (default {backbone.default_size})."
+            )
+        if self.strategy not in STRATEGIES:
+            raise SpecError(f"Unknown strategy {self.strategy!r}: use one of {STRATEGIES}.")
+        if self.unfreeze_unit not in UNFREEZE_UNITS:
+            raise SpecError(f"Unfreeze unit must be one of {UNFREEZE_UNITS}.")
+        if self.strategy in ("partial", "two-phase") and self.unfreeze < 1:
+            raise SpecError(f"Strategy {self.strategy!r} needs --unfreeze of at least 1.")
+        bad_aug = [a for a in self.augment if a not in AUGMENTATIONS]
+        if bad_aug:
+            raise SpecError(f"Unknown augmentation {bad_aug}: use any of {AUGMENTATIONS}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise SpecError(f"Unknown optimizer {self.optimizer!r}: use one of {OPTIMIZERS}.")
+        if not 1 <= self.epochs <= 1000:
+            raise SpecError("Epochs must be between 1 and 1000.")
+        if not 1 <= self.batch_size <= 4096:
+            raise SpecError("Batch size must be between 1 and 4096.")
+        if not 0 < self.learning_rate < 10:
+            raise SpecError("Learning rate must be a positive number below 10.")
+        if not 0 <= self.dropout < 1:
+            raise SpecError("Dropout must be in [0, 1).")
+        if not 0 <= self.label_smoothing < 1:
+            raise SpecError("Label smoothing must be in [0, 1).")
+        if not 0 < self.val_split < 0.9 or not 0 <= self.test_split < 0.9:
+            raise SpecError("Validation split must be in (0, 0.9) and test split in [0, 0.9).")
+        if self.val_split + self.test_split >= 0.9:
+            raise SpecError("Validation and test splits together must leave 10% to train on.")
+        weights = self.weights if self.weights in ("imagenet", "none") else str(self.weights)
+        unfreeze = self.unfreeze if self.strategy in ("partial", "two-phase") else 0
+        return dataclasses.replace(
+            self,
+            image_size=size,
+            weights=weights,
+            unfreeze=int(unfreeze),
+            augment=tuple(sorted(set(self.augment))),
+            head_epochs=int(self.head_epochs) if self.strategy == "two-phase" else 0,
+            fine_tune_lr_factor=(
+                float(self.fine_tune_lr_factor) if self.strategy == "two-phase" else 1.0
+            ),
+        )
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """A frozen backbone with no augmentation sees each image the same way every epoch."""
+        return self.strategy in ("frozen", "two-phase") and not self.augment
+
+    def to_dict(self) -> dict[str, Any]:
+        value = dataclasses.asdict(self)
+        value["augment"] = list(self.augment)
+        return value
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> RunSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(value) - known
+        if unknown:
+            raise SpecError(f"Unknown run settings: {sorted(unknown)}.")
+        cleaned = dict(value)
+        if "augment" in cleaned:
+            cleaned["augment"] = tuple(cleaned["augment"])
+        return cls(**cleaned)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def cache_key(spec: RunSpec, weights_identity: str, dataset_hash: str) -> str:
+    """Identical work has an identical key: the spec, the weights' content, the data's content."""
+    payload = spec.to_dict()
+    payload["weights"] = weights_identity
+    digest = hashlib.sha256()
+    digest.update(canonical_json(payload).encode())
+    digest.update(dataset_hash.encode())
+    return digest.hexdigest()
