@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def shared_root() -> Path:
     return Path(os.environ.get("TL_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
+
+
+def _offline_keras_home() -> None:
+    """Keras reads KERAS_HOME once, at import: point it at a writable copy of the shared cache
+    before any test imports Keras, and never let a test reach for the network."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TL_OFFLINE"] = "1"
+    source = shared_root() / "weights" / "keras_home"
+    home = Path(tempfile.mkdtemp(prefix="tl-keras-home-"))
+    if source.is_dir():
+        shutil.copytree(source, home, dirs_exist_ok=True)
+        for path in [home, *home.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    os.environ["KERAS_HOME"] = str(home)
+
+
+_offline_keras_home()
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +59,40 @@ def workspace(tmp_path: Path):
 
 
 @pytest.fixture
-def keras_home(shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A writable copy of the shared Keras cache, as KERAS_HOME, with downloads disabled."""
-    home = tmp_path / "keras_home"
-    shutil.copytree(shared_dir / "weights" / "keras_home", home)
-    for path in [home, *home.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.setenv("TL_OFFLINE", "1")
-    return home
+def keras_home(shared_dir: Path) -> Path:
+    """The session's writable copy of the shared Keras cache (KERAS_HOME)."""
+    return Path(os.environ["KERAS_HOME"])
+
+
+def write_color_classes(
+    root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 10, size: int = 40,
+    seed: int = 0,
+) -> Path:
+    """Real JPEG files: one folder per class, noisy images around each class's colour."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, colour in classes.items():
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 25, (size, size, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / f"{label}_{i:03d}.jpg", quality=92)
+    return root
+
+
+TINY_CLASSES = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path: Path) -> Path:
+    return write_color_classes(tmp_path / "tiny", TINY_CLASSES, per_class=10)
+
+
+@pytest.fixture
+def tiny_dataset(workspace, tiny_data_dir: Path):
+    from tl_engine.datasets import ingest_folder
+
+    return ingest_folder(workspace, tiny_data_dir, project="test")

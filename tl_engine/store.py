@@ -88,8 +88,11 @@ class Workspace:
         for sub in ("images", "datasets", "runs", "features", "locks", "logs", "tmp"):
             (self.root / sub).mkdir(exist_ok=True)
         self.db_path = self.root / "index.sqlite"
-        with self.transaction() as db:
-            db.executescript(SCHEMA)
+        db = self.connect()
+        try:
+            db.executescript(SCHEMA)  # executescript manages its own transaction
+        finally:
+            db.close()
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"

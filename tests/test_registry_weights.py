@@ -1,0 +1,109 @@
+"""The backbone registry and where starting weights come from, offline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import PROJECT_ROOT
+
+from tl_engine.errors import WeightsUnavailable
+from tl_engine.registry import BACKBONES, get_backbone
+from tl_engine.weights import load_backbone, weights_identity, weights_status
+
+REQUIRED = [
+    "MobileNetV2-1.0", "MobileNetV2-0.35", "MobileNet-0.25", "MobileNetV3Small",
+    "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0", "ResNet50", "ResNet50V2",
+    "VGG16", "DenseNet121", "InceptionV3", "Xception", "ConvNeXtTiny",
+]
+
+
+def test_registry_has_every_required_backbone_with_complete_entries():
+    for key in REQUIRED:
+        entry = get_backbone(key)
+        assert entry.default_size >= entry.min_size >= 32
+        assert entry.weights_file.endswith(".h5")
+        assert entry.params > 100_000 and entry.feature_dim > 0
+        assert entry.preprocessing in ("tf", "torch", "caffe", "none")
+        assert 0.4 < entry.imagenet_top1 < 0.9
+
+
+@pytest.mark.parametrize("key", ["MobileNetV2-0.35", "MobileNet-0.25", "InceptionV3"])
+def test_blocks_cover_every_layer_and_param_count_matches(key):
+    entry = get_backbone(key)
+    model = entry.build(entry.default_size)
+    blocks = entry.block_names([layer.name for layer in model.layers])
+    assert len(blocks) == len(model.layers)
+    assert len(set(blocks)) >= 10
+    assert model.count_params() == entry.params
+
+
+def test_weights_status_offline(keras_home):
+    assert weights_status(get_backbone("MobileNetV2-0.35")) == "cached"
+    assert weights_status(get_backbone("MobileNet-0.25")) == "cached"
+    assert weights_status(get_backbone("ResNet50")) == "missing"
+
+
+def test_imagenet_weights_load_offline_at_any_input_size(keras_home):
+    entry = get_backbone("MobileNetV2-0.35")
+    reference = entry.build_imagenet()
+    resized = load_backbone(entry, "imagenet", 96)
+    assert resized.input_shape == (None, 96, 96, 3)
+    for mine, theirs in zip(resized.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    mobilenet = load_backbone(get_backbone("MobileNet-0.25"), "imagenet", 128)
+    assert mobilenet.output_shape[-1] == 256
+
+
+def test_missing_weights_fail_fast_naming_file_and_folder(keras_home):
+    with pytest.raises(WeightsUnavailable) as info:
+        load_backbone(get_backbone("ResNet50"), "imagenet", 64)
+    message = str(info.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(keras_home / "models") in message
+
+
+def test_local_weights_file_and_random_init(tmp_path, shared_dir):
+    entry = get_backbone("MobileNetV2-1.0")
+    extra = shared_dir / "weights" / "extra" / "mobilenet_v2_1.0_224_from_coral_quant_no_top.weights.h5"
+    loaded = load_backbone(entry, str(extra), 96)
+    fresh = load_backbone(entry, "none", 96)
+    assert any(not np.allclose(a, b) for a, b in zip(loaded.get_weights(), fresh.get_weights()))
+    assert weights_identity(entry, str(extra), 1).startswith("file:")
+    assert weights_identity(entry, "none", 1) != weights_identity(entry, "none", 2)
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        weights_identity(entry, str(tmp_path / "nope.h5"), 1)
+    wrong = tmp_path / "wrong.weights.h5"
+    get_backbone("MobileNet-0.25").build(224).save_weights(wrong)
+    with pytest.raises(WeightsUnavailable, match="does not fit MobileNetV2-1.0"):
+        load_backbone(entry, str(wrong), 96)
+
+
+def _cli(*args: str, workspace=None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tl_engine", *args]
+    if workspace is not None:
+        command += ["--workspace", str(workspace)]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_backbones_json_lists_availability(keras_home):
+    result = _cli("backbones", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["key"]: row for row in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert set(REQUIRED) <= set(rows)
+    assert rows["MobileNetV2-0.35"]["weights"] == "cached"
+    assert rows["VGG16"]["weights"] == "missing"
+    assert len(rows) == len(BACKBONES)
+
+
+def test_cli_reports_missing_weights_in_one_line(keras_home, tiny_data_dir, tmp_path):
+    result = _cli("train", "--data", str(tiny_data_dir), "--backbone", "ResNet50",
+                  "--image-size", "64", workspace=tmp_path / "ws")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in result.stderr
+    bad = _cli("train", "--data", str(tmp_path / "absent"), workspace=tmp_path / "ws")
+    assert bad.returncode == 2 and "absent" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,195 @@
+"""Training runs end to end: the store, the feature cache, the queue, cancel and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import PROJECT_ROOT
+
+from tl_engine import runs
+from tl_engine.features import FeatureCache, feature_key
+from tl_engine.jobs import (
+    cancel_run,
+    recover_interrupted,
+    resume_run,
+    submit_run,
+    wait_for_run,
+    worker_main,
+)
+from tl_engine.spec import RunSpec
+from tl_engine.store import Workspace
+
+TINY = dict(backbone="MobileNetV2-0.35", weights="none", image_size=32, batch_size=8,
+            learning_rate=0.01)
+
+
+def _train_here(ws, dataset, **settings):
+    """Queue and train in this process (the worker's own code path, without the spawn)."""
+    spec = RunSpec(**{**TINY, **settings})
+    submission = submit_run(ws, dataset.project, dataset.id, spec, start_worker=False)
+    worker_main(ws)
+    return submission, runs.get_run(ws, submission.run_id)
+
+
+def test_frozen_run_stores_metrics_model_and_evaluation(workspace, tiny_dataset):
+    submission, run = _train_here(workspace, tiny_dataset, epochs=3)
+    assert not submission.cached
+    assert run.status == "completed", run.error
+    metrics = runs.run_metrics(workspace, run.id)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "top_k"} <= set(metrics[0])
+    evaluation = runs.evaluation(workspace, run.id)["val"]
+    assert evaluation["classes"] == ["blue", "green", "red"]
+    assert np.asarray(evaluation["confusion_matrix"]).sum() == run.summary["n_val"]
+    assert set(evaluation["per_class"]) == {"blue", "green", "red"}
+    assert run.summary["features_computed"] == 30 and run.summary["features_reused"] == 0
+    assert run.summary["trainable_params"] < run.summary["frozen_params"]
+
+    # The saved complete model predicts what the head predicts on the cached features.
+    model = keras.saving.load_model(runs.model_path(workspace, run.id), compile=False)
+    records = sorted(tiny_dataset.records, key=lambda r: r.hash)[:6]
+    from tl_engine.pipeline import image_dataset
+
+    pixels = np.concatenate(list(image_dataset(
+        [str(workspace.image_path(r.hash)) for r in records], None, 32, 8).as_numpy_iterator()))
+    key = feature_key("MobileNetV2-0.35", "none:seed=42", 32)
+    cached = FeatureCache(workspace).lookup(key, [r.hash for r in records])
+    assert not cached.missing
+    head = model.get_layer("head")
+    np.testing.assert_allclose(
+        model.predict(pixels, verbose=0),
+        head.predict(np.stack([cached.vectors[r.hash] for r in records]), verbose=0),
+        atol=1e-5,
+    )
+
+
+def test_identical_spec_is_cached_and_other_heads_reuse_features(workspace, tiny_dataset):
+    first, run = _train_here(workspace, tiny_dataset, epochs=2)
+    again = submit_run(workspace, "test", tiny_dataset.id, RunSpec(**TINY, epochs=2),
+                       start_worker=False)
+    assert again.cached and again.run_id == first.run_id
+    _, other_head = _train_here(workspace, tiny_dataset, epochs=2, hidden_units=16)
+    assert other_head.id != run.id
+    assert other_head.summary["features_computed"] == 0
+    assert other_head.summary["features_reused"] == 30
+    # Same seed, same data, same spec: the same metrics when trained again.
+    forced = submit_run(workspace, "test", tiny_dataset.id, RunSpec(**TINY, epochs=2),
+                        force=True, start_worker=False)
+    worker_main(workspace)
+    assert forced.run_id != first.run_id
+    timing = {"seconds", "phase"}
+    repeat = [{k: v for k, v in m.items() if k not in timing}
+              for m in runs.run_metrics(workspace, forced.run_id)]
+    original = [{k: v for k, v in m.items() if k not in timing}
+                for m in runs.run_metrics(workspace, first.run_id)]
+    assert repeat == original
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(strategy="two-phase", unfreeze=2, unfreeze_unit="blocks", epochs=1, head_epochs=1,
+             augment=("flip", "rotation", "zoom", "contrast", "translation")),
+        dict(strategy="partial", unfreeze=10, epochs=1, class_weights=True, label_smoothing=0.1,
+             early_stopping=2, reduce_lr=True, optimizer="sgd", test_split=0.2),
+        dict(strategy="full", epochs=1, optimizer="adamw"),
+    ],
+)
+def test_fine_tuning_strategies_train_end_to_end(workspace, tiny_dataset, settings):
+    _, run = _train_here(workspace, tiny_dataset, **settings)
+    assert run.status == "completed", run.error
+    metrics = runs.run_metrics(workspace, run.id)
+    if settings["strategy"] == "two-phase":
+        assert [m["phase"] for m in metrics] == ["head", "fine-tune"]
+        assert run.summary["features_computed"] == 0  # augmentation: no cached features
+    assert run.summary["trainable_params"] > 0
+    if settings.get("test_split"):
+        assert runs.evaluation(workspace, run.id)["test"]["n_images"] == run.summary["n_test"] > 0
+
+
+def _wait_until(predicate, timeout_s=180.0, poll_s=0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError("condition not reached in time")
+
+
+def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_dataset):
+    """A real detached worker: runs queue behind each other, cancel stops one, a killed
+    worker leaves an interrupted run that resumes from its checkpoint."""
+    long_spec = RunSpec(**{**TINY, "strategy": "full", "epochs": 400})
+    first = submit_run(workspace, "test", tiny_dataset.id, long_spec)
+    second = submit_run(workspace, "test", tiny_dataset.id, RunSpec(**TINY, epochs=400,
+                                                                          strategy="full",
+                                                                          seed=7))
+    assert runs.queue_position(workspace, second.run_id) in (1, 2)
+    running = _wait_until(lambda: runs.get_run(workspace, first.run_id).status == "running")
+    assert running
+    assert runs.queue_position(workspace, second.run_id) == 1
+    # Progress arrives while the epoch is running.
+    _wait_until(lambda: runs.get_run(workspace, first.run_id).progress.get("epoch"))
+    assert cancel_run(workspace, second.run_id) == "cancelled"
+    cancel_run(workspace, first.run_id)
+    final = wait_for_run(workspace, first.run_id, timeout_s=120)
+    assert final.status == "cancelled"
+
+    # Kill the worker in the middle of a run: the next start marks it interrupted.
+    third = submit_run(workspace, "test", tiny_dataset.id,
+                       RunSpec(**{**TINY, "strategy": "full", "epochs": 4, "seed": 3}))
+    _wait_until(lambda: len(runs.run_metrics(workspace, third.run_id)) >= 1)
+    pid = runs.get_run(workspace, third.run_id).worker_pid
+    os.kill(pid, signal.SIGKILL)
+    _wait_until(lambda: not _alive(pid))
+    assert third.run_id in recover_interrupted(Workspace(workspace.root))
+    assert runs.get_run(workspace, third.run_id).status == "interrupted"
+    done_before = len(runs.run_metrics(workspace, third.run_id))
+    resume_run(workspace, third.run_id)
+    resumed = wait_for_run(workspace, third.run_id, timeout_s=300)
+    assert resumed.status == "completed", resumed.error
+    epochs = [m["epoch"] for m in runs.run_metrics(workspace, third.run_id)]
+    assert epochs == [1, 2, 3, 4]
+    assert done_before >= 1 and resumed.epochs_run == 4
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def test_cli_train_runs_in_worker_and_returns_json(tiny_data_dir, tmp_path):
+    ws = tmp_path / "cli-ws"
+    command = [sys.executable, "-m", "tl_engine", "train", "--data", str(tiny_data_dir),
+               "--backbone", "MobileNetV2-0.35", "--weights", "none", "--image-size", "32",
+               "--epochs", "2", "--batch-size", "8", "--workspace", str(ws), "--json"]
+    first = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    import json
+
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert result["status"] == "completed" and result["cached"] is False
+    assert result["epochs_run"] == 2 and os.path.isfile(result["model_path"])
+    assert {"run_id", "val_accuracy", "seconds"} <= set(result)
+    assert "%" in first.stderr  # the progress bar
+    second = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    assert again["cached"] is True and again["run_id"] == result["run_id"]
+    listing = subprocess.run([sys.executable, "-m", "tl_engine", "runs", "--workspace", str(ws),
+                              "--json"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert [r["run_id"] for r in json.loads(listing.stdout)] == [result["run_id"]]

@@ -1,0 +1,331 @@
+"""`python -m tl_engine ...`: the engine headless, the same calls the dashboard makes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import TLError
+from .spec import DEFAULT_AUGMENTATION, STRATEGIES, RunSpec
+from .store import Workspace
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=None, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) if r.get(c) is not None else "" for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .registry import list_backbones
+    from .weights import weights_status
+
+    rows = [
+        {
+            "key": b.key,
+            "parameters": b.params,
+            "default_size": b.default_size,
+            "min_size": b.min_size,
+            "preprocessing": b.preprocessing,
+            "imagenet_top1": b.imagenet_top1,
+            "weights_file": b.weights_file,
+            "weights": weights_status(b),
+        }
+        for b in list_backbones()
+    ]
+    if args.json:
+        _print_json(rows)
+    else:
+        print(_table(rows, ["key", "parameters", "default_size", "imagenet_top1", "weights"]))
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .datasets import check_data
+
+    report = check_data(args.data)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{report['n_images']} images in {report['n_classes']} classes")
+        for label, info in report["classes"].items():
+            print(f"  {label}: {info['count']}")
+        for item in report["unreadable"]:
+            print(f"  unreadable: {item['file']}: {item['reason']}")
+        for warning in report["warnings"]:
+            print(f"  warning: {warning}")
+        for error in report["errors"]:
+            print(f"  error: {error}")
+    return 2 if report["errors"] else 0
+
+
+def _ingest(ws: Workspace, data: str, project: str) -> Any:
+    from .datasets import ingest_folder, ingest_zip
+
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return ingest_folder(ws, path, project=project)
+    if path.is_file():
+        return ingest_zip(ws, path, project=project)
+    raise TLError(f"--data {data}: no such folder or .zip file.")
+
+
+def _spec_from_args(args: argparse.Namespace) -> RunSpec:
+    augment = tuple(a.strip() for a in args.augment.split(",") if a.strip()) if args.augment else ()
+    return RunSpec(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        hidden_units=args.hidden_units, dropout=args.dropout, strategy=args.strategy,
+        unfreeze=args.unfreeze, unfreeze_unit=args.unfreeze_unit, epochs=args.epochs,
+        head_epochs=args.head_epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, optimizer=args.optimizer,
+        label_smoothing=args.label_smoothing, augment=augment,
+        class_weights=args.class_weights, early_stopping=args.early_stopping,
+        reduce_lr=args.reduce_lr, val_split=args.val_split, test_split=args.test_split,
+        seed=args.seed,
+    )
+
+
+class _ProgressBar:
+    """tqdm on stderr, following the run's progress in the store."""
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, file=sys.stderr, disable=not enabled,
+                        bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]")
+
+    def __call__(self, run: Any) -> None:
+        progress = run.progress or {}
+        if run.status == "queued":
+            self.bar.set_description_str("queued")
+        else:
+            phase = progress.get("phase", run.status)
+            epoch = progress.get("epoch")
+            label = f"{phase} epoch {epoch}/{progress.get('epochs')}" if epoch else phase
+            acc = (progress.get("logs") or {}).get("accuracy")
+            self.bar.set_description_str(label + (f" acc {acc:.3f}" if acc is not None else ""))
+        target = int(1000 * float(progress.get("fraction") or 0))
+        if run.status == "completed":
+            target = 1000
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .jobs import submit_run, wait_for_run
+
+    ws = Workspace(args.workspace)
+    project = ws.ensure_project(args.project)
+    spec = _spec_from_args(args).normalized()
+    dataset = _ingest(ws, args.data, project)
+    submission = submit_run(ws, project, dataset.id, spec, force=args.force,
+                            started_by=args.started_by)
+    bar = _ProgressBar(enabled=not args.no_progress)
+    try:
+        run = wait_for_run(ws, submission.run_id, on_update=bar)
+    finally:
+        bar.close()
+    result = {
+        "run_id": run.id,
+        "status": run.status,
+        "cached": submission.cached,
+        "dataset_id": dataset.id,
+        "val_accuracy": run.summary.get("val_accuracy"),
+        "epochs_run": run.summary.get("epochs_run"),
+        "seconds": run.summary.get("seconds"),
+        "model_path": run.summary.get("model_path"),
+        "features_computed": run.summary.get("features_computed"),
+        "features_reused": run.summary.get("features_reused"),
+        "error": run.error,
+    }
+    if args.json:
+        _print_json(result)
+    else:
+        cached = " (cached: identical run already stored)" if submission.cached else ""
+        print(f"run {run.id}: {run.status}{cached}")
+        if run.status == "completed":
+            print(f"val accuracy {result['val_accuracy']:.4f} after {result['epochs_run']} "
+                  f"epochs, model at {result['model_path']}")
+        elif run.error:
+            print(f"error: {run.error}", file=sys.stderr)
+    return 0 if run.status == "completed" else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    ws = Workspace(args.workspace)
+    records = list_runs(ws, args.project)
+    if args.json:
+        _print_json([r.to_dict() for r in records])
+        return 0
+    rows = [
+        {"run_id": r.id, "project": r.project, "backbone": r.spec.backbone,
+         "strategy": r.spec.strategy, "status": r.status,
+         "val_accuracy": f"{r.val_accuracy:.4f}" if r.val_accuracy is not None else "",
+         "epochs": r.epochs_run or ""}
+        for r in records
+    ]
+    print(_table(rows, ["run_id", "project", "backbone", "strategy", "status",
+                        "val_accuracy", "epochs"]) if rows else "no runs yet")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_images
+
+    ws = Workspace(args.workspace)
+    predictions = predict_images(ws, args.run, args.images, top_k=args.top_k)
+    if args.json:
+        _print_json([p.to_dict() for p in predictions])
+    else:
+        for p in predictions:
+            if p.error:
+                print(f"{p.name}: error: {p.error}")
+            else:
+                tops = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top)
+                print(f"{p.name}: {tops}")
+    return 2 if any(p.error for p in predictions) else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    ws = Workspace(args.workspace)
+    path = export_run(ws, args.run, args.format, args.out)
+    print(path)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .jobs import cancel_run
+
+    print(cancel_run(Workspace(args.workspace), args.run))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .jobs import resume_run, wait_for_run
+
+    ws = Workspace(args.workspace)
+    resume_run(ws, args.run)
+    run = wait_for_run(ws, args.run) if args.wait else None
+    print(run.status if run else "queued")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .jobs import worker_main
+
+    worker_main(Workspace(args.workspace))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", default=argparse.SUPPRESS,
+                        help="workspace folder (default $TL_WORKSPACE or ./workspace)")
+    parser = argparse.ArgumentParser(prog="python -m tl_engine", parents=[common],
+                                     description="Transfer Learning Studio engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backbones", parents=[common], help="list backbones and their weights")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("check-data", parents=[common], help="health report of a folder or zip")
+    p.add_argument("--data", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("train", parents=[common], help="train (or reuse) a run and wait for it")
+    p.add_argument("--data", required=True, help="folder of class folders, or a .zip of one")
+    p.add_argument("--project", default="default")
+    p.add_argument("--backbone", default="MobileNetV2-0.35")
+    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file")
+    p.add_argument("--strategy", default="frozen", choices=STRATEGIES)
+    p.add_argument("--unfreeze", type=int, default=0, help="top layers (or blocks) to train")
+    p.add_argument("--unfreeze-unit", default="layers", choices=("layers", "blocks"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--head-epochs", type=int, default=3, help="two-phase: frozen epochs first")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=0, help="0: the backbone's default")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
+    p.add_argument("--hidden-units", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--augment", nargs="?", const=",".join(DEFAULT_AUGMENTATION), default="",
+                   help="augment in training; optionally a list: flip,rotation,zoom,contrast,"
+                        "translation")
+    p.add_argument("--class-weights", action="store_true")
+    p.add_argument("--early-stopping", type=int, default=0, help="patience in epochs; 0 off")
+    p.add_argument("--reduce-lr", action="store_true")
+    p.add_argument("--val-split", type=float, default=0.2)
+    p.add_argument("--test-split", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--force", action="store_true", help="train again even if identical")
+    p.add_argument("--started-by", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", parents=[common], help="list runs")
+    p.add_argument("--project", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("predict", parents=[common], help="top-k classes for images")
+    p.add_argument("--run", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", parents=[common], help="export a completed run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--format", required=True,
+                   choices=("keras", "savedmodel", "tflite", "tflite-quant", "labels", "card"))
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
+    p.add_argument("--run", required=True)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("resume", parents=[common], help="resume an interrupted run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--wait", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("worker", parents=[common], help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "workspace"):
+        args.workspace = None
+    try:
+        return int(args.func(args))
+    except TLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: a started run keeps training in its worker", file=sys.stderr)
+        return 130

@@ -1,0 +1,134 @@
+"""Exports of a completed run: .keras, SavedModel, TFLite (float32 and dynamic-range
+quantized), labels.txt and a model card. Each takes RGB pixels 0-255 at the training size."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from .datasets import load_dataset
+from .errors import SpecError
+from .registry import get_backbone
+from .store import Workspace
+
+FORMATS = ("keras", "savedmodel", "tflite", "tflite-quant", "labels", "card")
+_FILE_NAMES = {
+    "keras": "model.keras",
+    "savedmodel": "savedmodel",
+    "tflite": "model.tflite",
+    "tflite-quant": "model.quant.tflite",
+    "labels": "labels.txt",
+    "card": "model_card.json",
+}
+
+
+def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
+    run = runs.get_run(ws, run_id)
+    runs.model_path(ws, run_id)  # raises unless completed
+    spec = run.spec
+    entry = get_backbone(spec.backbone)
+    dataset = load_dataset(ws, run.dataset_id)
+    evaluation = runs.evaluation(ws, run_id)
+    val = evaluation.get("val", {})
+    return {
+        "name": f"{spec.backbone} {spec.strategy} · {run_id}",
+        "run_id": run_id,
+        "project": run.project,
+        "created_at": run.finished_at,
+        "backbone": {"key": entry.key, "keras_application": entry.constructor,
+                     "parameters": entry.params, "imagenet_top1": entry.imagenet_top1},
+        "weights": spec.weights if spec.weights in ("imagenet", "none") else "file",
+        "weights_identity": run.summary.get("weights_identity"),
+        "strategy": {"name": spec.strategy, "unfreeze": spec.unfreeze,
+                     "unit": spec.unfreeze_unit,
+                     "trainable_params": run.summary.get("trainable_params"),
+                     "frozen_params": run.summary.get("frozen_params")},
+        "training": spec.to_dict(),
+        "data": {"dataset_id": dataset.id, "content_hash": dataset.content_hash,
+                 "classes": list(dataset.classes), "images_per_class": dataset.counts(),
+                 "n_train": run.summary.get("n_train"), "n_val": run.summary.get("n_val"),
+                 "n_test": run.summary.get("n_test")},
+        "metrics": {"val_accuracy": val.get("accuracy"),
+                    "val_top_k_accuracy": val.get("top_k_accuracy"),
+                    "top_k": val.get("top_k"), "macro_f1": val.get("macro_f1"),
+                    "test_accuracy": evaluation.get("test", {}).get("accuracy"),
+                    "epochs_run": run.epochs_run, "seconds": run.seconds},
+        "labels": runs.labels(ws, run_id),
+        "input": {"shape": [spec.image_size, spec.image_size, 3], "dtype": "float32",
+                  "range": "RGB pixels 0-255, no normalisation (the model does it)",
+                  "resize": "bilinear with antialiasing to the square input size"},
+        "output": {"shape": [len(dataset.classes)], "meaning": "softmax probabilities, "
+                   "in the order of labels.txt"},
+        "exported_at": time.time(),
+    }
+
+
+def export_run(ws: Workspace, run_id: str, fmt: str, out: str | Path | None = None) -> Path:
+    """Write the export (cached under the run's folder) and copy it to `out` when given."""
+    if fmt not in FORMATS:
+        raise SpecError(f"Unknown export format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    model_file = runs.model_path(ws, run_id)
+    folder = ws.run_dir(run_id) / "exports"
+    folder.mkdir(exist_ok=True)
+    target = folder / _FILE_NAMES[fmt]
+    if not target.exists():
+        _write_export(ws, run_id, fmt, model_file, target)
+    if out is None:
+        return target
+    out = Path(out).expanduser()
+    if target.is_dir():
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(target, out)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, out)
+    return out
+
+
+def _write_export(ws: Workspace, run_id: str, fmt: str, model_file: Path, target: Path) -> None:
+    if fmt == "keras":
+        ws.write_bytes_atomic(target, model_file.read_bytes())
+    elif fmt == "labels":
+        ws.write_bytes_atomic(target, (ws.run_dir(run_id) / "labels.txt").read_bytes())
+    elif fmt == "card":
+        ws.write_json_atomic(target, model_card(ws, run_id))
+    elif fmt == "savedmodel":
+        import keras
+
+        staging = target.with_name(f".{target.name}.{time.time_ns()}")
+        keras.saving.load_model(str(model_file), compile=False).export(
+            str(staging), format="tf_saved_model", verbose=False
+        )
+        staging.replace(target)
+    else:
+        import tensorflow as tf
+
+        saved = export_run(ws, run_id, "savedmodel")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        if fmt == "tflite-quant":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        ws.write_bytes_atomic(target, converter.convert())
+
+
+def export_bytes(ws: Workspace, run_id: str, fmt: str) -> tuple[str, bytes]:
+    """(file name, bytes) for a download button; a SavedModel comes zipped."""
+    path = export_run(ws, run_id, fmt)
+    if not path.is_dir():
+        return f"{run_id}-{path.name}", path.read_bytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(path.rglob("*")):
+            if file.is_file():
+                archive.write(file, Path("savedmodel") / file.relative_to(path))
+    return f"{run_id}-savedmodel.zip", buffer.getvalue()
+
+
+def card_json(ws: Workspace, run_id: str) -> str:
+    return json.dumps(model_card(ws, run_id), indent=2)

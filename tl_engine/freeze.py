@@ -1,0 +1,166 @@
+"""Freeze strategies: a few named policies over one mechanism.
+
+Every strategy is "layers of the backbone from index k on are trainable"; strategies
+only differ in how they choose k. BatchNormalization layers always stay frozen and,
+because the backbone is called with training=False, in inference mode: their running
+statistics come from ImageNet and a few hundred images would only spoil them.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from .modeling import head_param_count
+from .registry import Backbone, get_backbone
+
+STRATEGY_HELP = {
+    "frozen": "Feature extraction: the whole backbone is frozen and only the new head "
+    "learns — fastest, and the safest choice for small datasets.",
+    "partial": "Fine-tune the top of the backbone: the last N layers (or blocks) learn "
+    "together with the head; the rest stay frozen.",
+    "full": "Everything trains: the backbone adapts completely — needs more data, more "
+    "time and a low learning rate.",
+    "two-phase": "First train the head with the backbone frozen, then unfreeze the top N "
+    "layers (or blocks) and continue at a lower learning rate — the Keras guide's recipe.",
+}
+
+
+@dataclass(frozen=True)
+class LayerState:
+    name: str
+    block: str
+    params: int
+    trainable: bool
+    batch_norm: bool
+
+
+@dataclass(frozen=True)
+class BlockState:
+    name: str
+    layers: int
+    params: int
+    trainable_params: int
+
+    @property
+    def trainable(self) -> bool:
+        return self.trainable_params > 0
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    strategy: str
+    unfreeze: int
+    unit: str
+    first_trainable: int  # index into the backbone's layers
+    layers: tuple[LayerState, ...]
+    head_params: int
+
+    @property
+    def backbone_trainable_params(self) -> int:
+        return sum(layer.params for layer in self.layers if layer.trainable)
+
+    @property
+    def trainable_params(self) -> int:
+        return self.backbone_trainable_params + self.head_params
+
+    @property
+    def frozen_params(self) -> int:
+        return sum(layer.params for layer in self.layers if not layer.trainable)
+
+    @property
+    def blocks(self) -> tuple[BlockState, ...]:
+        order: dict[str, list[LayerState]] = {}
+        for layer in self.layers:
+            order.setdefault(layer.block, []).append(layer)
+        return tuple(
+            BlockState(
+                name,
+                len(members),
+                sum(m.params for m in members),
+                sum(m.params for m in members if m.trainable),
+            )
+            for name, members in order.items()
+        )
+
+
+def _is_batch_norm(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def first_trainable_index(
+    strategy: str, unfreeze: int, unit: str, blocks: list[str]
+) -> int:
+    """The one decision each strategy makes: where the trainable top of the backbone starts."""
+    n_layers = len(blocks)
+    if strategy == "full":
+        return 0
+    if strategy == "frozen":
+        return n_layers
+    # "partial", and "two-phase" once its head phase is over.
+    if unit == "blocks":
+        distinct = list(dict.fromkeys(blocks))
+        chosen = set(distinct[-unfreeze:]) if unfreeze > 0 else set()
+        return next((i for i, b in enumerate(blocks) if b in chosen), n_layers)
+    return max(0, n_layers - unfreeze)
+
+
+def plan_freeze(
+    entry: Backbone,
+    backbone: Any,
+    strategy: str,
+    unfreeze: int = 0,
+    unit: str = "layers",
+    n_classes: int = 2,
+    hidden_units: int = 0,
+) -> FreezePlan:
+    names = [layer.name for layer in backbone.layers]
+    blocks = entry.block_names(names)
+    start = first_trainable_index(strategy, unfreeze, unit, blocks)
+    layers = tuple(
+        LayerState(
+            name=layer.name,
+            block=block,
+            params=int(sum(int(w.numpy().size) for w in layer.weights)),
+            trainable=i >= start and not _is_batch_norm(layer) and bool(layer.weights),
+            batch_norm=_is_batch_norm(layer),
+        )
+        for i, (layer, block) in enumerate(zip(backbone.layers, blocks, strict=True))
+    )
+    feature_dim = int(backbone.output_shape[-1])
+    return FreezePlan(
+        strategy, unfreeze, unit, start, layers,
+        head_param_count(feature_dim, n_classes, hidden_units),
+    )
+
+
+def apply_freeze(backbone: Any, plan: FreezePlan) -> None:
+    """Make the backbone's trainable flags match the plan (recompile the model afterwards)."""
+    backbone.trainable = plan.backbone_trainable_params > 0
+    for layer, state in zip(backbone.layers, plan.layers, strict=True):
+        layer.trainable = state.trainable
+
+
+@functools.lru_cache(maxsize=8)
+def _skeleton(key: str, image_size: int) -> Any:
+    return get_backbone(key).build(image_size)
+
+
+def describe_freeze(
+    backbone_key: str,
+    strategy: str,
+    unfreeze: int = 0,
+    unit: str = "layers",
+    image_size: int = 0,
+    n_classes: int = 2,
+    hidden_units: int = 0,
+) -> FreezePlan:
+    """The plan for a backbone without loading any weights (for previews and the CLI)."""
+    entry = get_backbone(backbone_key)
+    size = image_size or entry.default_size
+    return plan_freeze(
+        entry, _skeleton(entry.key, size), strategy, unfreeze, unit, n_classes, hidden_units
+    )

@@ -1,0 +1,259 @@
+"""Jobs: runs queue in the store and train in a worker process, never in the caller.
+
+One training slot per host (a job uses every visible GPU through MirroredStrategy): the
+worker that holds the slot's file lock trains queued runs one after another, oldest
+first, and exits when the queue is empty. The lock is released by the OS when a worker
+dies, so a run still marked "running" while nobody holds the lock was interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import runs
+from .datasets import load_dataset
+from .errors import TLError
+from .registry import get_backbone
+from .runs import RunRecord
+from .spec import RunSpec, cache_key, canonical_json
+from .store import Workspace
+from .weights import require_imagenet, weights_identity
+
+SLOT_LOCK = "training-slot.lock"
+
+
+@dataclass(frozen=True)
+class Submission:
+    run_id: str
+    cached: bool
+    status: str
+
+
+def _slot_path(ws: Workspace) -> Path:
+    return ws.locks_dir / SLOT_LOCK
+
+
+@contextlib.contextmanager
+def _slot(ws: Workspace, wait_s: float = 0.0) -> Iterator[bool]:
+    """Hold the training slot (yields True) or learn that somebody else does (False)."""
+    handle = open(_slot_path(ws), "a+")  # noqa: SIM115 - held for the whole block
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.2)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def slot_busy(ws: Workspace) -> bool:
+    with _slot(ws) as held:
+        return not held
+
+
+def recover_interrupted(ws: Workspace) -> list[str]:
+    """Mark runs whose worker died as interrupted (they can be resumed)."""
+    if not ws.query("SELECT 1 FROM runs WHERE status = 'running' LIMIT 1"):
+        return []
+    with _slot(ws) as held:
+        return _mark_orphans_interrupted(ws) if held else []
+
+
+def _mark_orphans_interrupted(ws: Workspace) -> list[str]:
+    """Only call with the slot held: then every 'running' run belongs to a dead worker."""
+    with ws.transaction() as db:
+        rows = db.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()
+        db.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = ?, "
+            "error = 'The worker process stopped before the run finished; resume it.' "
+            "WHERE status = 'running'",
+            (time.time(),),
+        )
+    return [row["id"] for row in rows]
+
+
+def submit_run(
+    ws: Workspace,
+    project: str,
+    dataset_id: str,
+    spec: RunSpec,
+    force: bool = False,
+    started_by: str | None = None,
+    start_worker: bool = True,
+) -> Submission:
+    """Queue a run and return at once. Identical work returns the stored run (cached=True)."""
+    spec = spec.normalized()
+    dataset = load_dataset(ws, dataset_id)
+    if dataset.project != project:
+        raise TLError(f"Dataset {dataset_id} belongs to project {dataset.project!r}.")
+    entry = get_backbone(spec.backbone)
+    identity = weights_identity(entry, spec.weights, spec.seed)
+    if spec.weights == "imagenet":
+        require_imagenet(entry)  # fail now, in the caller, not minutes later in the worker
+    key = cache_key(spec, identity, dataset.content_hash)
+    recover_interrupted(ws)
+    with ws.transaction() as db:
+        if not force:
+            same = db.execute(
+                "SELECT id, status FROM runs WHERE cache_key = ? AND project = ? "
+                "AND status IN ('completed', 'queued', 'running') "
+                "ORDER BY status = 'completed' DESC, created_at DESC LIMIT 1",
+                (key, project),
+            ).fetchone()
+            if same:
+                return Submission(same["id"], same["status"] == "completed", same["status"])
+        run_id = "r" + uuid.uuid4().hex[:10]
+        db.execute(
+            "INSERT INTO runs (id, project, dataset_id, spec_json, cache_key, status, "
+            "started_by, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+            (run_id, project, dataset_id, canonical_json(spec.to_dict()), key, started_by,
+             time.time()),
+        )
+    if start_worker:
+        ensure_worker(ws)
+    return Submission(run_id, False, "queued")
+
+
+def cancel_run(ws: Workspace, run_id: str) -> str:
+    """Queued runs are cancelled at once; a running one stops within a batch or two."""
+    run = runs.get_run(ws, run_id)
+    with ws.transaction() as db:
+        if run.status == "queued":
+            db.execute(
+                "UPDATE runs SET status = 'cancelled', finished_at = ? "
+                "WHERE id = ? AND status = 'queued'",
+                (time.time(), run_id),
+            )
+        elif run.status == "running":
+            db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+    return runs.get_run(ws, run_id).status
+
+
+def resume_run(ws: Workspace, run_id: str, start_worker: bool = True) -> Submission:
+    """Queue an interrupted (or failed, or cancelled) run again; it continues from its
+    last checkpoint where one exists."""
+    recover_interrupted(ws)
+    run = runs.get_run(ws, run_id)
+    if run.status not in ("interrupted", "failed", "cancelled"):
+        raise TLError(f"Run {run_id} is {run.status}: only a stopped run can be resumed.")
+    runs.update_run(ws, run_id, status="queued", error=None, finished_at=None,
+                    cancel_requested=0, created_at=time.time())
+    if start_worker:
+        ensure_worker(ws)
+    return Submission(run_id, False, "queued")
+
+
+def ensure_worker(ws: Workspace) -> bool:
+    """Start a worker when runs are queued and no worker holds the slot."""
+    recover_interrupted(ws)
+    if not ws.query("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1"):
+        return False
+    if slot_busy(ws) or _spawned_worker_alive(ws):
+        return False
+    spawn_worker(ws)
+    return True
+
+
+def _spawned_worker_alive(ws: Workspace) -> bool:
+    """A worker we started may still be importing TensorFlow before it takes the slot."""
+    try:
+        pid = int((ws.locks_dir / "worker.pid").read_text())
+    except (OSError, ValueError):
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child and has exited
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def spawn_worker(ws: Workspace) -> int:
+    """A detached process: closing the browser tab or restarting the app does not stop it."""
+    log = open(ws.logs_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    env = dict(os.environ, TL_WORKSPACE=str(ws.root), PYTHONUNBUFFERED="1")
+    project_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tl_engine", "--workspace", str(ws.root), "worker"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, env=env, cwd=str(ws.root),
+    )
+    log.close()
+    ws.write_bytes_atomic(ws.locks_dir / "worker.pid", str(process.pid).encode())
+    return process.pid
+
+
+def _claim_next(ws: Workspace) -> str | None:
+    with ws.transaction() as db:
+        row = db.execute(
+            "SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        db.execute(
+            "UPDATE runs SET status = 'running', started_at = ?, heartbeat_at = ?, "
+            "worker_pid = ?, cancel_requested = 0 WHERE id = ?",
+            (time.time(), time.time(), os.getpid(), row["id"]),
+        )
+        return row["id"]
+
+
+def worker_main(ws: Workspace) -> int:
+    """Train queued runs until none is left. Returns how many it trained."""
+    from .training import execute_run
+
+    trained = 0
+    while True:
+        with _slot(ws, wait_s=5.0) as held:
+            if not held:
+                return trained
+            _mark_orphans_interrupted(ws)
+            while (run_id := _claim_next(ws)) is not None:
+                execute_run(ws, run_id)
+                trained += 1
+        # A run queued just as we released the slot might have found it busy: look again.
+        if not ws.query("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1"):
+            return trained
+
+
+def wait_for_run(
+    ws: Workspace,
+    run_id: str,
+    on_update: Callable[[RunRecord], None] | None = None,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+) -> RunRecord:
+    """Block until the run leaves queued/running (polling the store)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        run = runs.get_run(ws, run_id)
+        if on_update:
+            on_update(run)
+        if not run.is_active:
+            return run
+        if run.status == "queued" and not slot_busy(ws):
+            ensure_worker(ws)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"Run {run_id} still {run.status} after {timeout_s} s.")
+        time.sleep(poll_s)

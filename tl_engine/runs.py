@@ -1,0 +1,202 @@
+"""Run records in the store: reading them, and the few state changes a run goes through."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import NotFound, RunNotReady, TLError
+from .spec import RunSpec
+from .store import Workspace
+
+ACTIVE = ("queued", "running")
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
+STATUSES = ACTIVE + FINISHED
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    project: str
+    dataset_id: str
+    spec: RunSpec
+    cache_key: str
+    status: str
+    started_by: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    heartbeat_at: float | None
+    worker_pid: int | None
+    progress: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.summary.get("val_accuracy")
+
+    @property
+    def epochs_run(self) -> int:
+        return int(self.summary.get("epochs_run", 0))
+
+    @property
+    def seconds(self) -> float | None:
+        return self.summary.get("seconds")
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.id,
+            "project": self.project,
+            "dataset_id": self.dataset_id,
+            "status": self.status,
+            "spec": self.spec.to_dict(),
+            "started_by": self.started_by,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "progress": self.progress,
+            "summary": self.summary,
+            "error": self.error,
+        }
+
+
+def _record(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        project=row["project"],
+        dataset_id=row["dataset_id"],
+        spec=RunSpec.from_dict(json.loads(row["spec_json"])),
+        cache_key=row["cache_key"],
+        status=row["status"],
+        started_by=row["started_by"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        heartbeat_at=row["heartbeat_at"],
+        worker_pid=row["worker_pid"],
+        progress=json.loads(row["progress_json"] or "{}"),
+        summary=json.loads(row["summary_json"] or "{}"),
+        error=row["error"],
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+def get_run(ws: Workspace, run_id: str) -> RunRecord:
+    rows = ws.query("SELECT * FROM runs WHERE id = ?", (run_id,))
+    if not rows:
+        raise NotFound(f"Run {run_id!r} is not in workspace {ws.root}: list runs with `runs`.")
+    return _record(rows[0])
+
+
+def list_runs(ws: Workspace, project: str | None = None) -> list[RunRecord]:
+    if project is None:
+        rows = ws.query("SELECT * FROM runs ORDER BY created_at DESC")
+    else:
+        rows = ws.query("SELECT * FROM runs WHERE project = ? ORDER BY created_at DESC", (project,))
+    return [_record(row) for row in rows]
+
+
+def run_metrics(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
+    """Per-epoch metrics, oldest first: epoch, phase and Keras's logs for that epoch."""
+    rows = ws.query(
+        "SELECT epoch, phase, values_json FROM metrics WHERE run_id = ? ORDER BY epoch",
+        (run_id,),
+    )
+    return [
+        {"epoch": r["epoch"], "phase": r["phase"], **json.loads(r["values_json"])} for r in rows
+    ]
+
+
+def queue_position(ws: Workspace, run_id: str) -> int | None:
+    """1 when the run is next in line, None when it is not queued."""
+    run = get_run(ws, run_id)
+    if run.status != "queued":
+        return None
+    ahead = ws.query(
+        "SELECT COUNT(*) AS n FROM runs WHERE status = 'queued' AND created_at < ?",
+        (run.created_at,),
+    )[0]["n"]
+    return int(ahead) + 1
+
+
+def running_run(ws: Workspace) -> RunRecord | None:
+    rows = ws.query("SELECT * FROM runs WHERE status = 'running' ORDER BY started_at LIMIT 1")
+    return _record(rows[0]) if rows else None
+
+
+def evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:
+    """The stored evaluation of a completed run (accuracy, per class, confusion, mistakes)."""
+    run = get_run(ws, run_id)
+    path = ws.run_dir(run_id) / "evaluation.json"
+    if run.status != "completed" or not path.is_file():
+        raise RunNotReady(f"Run {run_id} is {run.status}: it has no evaluation yet.")
+    return json.loads(path.read_text())
+
+
+def model_path(ws: Workspace, run_id: str) -> Path:
+    run = get_run(ws, run_id)
+    path = ws.run_dir(run_id) / "model.keras"
+    if run.status != "completed" or not path.is_file():
+        raise RunNotReady(
+            f"Run {run_id} is {run.status}: only a completed run has a model to use."
+        )
+    return path
+
+
+def labels(ws: Workspace, run_id: str) -> list[str]:
+    return list(json.loads((ws.run_dir(run_id) / "labels.json").read_text()))
+
+
+def delete_run(ws: Workspace, run_id: str) -> None:
+    """Remove a finished run, its metrics and files. Active runs must be cancelled first."""
+    run = get_run(ws, run_id)
+    if run.is_active:
+        raise TLError(f"Run {run_id} is {run.status}: cancel it before deleting it.")
+    with ws.transaction() as db:
+        db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+    shutil.rmtree(ws.run_dir(run_id), ignore_errors=True)
+
+
+# --- state changes used by jobs and training ---------------------------------------
+def update_run(ws: Workspace, run_id: str, **columns: Any) -> None:
+    for name in ("progress", "summary"):
+        if name in columns:
+            columns[f"{name}_json"] = json.dumps(columns.pop(name))
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with ws.transaction() as db:
+        db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))
+
+
+def heartbeat(ws: Workspace, run_id: str, progress: dict[str, Any]) -> bool:
+    """Store progress; return whether a cancel was requested."""
+    with ws.transaction() as db:
+        db.execute(
+            "UPDATE runs SET progress_json = ?, heartbeat_at = ? WHERE id = ?",
+            (json.dumps(progress), time.time(), run_id),
+        )
+        row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return bool(row and row["cancel_requested"])
+
+
+def record_epoch(ws: Workspace, run_id: str, epoch: int, phase: str, values: dict) -> None:
+    with ws.transaction() as db:
+        db.execute(
+            "INSERT OR REPLACE INTO metrics (run_id, epoch, phase, values_json, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (run_id, epoch, phase, json.dumps(values), time.time()),
+        )
+
+
+def clear_metrics_after(ws: Workspace, run_id: str, epoch: int) -> None:
+    with ws.transaction() as db:
+        db.execute("DELETE FROM metrics WHERE run_id = ? AND epoch > ?", (run_id, epoch))
