@@ -96,3 +96,32 @@ def tiny_dataset(workspace, tiny_data_dir: Path):
     from tl_engine.datasets import ingest_folder
 
     return ingest_folder(workspace, tiny_data_dir, project="test")
+
+
+def train_tiny_run(ws, dataset, **settings):
+    """Queue and train a small run in this process (the worker's own code path)."""
+    from tl_engine import runs
+    from tl_engine.jobs import submit_run, worker_main
+    from tl_engine.spec import RunSpec
+
+    spec = RunSpec(**{"backbone": "MobileNetV2-0.35", "weights": "none", "image_size": 32,
+                      "batch_size": 8, "learning_rate": 0.01, "epochs": 2, **settings})
+    submission = submit_run(ws, dataset.project, dataset.id, spec, start_worker=False)
+    worker_main(ws)
+    return runs.get_run(ws, submission.run_id)
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory):
+    """A workspace with project 'demo', a 3-class colour dataset and one completed run.
+    Shared by the tests that only read it; do not modify it in a test."""
+    from tl_engine.datasets import ingest_folder
+    from tl_engine.store import Workspace
+
+    root = tmp_path_factory.mktemp("trained")
+    ws = Workspace(root / "ws")
+    data = write_color_classes(root / "data", TINY_CLASSES, per_class=10)
+    dataset = ingest_folder(ws, data, project="demo")
+    run = train_tiny_run(ws, dataset, epochs=3)
+    assert run.status == "completed", run.error
+    return ws, dataset, run
