@@ -103,9 +103,13 @@ class _ProgressBar:
 
         self.bar = tqdm(total=1000, file=sys.stderr, disable=not enabled,
                         bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]")
+        self.phase: str | None = None
 
     def __call__(self, run: Any) -> None:
         progress = run.progress or {}
+        if progress.get("phase") != self.phase and run.status == "running":
+            self.phase = progress.get("phase")
+            self.bar.reset()  # each phase (features, head, fine-tune) has its own bar
         if run.status == "queued":
             self.bar.set_description_str("queued")
         else:
