@@ -14,6 +14,7 @@ from tl_engine.errors import WeightsUnavailable
 from tl_engine.registry import BACKBONES, get_backbone
 from tl_engine.weights import load_backbone, weights_identity, weights_status
 
+EXTRA_WEIGHTS = "mobilenet_v2_1.0_224_from_coral_quant_no_top.weights.h5"
 REQUIRED = [
     "MobileNetV2-1.0", "MobileNetV2-0.35", "MobileNet-0.25", "MobileNetV3Small",
     "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0", "ResNet50", "ResNet50V2",
@@ -68,10 +69,15 @@ def test_missing_weights_fail_fast_naming_file_and_folder(keras_home):
 
 def test_local_weights_file_and_random_init(tmp_path, shared_dir):
     entry = get_backbone("MobileNetV2-1.0")
-    extra = shared_dir / "weights" / "extra" / "mobilenet_v2_1.0_224_from_coral_quant_no_top.weights.h5"
+    extra = shared_dir / "weights" / "extra" / EXTRA_WEIGHTS
     loaded = load_backbone(entry, str(extra), 96)
+    reference = entry.build(224)
+    reference.load_weights(str(extra))
+    for mine, theirs in zip(loaded.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
     fresh = load_backbone(entry, "none", 96)
-    assert any(not np.allclose(a, b) for a, b in zip(loaded.get_weights(), fresh.get_weights()))
+    assert any(not np.allclose(a, b)
+               for a, b in zip(loaded.get_weights(), fresh.get_weights(), strict=True))
     assert weights_identity(entry, str(extra), 1).startswith("file:")
     assert weights_identity(entry, "none", 1) != weights_identity(entry, "none", 2)
     with pytest.raises(WeightsUnavailable, match="does not exist"):

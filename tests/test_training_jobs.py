@@ -190,6 +190,8 @@ def test_cli_train_runs_in_worker_and_returns_json(tiny_data_dir, tmp_path):
     second = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     again = json.loads(second.stdout.strip().splitlines()[-1])
     assert again["cached"] is True and again["run_id"] == result["run_id"]
-    listing = subprocess.run([sys.executable, "-m", "tl_engine", "runs", "--workspace", str(ws),
-                              "--json"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "-m", "tl_engine", "runs", "--workspace", str(ws), "--json"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
     assert [r["run_id"] for r in json.loads(listing.stdout)] == [result["run_id"]]
