@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,21 @@ from typing import Any
 from .errors import TLError
 from .spec import DEFAULT_AUGMENTATION, STRATEGIES, RunSpec
 from .store import Workspace
+
+
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL: keep them off the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _print_json(value: Any) -> None:
@@ -190,8 +206,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_images
+    from .runs import model_path
 
     ws = Workspace(args.workspace)
+    model_path(ws, args.run)  # a wrong run id fails before TensorFlow loads
+    _import_tensorflow_quietly()
     predictions = predict_images(ws, args.run, args.images, top_k=args.top_k)
     if args.json:
         _print_json([p.to_dict() for p in predictions])
@@ -207,8 +226,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
+    from .runs import model_path
 
     ws = Workspace(args.workspace)
+    model_path(ws, args.run)
+    _import_tensorflow_quietly()
     path = export_run(ws, args.run, args.format, args.out)
     print(path)
     return 0

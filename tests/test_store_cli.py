@@ -1,0 +1,78 @@
+"""The workspace store, the device report and the CLI's data checks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT, write_color_classes
+
+from tl_engine.device import describe
+from tl_engine.store import Workspace
+
+
+def test_workspace_is_a_real_sqlite_index_that_survives_reopening(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_project("Bees")
+    ws.ensure_project("Bees")
+    reopened = Workspace(tmp_path / "ws")
+    assert reopened.list_projects() == ["Bees"]
+    with sqlite3.connect(reopened.db_path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert {"projects", "datasets", "runs", "metrics", "artifacts"} <= tables
+
+
+def test_atomic_writes_stay_inside_the_workspace(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    target = ws.run_dir("r1") / "file.json"
+    ws.write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp-")]
+    with pytest.raises(ValueError, match="outside the workspace"):
+        ws.write_bytes_atomic(tmp_path / "escape.txt", b"x")
+    with pytest.raises(ValueError, match="outside the workspace"):
+        ws.write_bytes_atomic(ws.root / ".." / "escape.txt", b"x")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_workspace_location_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_WORKSPACE", str(tmp_path / "from-env"))
+    assert Workspace().root == (tmp_path / "from-env").resolve()
+
+
+def test_device_report_on_this_host():
+    info = describe()
+    assert info.kind in ("CPU", "GPU")
+    assert info.tensorflow and info.keras
+    if info.kind == "CPU":
+        assert info.label.startswith("CPU") and not info.mixed_precision
+    else:
+        assert info.names and info.replicas == len(info.names)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tl_engine", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_check_data_reports_health_and_refuses_one_class(tmp_path):
+    good = write_color_classes(tmp_path / "good", {"a": (200, 0, 0), "b": (0, 0, 200)}, 4)
+    (good / "b" / "notes.jpg").write_text("not an image")
+    result = _cli("check-data", "--data", str(good), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["n_classes"] == 2 and report["n_images"] == 8
+    assert [u["file"] for u in report["unreadable"]] == ["b/notes.jpg"]
+
+    single = write_color_classes(tmp_path / "single", {"only": (0, 200, 0)}, 4)
+    bad = _cli("check-data", "--data", str(single))
+    assert bad.returncode == 2
+    assert "only" in bad.stdout + bad.stderr and "Traceback" not in bad.stderr
+
+    missing = _cli("predict", "--run", "r_missing", str(single / "only" / "only_000.jpg"),
+                   "--workspace", str(tmp_path / "ws"))
+    assert missing.returncode == 2 and "r_missing" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
