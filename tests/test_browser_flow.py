@@ -1,0 +1,177 @@
+"""The main flow in a real browser: headless Chromium (Debian's) driven by Playwright against
+`streamlit run app.py`, as a new user would use it. Screenshots of every page land in
+artifacts/browser/ (printed at the end)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("TL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+SCREENSHOTS = Path(os.environ.get("TL_SCREENSHOTS", PROJECT_ROOT / "artifacts" / "browser"))
+PER_CLASS = 12
+UI_TIMEOUT_MS = 60_000
+TRAIN_TIMEOUT_MS = 300_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"streamlit exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)  # polling a server that is starting; not a synchronisation sleep
+    raise AssertionError("streamlit did not become healthy")
+
+
+@pytest.fixture
+def studio(tmp_path, keras_home):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, TL_WORKSPACE=str(tmp_path / "ws"), KERAS_HOME=str(keras_home),
+               TL_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="3")
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_healthy(url, server)
+        yield url, tmp_path
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _subset(hymenoptera: Path, tmp_path: Path) -> tuple[dict[str, list[Path]], Path]:
+    """A few training photos per class and one held-back validation photo."""
+    chosen = {label: sorted((hymenoptera / "train" / label).glob("*.jpg"))[:PER_CLASS]
+              for label in ("ants", "bees")}
+    held_back = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[0]
+    copy = tmp_path / "held_back_ant.jpg"
+    shutil.copyfile(held_back, copy)
+    return chosen, copy
+
+
+def _shot(page, name: str) -> None:
+    page.wait_for_timeout(400)  # let Plotly finish its transition before the picture
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _idle(page) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=UI_TIMEOUT_MS,
+    )
+
+
+def _goto(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title).first.wait_for(timeout=UI_TIMEOUT_MS)
+    _idle(page)
+
+
+def test_main_flow_in_chromium(studio, hymenoptera):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp_path = studio
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    photos, held_back = _subset(hymenoptera, tmp_path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        page.goto(url)
+        page.get_by_test_id("stSidebar").wait_for()
+        _idle(page)
+        _shot(page, "01-home-empty")
+
+        # Create a project from the sidebar.
+        page.get_by_test_id("stSidebar").get_by_text("New project").click()
+        page.get_by_label("New project name").last.fill("Insects")
+        page.get_by_role("button", name="Create project").last.click()
+        expect(page).to_have_url(re.compile(r"project=Insects"))
+        _idle(page)
+        _shot(page, "02-home-project")
+
+        # Dataset: one uploader per class.
+        _goto(page, "Dataset")
+        page.get_by_label("Class 1").fill("ants")
+        page.get_by_label("Class 2").fill("bees")
+        inputs = page.locator("[data-testid='stFileUploaderDropzoneInput']")
+        inputs.nth(0).set_input_files([str(f) for f in photos["ants"]])
+        inputs.nth(1).set_input_files([str(f) for f in photos["bees"]])
+        _idle(page)
+        page.get_by_role("button", name="Create dataset", exact=True).click()
+        expect(page.get_by_text(f"{2 * PER_CLASS}", exact=True).first).to_be_visible()
+        _idle(page)
+        _shot(page, "03-dataset")
+
+        _goto(page, "Model")
+        expect(page.get_by_text("MobileNetV2-0.35").first).to_be_visible()
+        _shot(page, "04-model")
+
+        _goto(page, "Freeze strategy")
+        expect(page.get_by_text("Frozen backbone").first).to_be_visible()
+        _shot(page, "05-freeze")
+
+        _goto(page, "Training")
+        epochs = page.get_by_label("Epochs")
+        epochs.fill("2")
+        epochs.press("Tab")
+        page.get_by_role("button", name="Start training").click()
+        expect(page.get_by_text("Completed — validation accuracy")).to_be_visible(
+            timeout=TRAIN_TIMEOUT_MS)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        _idle(page)
+        _shot(page, "06-training")
+
+        _goto(page, "Prediction")
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(
+            str(held_back))
+        prediction = page.get_by_test_id("stMetric").filter(has_text="Prediction")
+        expect(prediction.get_by_test_id("stMetricValue")).to_have_text(re.compile("ants|bees"))
+        _idle(page)
+        _shot(page, "07-prediction")
+
+        _goto(page, "Runs")
+        expect(page.get_by_text("MobileNetV2-0.35").first).to_be_visible()
+        _shot(page, "08-runs")
+        browser.close()
+    print(f"\nscreenshots: {SCREENSHOTS}")
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= 8
