@@ -11,8 +11,11 @@ MAX_MISTAKES_STORED = 200
 
 
 def top_k_for(n_classes: int) -> int:
-    """Top-k that still says something: 3 for many classes, 2 below that."""
-    return 3 if n_classes > 4 else 2
+    """Top-k that still says something: 3 for many classes, 2 for a few; with two classes
+    any top-2 is trivially right, so it falls back to top-1."""
+    if n_classes > 4:
+        return 3
+    return 2 if n_classes > 2 else 1
 
 
 def evaluate_predictions(
