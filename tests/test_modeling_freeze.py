@@ -63,6 +63,10 @@ def _trainable_weight_count(model) -> int:
 def test_freeze_plans_match_what_keras_trains(strategy, unfreeze, unit):
     spec = RunSpec(weights="none", image_size=64).normalized()
     clf = build_classifier(spec, n_classes=4)
+    scratch = plan_freeze(clf.entry, clf.backbone, strategy, unfreeze, unit, n_classes=4,
+                          freeze_batch_norm=False)
+    apply_freeze(clf.backbone, scratch)
+    assert _trainable_weight_count(clf.model) == scratch.trainable_params
     plan = plan_freeze(clf.entry, clf.backbone, strategy, unfreeze, unit, n_classes=4)
     apply_freeze(clf.backbone, plan)
     assert _trainable_weight_count(clf.model) == plan.trainable_params
@@ -105,3 +109,18 @@ def test_spec_validation_names_the_setting():
     a = RunSpec(augment=("zoom", "flip")).normalized()
     b = RunSpec(augment=("flip", "zoom"), image_size=224).normalized()
     assert a == b
+
+
+def test_batch_norm_trains_only_from_random_init():
+    pretrained = describe_freeze("MobileNetV2-0.35", "full", weights="imagenet")
+    scratch = describe_freeze("MobileNetV2-0.35", "full", weights="none")
+    assert not any(layer.trainable for layer in pretrained.layers if layer.batch_norm)
+    assert all(layer.trainable for layer in scratch.layers if layer.batch_norm)
+    assert scratch.trainable_params > pretrained.trainable_params
+
+
+def test_evaluation_function_survives_importing_training():
+    import tl_engine
+    import tl_engine.training  # noqa: F401 - the import used to replace the function
+
+    assert callable(tl_engine.evaluation)

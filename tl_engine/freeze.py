@@ -1,9 +1,10 @@
 """Freeze strategies: a few named policies over one mechanism.
 
 Every strategy is "layers of the backbone from index k on are trainable"; strategies
-only differ in how they choose k. BatchNormalization layers always stay frozen and,
-because the backbone is called with training=False, in inference mode: their running
-statistics come from ImageNet and a few hundred images would only spoil them.
+only differ in how they choose k. With pretrained weights, BatchNormalization layers stay
+frozen and, because the backbone is called with training=False, in inference mode: their
+running statistics come from ImageNet and a few hundred images would only spoil them.
+From random init (weights "none") there is nothing to keep, so they train like any layer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .modeling import head_param_count
 from .registry import Backbone, get_backbone
@@ -31,9 +34,14 @@ STRATEGY_HELP = {
 class LayerState:
     name: str
     block: str
-    params: int
+    params: int  # every weight of the layer
+    learnable: int  # those an optimizer could change (not moving statistics)
     trainable: bool
     batch_norm: bool
+
+    @property
+    def trainable_params(self) -> int:
+        return self.learnable if self.trainable else 0
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class FreezePlan:
 
     @property
     def backbone_trainable_params(self) -> int:
-        return sum(layer.params for layer in self.layers if layer.trainable)
+        return sum(layer.trainable_params for layer in self.layers)
 
     @property
     def trainable_params(self) -> int:
@@ -67,7 +75,7 @@ class FreezePlan:
 
     @property
     def frozen_params(self) -> int:
-        return sum(layer.params for layer in self.layers if not layer.trainable)
+        return sum(layer.params for layer in self.layers) - self.backbone_trainable_params
 
     @property
     def blocks(self) -> tuple[BlockState, ...]:
@@ -79,7 +87,7 @@ class FreezePlan:
                 name,
                 len(members),
                 sum(m.params for m in members),
-                sum(m.params for m in members if m.trainable),
+                sum(m.trainable_params for m in members),
             )
             for name, members in order.items()
         )
@@ -116,6 +124,7 @@ def plan_freeze(
     unit: str = "layers",
     n_classes: int = 2,
     hidden_units: int = 0,
+    freeze_batch_norm: bool = True,
 ) -> FreezePlan:
     names = [layer.name for layer in backbone.layers]
     blocks = entry.block_names(names)
@@ -124,8 +133,14 @@ def plan_freeze(
         LayerState(
             name=layer.name,
             block=block,
-            params=int(sum(int(w.numpy().size) for w in layer.weights)),
-            trainable=i >= start and not _is_batch_norm(layer) and bool(layer.weights),
+            params=int(sum(int(np.prod(w.shape)) for w in layer.weights)),
+            learnable=int(sum(int(np.prod(w.shape)) for w in layer.weights
+                              if "moving_" not in w.path)),
+            trainable=(
+                i >= start
+                and bool(layer.weights)
+                and not (freeze_batch_norm and _is_batch_norm(layer))
+            ),
             batch_norm=_is_batch_norm(layer),
         )
         for i, (layer, block) in enumerate(zip(backbone.layers, blocks, strict=True))
@@ -157,10 +172,12 @@ def describe_freeze(
     image_size: int = 0,
     n_classes: int = 2,
     hidden_units: int = 0,
+    weights: str = "imagenet",
 ) -> FreezePlan:
     """The plan for a backbone without loading any weights (for previews and the CLI)."""
     entry = get_backbone(backbone_key)
     size = image_size or entry.default_size
     return plan_freeze(
-        entry, _skeleton(entry.key, size), strategy, unfreeze, unit, n_classes, hidden_units
+        entry, _skeleton(entry.key, size), strategy, unfreeze, unit, n_classes, hidden_units,
+        freeze_batch_norm=weights != "none",
     )

@@ -81,8 +81,12 @@ def build_classifier(spec: RunSpec, n_classes: int) -> Classifier:
     x = pixels
     for layer in preprocessing_layers(entry.preprocessing):
         x = layer(x)
-    # training=False keeps BatchNormalization in inference mode even when fine-tuning.
-    x = backbone(x, training=False)
+    if spec.weights == "none":
+        # From scratch there are no statistics worth keeping: BatchNormalization learns.
+        x = backbone(x)
+    else:
+        # training=False keeps BatchNormalization in inference mode even when fine-tuning.
+        x = backbone(x, training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     head = build_head(int(pooled.shape[-1]), n_classes, spec.hidden_units, spec.dropout)
     outputs = head(pooled)

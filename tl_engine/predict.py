@@ -46,6 +46,14 @@ class Prediction:
         }
 
 
+def _display_name(image: ImageInput) -> str:
+    if isinstance(image, tuple):
+        return image[0]
+    if isinstance(image, bytes):
+        return "image"
+    return Path(image).name
+
+
 class Predictor:
     def __init__(self, model: Any, labels: list[str], image_size: int, run_id: str) -> None:
         self.model, self.labels, self.image_size, self.run_id = model, labels, image_size, run_id
@@ -53,13 +61,12 @@ class Predictor:
 
     def pixels(self, image: ImageInput) -> tuple[str, np.ndarray]:
         """(name, uint8 model input) exactly as this model sees the image."""
+        name = _display_name(image)
         if isinstance(image, tuple):
-            name, data = image
-            rgb = load_rgb_array(data, name)
+            rgb = load_rgb_array(image[1], name)
         elif isinstance(image, bytes):
-            name, rgb = "image", load_rgb_array(image, "image")
+            rgb = load_rgb_array(image, name)
         else:
-            name = Path(image).name
             rgb = load_rgb_array(image, str(image))
         return name, to_model_input(rgb, self.image_size)
 
@@ -78,7 +85,7 @@ class Predictor:
                 arrays.append(array)
                 errors.append(None)
             except DatasetError as exc:
-                names.append(image[0] if isinstance(image, tuple) else str(image))
+                names.append(_display_name(image))
                 arrays.append(None)
                 errors.append(str(exc))
         good = [a for a in arrays if a is not None]

@@ -18,12 +18,12 @@ import numpy as np
 from . import runs
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import configure, distribution_strategy
-from .evaluation import evaluate_predictions, top_k_for
 from .features import FeatureCache, feature_key, features_for
 from .freeze import apply_freeze, plan_freeze
 from .modeling import Classifier, build_classifier
 from .pipeline import image_dataset
 from .registry import get_backbone
+from .scoring import evaluate_predictions, top_k_for
 from .spec import RunSpec
 from .store import Workspace
 from .weights import weights_identity
@@ -300,7 +300,7 @@ class RunTrainer:
 
         if spec.strategy in ("frozen", "two-phase"):
             plan = plan_freeze(entry, clf.backbone, "frozen", 0, spec.unfreeze_unit, n_classes,
-                               spec.hidden_units)
+                               spec.hidden_units, freeze_batch_norm=spec.weights != "none")
             apply_freeze(clf.backbone, plan)
             if phase1_done.is_file():
                 clf.model.load_weights(str(phase1_done))
@@ -331,7 +331,8 @@ class RunTrainer:
         if spec.strategy != "frozen":
             fine_strategy = "partial" if spec.strategy == "two-phase" else spec.strategy
             trainable_plan = plan_freeze(entry, clf.backbone, fine_strategy, spec.unfreeze,
-                                         spec.unfreeze_unit, n_classes, spec.hidden_units)
+                                         spec.unfreeze_unit, n_classes, spec.hidden_units,
+                                         freeze_batch_norm=spec.weights != "none")
             apply_freeze(clf.backbone, trainable_plan)
             lr = spec.learning_rate * spec.fine_tune_lr_factor
             _compile(clf.model, spec, n_classes, lr)

@@ -1,0 +1,34 @@
+"""Transfer Learning Studio: `streamlit run app.py`. The sidebar and navigation; each step
+is a page in pages/."""
+
+import streamlit as st
+
+from dashboard import state, widgets
+
+st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧪", layout="wide")
+
+# Navigation first: Streamlit then never shows its automatic pages/ listing meanwhile.
+page = st.navigation(
+    [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
+        st.Page("pages/model.py", title="Model", icon=":material/memory:"),
+        st.Page("pages/freeze.py", title="Freeze strategy", icon=":material/ac_unit:"),
+        st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+        st.Page("pages/prediction.py", title="Prediction", icon=":material/image_search:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/leaderboard:"),
+    ]
+)
+
+with st.sidebar:
+    project = widgets.project_picker()
+    if project and st.query_params.get("project") != project:
+        # Page switches drop the query string; put the project back so links stay shareable.
+        st.query_params["project"] = project
+    st.text_input("Your name", key="user_name", placeholder="shown on the runs you start")
+    device = state.device()
+    st.caption(f":material/developer_board: {device.label}  \n"
+               f"TensorFlow {device.tensorflow} · Keras {device.keras}")
+
+
+page.run()

@@ -1,0 +1,331 @@
+"""Views of completed runs that the Prediction and Runs pages share: picking a run, the
+cached model, predictions for uploaded images, run tables and comparisons. Rendering and
+table shaping only; every number comes from tl_engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import tl_engine as tle
+from dashboard import charts, state
+
+IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
+STATUS_BADGES = {  # status -> (material icon, badge colour)
+    "queued": (":material/schedule:", "gray"),
+    "running": (":material/autorenew:", "blue"),
+    "completed": (":material/check_circle:", "green"),
+    "failed": (":material/error:", "red"),
+    "cancelled": (":material/cancel:", "gray"),
+    "interrupted": (":material/pause_circle:", "orange"),
+}
+THUMB_SIDE = 320
+CARDS_PER_PAGE = 12
+# The spec fields a person compares runs by, in reading order, with readable names.
+COMPARED_FIELDS = {
+    "backbone": "Backbone", "weights": "Weights", "image_size": "Image size",
+    "hidden_units": "Hidden units", "dropout": "Dropout", "strategy": "Strategy",
+    "unfreeze": "Unfreeze", "unfreeze_unit": "Unfreeze unit", "epochs": "Epochs",
+    "head_epochs": "Head epochs", "fine_tune_lr_factor": "Fine-tune LR ×",
+    "batch_size": "Batch size", "learning_rate": "Learning rate", "optimizer": "Optimizer",
+    "label_smoothing": "Label smoothing", "augment": "Augmentation",
+    "class_weights": "Class weights", "early_stopping": "Early stopping",
+    "reduce_lr": "Reduce LR", "val_split": "Val split", "test_split": "Test split",
+    "seed": "Seed",
+}
+
+
+# --- labels ------------------------------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{secs} s" if not minutes else f"{minutes} min {secs:02d} s"
+
+
+def count(n: int | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e4 else f"{n:,}"
+
+
+def file_size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} B"
+
+
+def weights_text(weights: str) -> str:
+    return {"imagenet": "ImageNet", "none": "random init"}.get(
+        weights, f"file {weights.rsplit('/', 1)[-1]}")
+
+
+def status_badge(run: tle.RunRecord) -> str:
+    """Markdown for a coloured status badge."""
+    icon, colour = STATUS_BADGES.get(run.status, ("", "gray"))
+    return f":{colour}-badge[{icon} {run.status}]"
+
+
+def created_text(run: tle.RunRecord) -> str:
+    return datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M")
+
+
+def strategy_text(spec: tle.RunSpec) -> str:
+    if spec.strategy in ("partial", "two-phase"):
+        return f"{spec.strategy} (top {spec.unfreeze} {spec.unfreeze_unit})"
+    return spec.strategy
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def run_choice_label(run: tle.RunRecord) -> str:
+    """backbone · strategy · val acc · id: what tells completed runs apart."""
+    return (f"{run.spec.backbone} · {strategy_text(run.spec)} · val {percent(run.val_accuracy)}"
+            f" · {run.id}")
+
+
+def default_run(runs: Sequence[tle.RunRecord], current: str | None) -> tle.RunRecord:
+    """The run `current` when it is among `runs`, else the best by validation accuracy
+    (the newest among equals: `runs` come newest first)."""
+    chosen = next((r for r in runs if r.id == current), None)
+    return chosen or max(runs, key=lambda r: r.val_accuracy or 0.0)
+
+
+def pick_run(runs: Sequence[tle.RunRecord], label: str, key: str, best_default: bool = True,
+             format_func: Any = run_choice_label) -> tle.RunRecord:
+    """A selectbox over `runs` that shows the run in the URL when it is one of them, and
+    puts the user's choice in the URL. A default pick leaves the URL alone, so the run
+    another page is following (say, one still training) stays there."""
+    by_id = {r.id: r for r in runs}
+    current = state.current_run_id()
+    if current in by_id:
+        st.session_state[key] = current
+    elif st.session_state.get(key) not in by_id:
+        st.session_state[key] = (default_run(runs, None) if best_default else runs[0]).id
+    st.selectbox(label, list(by_id), key=key,
+                 format_func=lambda run_id: format_func(by_id[run_id]),
+                 on_change=lambda: state.set_run(st.session_state[key]))
+    return by_id[st.session_state[key]]
+
+
+# --- prediction ----------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
+def predictor(root: str, run_id: str) -> Any:
+    """The run's model, loaded once per server process (the engine keeps it too)."""
+    return tle.load_predictor(tle.Workspace(root), run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _predict_all(root: str, run_id: str, images: tuple[tuple[str, bytes], ...]) -> list:
+    """Every class's probability for each image, so the top-k slider never predicts again."""
+    model = predictor(root, run_id)
+    return model.predict(list(images), top_k=len(model.labels))
+
+
+def predict(ws: tle.Workspace, run_id: str, images: Sequence[tuple[str, bytes]],
+            top_k: int) -> list[tle.Prediction]:
+    ranked = _predict_all(str(ws.root), run_id, tuple(images))
+    return [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes:
+    """A small PNG of an image the engine has already decoded (so it is a safe image)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def top_k_text(top: Sequence[tuple[str, float]]) -> str:
+    return " · ".join(f"{label} {p:.1%}" for label, p in top)
+
+
+def predictions_table(predictions: Sequence[tle.Prediction]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"image": p.name, "label": p.label or "", "confidence": p.confidence,
+          "top-k": top_k_text(p.top), "error": p.error or ""} for p in predictions],
+        columns=["image", "label", "confidence", "top-k", "error"],
+    )
+
+
+def prediction_card(prediction: tle.Prediction, data: bytes) -> None:
+    with st.container(border=True):
+        if prediction.error:
+            st.markdown(f"**{prediction.name}**")
+            st.error(prediction.error, icon=":material/broken_image:")
+            return
+        picture, result = st.columns([2, 3], vertical_alignment="center")
+        picture.image(thumbnail(data), caption=prediction.name, width="stretch")
+        result.metric("Prediction", prediction.label,
+                      f"{prediction.confidence:.1%} confident", delta_color="off",
+                      delta_arrow="off")
+        result.plotly_chart(charts.top_k_bar(prediction.top), width="stretch",
+                            config={"displayModeBar": False})
+
+
+def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tuple[str, bytes]],
+                     top_k: int) -> list[tle.Prediction]:
+    """Per-image cards (paged), then the batch table with a CSV download."""
+    predictions = predict(ws, run_id, images, top_k)
+    failed = sum(1 for p in predictions if p.error)
+    cols = st.columns(3)
+    cols[0].metric("Images", len(predictions))
+    cols[1].metric("Predicted", len(predictions) - failed)
+    cols[2].metric("Unreadable", failed)
+
+    pairs = list(zip(predictions, [data for _, data in images], strict=True))
+    shown = paged(pairs, key="prediction_page", per_page=CARDS_PER_PAGE)
+    for row_start in range(0, len(shown), 2):
+        columns = st.columns(2)
+        for column, (prediction, data) in zip(columns, shown[row_start:row_start + 2],
+                                              strict=False):
+            with column:
+                prediction_card(prediction, data)
+
+    st.subheader("All predictions")
+    table = predictions_table(predictions)
+    st.dataframe(
+        table, hide_index=True, width="stretch", placeholder="",
+        column_config={"confidence": st.column_config.ProgressColumn(
+            "confidence", format="percent", min_value=0.0, max_value=1.0)},
+    )
+    st.download_button("Download CSV", table.to_csv(index=False).encode(),
+                        file_name=f"predictions-{run_id}.csv", mime="text/csv",
+                        icon=":material/download:")
+    return predictions
+
+
+def paged(items: Sequence[Any], key: str, per_page: int) -> Sequence[Any]:
+    """The items on the chosen page, with a pager when there is more than one page."""
+    pages = max(1, -(-len(items) // per_page))
+    if pages == 1:
+        return items
+    page = st.pagination(pages, key=key)
+    page = min(max(page, 1), pages)
+    st.caption(f"{(page - 1) * per_page + 1}–{min(page * per_page, len(items))} "
+               f"of {len(items)}")
+    return items[(page - 1) * per_page:page * per_page]
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        summary = run.summary
+        rows.append({
+            "run": run.id,
+            "backbone": run.spec.backbone,
+            "weights": weights_text(run.spec.weights),
+            "strategy": strategy_text(run.spec),
+            "epochs": run.epochs_run if run.status == "completed" else None,
+            "val acc": run.val_accuracy,
+            "top-k acc": summary.get("val_top_k_accuracy"),
+            "time (s)": run.seconds,
+            "status": run.status,
+            "started by": run.started_by or "",
+            "created": datetime.fromtimestamp(run.created_at),
+        })
+    table = pd.DataFrame(rows, columns=[
+        "run", "backbone", "weights", "strategy", "epochs", "val acc", "top-k acc",
+        "time (s)", "status", "started by", "created"])
+    numbers = ["epochs", "val acc", "top-k acc", "time (s)"]
+    table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
+    return table
+
+
+RUNS_COLUMNS = {
+    "status": st.column_config.TextColumn("status", width="small"),
+    "started by": st.column_config.TextColumn("started by", width="small"),
+    "epochs": st.column_config.NumberColumn("epochs", format="%d", width="small"),
+    "val acc": st.column_config.NumberColumn("val acc", format="percent", width="small"),
+    "top-k acc": st.column_config.NumberColumn("top-k acc", format="percent", width="small"),
+    "time (s)": st.column_config.NumberColumn("time (s)", format="%.1f", width="small"),
+    "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+}
+
+
+def comparison_table(runs: Sequence[tle.RunRecord],
+                     evaluations: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One column per run: the spec fields that differ among them, then the metrics."""
+    specs = {r.id: r.spec.to_dict() for r in runs}
+    rows: dict[str, dict[str, Any]] = {}
+    for name, title in COMPARED_FIELDS.items():
+        values = {run_id: _cell(spec.get(name)) for run_id, spec in specs.items()}
+        if len(set(values.values())) > 1:
+            rows[title] = values
+    metrics = {
+        "Val accuracy": lambda r, e: percent(r.val_accuracy),
+        "Top-k accuracy": lambda r, e: percent(r.summary.get("val_top_k_accuracy")),
+        "Macro F1": lambda r, e: "–" if not e else f"{e['macro_f1']:.3f}",
+        "Test accuracy": lambda r, e: percent(r.summary.get("test_accuracy")),
+        "Epochs run": lambda r, e: str(r.epochs_run) if r.status == "completed" else "–",
+        "Time": lambda r, e: duration(r.seconds),
+        "Trainable params": lambda r, e: count(r.summary.get("trainable_params")),
+        "Status": lambda r, e: r.status,
+    }
+    for title, value in metrics.items():
+        values = {r.id: value(r, evaluations.get(r.id)) for r in runs}
+        if set(values.values()) != {"–"}:  # e.g. no run has a test split
+            rows[title] = values
+    return pd.DataFrame(rows).T[[r.id for r in runs]]
+
+
+def spec_table(spec: tle.RunSpec) -> pd.DataFrame:
+    values = spec.to_dict()
+    return pd.DataFrame({"setting": list(COMPARED_FIELDS.values()),
+                         "value": [_cell(values.get(name)) for name in COMPARED_FIELDS]})
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def per_class_table(val: dict[str, Any]) -> pd.DataFrame:
+    table = pd.DataFrame(val["per_class"]).T[["precision", "recall", "f1", "support"]]
+    table.index.name = "class"
+    return table
+
+
+def per_class_bar(table: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    for i, metric in enumerate(("precision", "recall", "f1")):
+        fig.add_trace(go.Bar(name=metric, x=list(table.index), y=table[metric],
+                             marker_color=charts.PALETTE[i],
+                             hovertemplate="%{x}: %{y:.1%}<extra>" + metric + "</extra>"))
+    fig.update_layout(barmode="group", height=300, yaxis={"range": [0, 1.05],
+                      "tickformat": ".0%"}, legend={"orientation": "h", "y": -0.2},
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    return fig
+
+
+def mistake_card(ws: tle.Workspace, mistake: dict[str, Any]) -> None:
+    with st.container(border=True):
+        path = ws.image_path(mistake["hash"]) if mistake.get("hash") else None
+        if path is not None and path.is_file():
+            st.image(str(path), width="stretch")
+        else:
+            st.caption("(image no longer stored)")
+        st.markdown(f"**{mistake['true']}** → :red[{mistake['predicted']}] "
+                    f"({mistake['confidence']:.0%})")
+        top = list(mistake.get("probabilities", {}).items())[:3]
+        st.caption(f"{mistake.get('filename', '')}  \n{top_k_text(top)}")

@@ -1,0 +1,344 @@
+"""Helpers the step pages share: formatting, the project picker, the freeze strip figure,
+and the built-in sample data. Rendering only; everything stored goes through tl_engine."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+
+import tl_engine as tle
+from dashboard import charts, state
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
+
+FROZEN_GREY = "#CED4DA"
+TRAINABLE = "#4C6EF5"
+PARTLY = "#A5B4FC"
+HEAD = "#12B886"
+
+STRATEGY_NAMES = {
+    "frozen": "Frozen backbone",
+    "partial": "Partial fine-tune",
+    "full": "Full fine-tune",
+    "two-phase": "Two-phase",
+}
+WEIGHTS_NAMES = {"imagenet": "ImageNet", "none": "none (random init)"}
+PHASE_NAMES = {
+    "features": "Computing features with the frozen backbone",
+    "head": "Training the head",
+    "fine-tune": "Fine-tuning",
+    "done": "Done",
+}
+STATUS_ICONS = {
+    "queued": ":material/schedule:", "running": ":material/directions_run:",
+    "completed": ":material/check_circle:", "failed": ":material/error:",
+    "cancelled": ":material/stop_circle:", "interrupted": ":material/pause_circle:",
+}
+
+
+# --- formatting ----------------------------------------------------------------------
+
+
+def format_params(n: int | float | None) -> str:
+    """2257984 -> '2.3 M'; small counts stay exact so a tiny head still reads right."""
+    if n is None:
+        return "–"
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} M"
+    if n >= 1e4:
+        return f"{n / 1e3:.0f} k"
+    return f"{int(n):,}"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_time(timestamp: float | None) -> str:
+    """An absolute time: labels that say "3 min ago" go stale in a widget that stays put."""
+    return time.strftime("%b %d %H:%M", time.localtime(timestamp)) if timestamp else ""
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def run_label(run: tle.RunRecord) -> str:
+    """One line that tells runs apart in a picker."""
+    acc = f" · val {run.val_accuracy:.1%}" if run.val_accuracy is not None else ""
+    who = f" · {run.started_by}" if run.started_by else ""
+    return (
+        f"{run.id} · {run.status} · {run.spec.backbone} · "
+        f"{STRATEGY_NAMES.get(run.spec.strategy, run.spec.strategy)}{acc}{who} · "
+        f"{format_time(run.created_at)}"
+    )
+
+
+def weights_label(weights: str) -> str:
+    return WEIGHTS_NAMES.get(weights, f"file {Path(weights).name}")
+
+
+def spec_summary(spec: Mapping[str, Any], given_split: bool = False) -> dict[str, str]:
+    """The draft (or a run's spec) as a few readable lines, grouped like the pages."""
+    entry = tle.BACKBONES.get(spec["backbone"])
+    size = spec.get("image_size") or (entry.default_size if entry else "default")
+    head = "pooled features"
+    if spec.get("hidden_units"):
+        head += f" → Dense {spec['hidden_units']}"
+    if spec.get("dropout"):
+        head += f" → Dropout {spec['dropout']:.2f}"
+    head += " → softmax"
+    strategy = STRATEGY_NAMES.get(spec["strategy"], spec["strategy"])
+    if spec["strategy"] in ("partial", "two-phase"):
+        strategy += f", top {spec['unfreeze']} {spec['unfreeze_unit']} trainable"
+    if spec["strategy"] == "two-phase":
+        strategy += (
+            f" after {spec['head_epochs']} head epochs, LR × {spec['fine_tune_lr_factor']:g}"
+        )
+    augment = ", ".join(spec.get("augment") or ()) or "none"
+    extras = [
+        name
+        for name, on in (
+            (f"early stopping ({spec.get('early_stopping')})", spec.get("early_stopping")),
+            ("reduce LR on plateau", spec.get("reduce_lr")),
+            ("class weights", spec.get("class_weights")),
+            (f"label smoothing {spec.get('label_smoothing', 0):g}", spec.get("label_smoothing")),
+        )
+        if on
+    ]
+    return {
+        "Backbone": f"{spec['backbone']} · {weights_label(spec['weights'])} weights · {size} px",
+        "Head": head,
+        "Freeze": strategy,
+        "Training": (
+            f"{spec['epochs']} epochs · batch {spec['batch_size']} · {spec['optimizer']} "
+            f"LR {spec['learning_rate']:g}"
+        ),
+        "Data": (
+            ("the dataset's own train/val split" if given_split else
+             f"val {spec['val_split']:.0%} · test {spec['test_split']:.0%}")
+            + f" · seed {spec['seed']} · augmentation: {augment}"
+        ),
+        "Extras": ", ".join(extras) or "none",
+    }
+
+
+def show_spec(spec: Mapping[str, Any], given_split: bool = False) -> None:
+    lines = [
+        f"**{name}** &nbsp; {text}" for name, text in spec_summary(spec, given_split).items()
+    ]
+    st.markdown("  \n".join(lines))
+
+
+def curves(run_id: str, metrics: list[dict[str, Any]]) -> go.Figure:
+    """The shared training curves, with a line where two-phase training starts fine-tuning."""
+    fig = charts.training_curves({run_id: metrics})
+    first_fine_tune = next((m["epoch"] for m in metrics if m.get("phase") == "fine-tune"), None)
+    if first_fine_tune is not None and first_fine_tune > metrics[0]["epoch"]:
+        for col in (1, 2):
+            fig.add_vline(x=first_fine_tune - 0.5, line={"color": "#ADB5BD", "dash": "dot"},
+                          annotation_text="fine-tune →", annotation_position="top right",
+                          annotation_font_size=10, row=1, col=col)
+    return fig
+
+
+# --- widget state --------------------------------------------------------------------
+
+
+def seed(key: str, value: Any) -> None:
+    """Give a keyed widget its starting value from the draft.
+
+    Streamlit forgets a widget's state when the user moves to another page, so the draft
+    in session_state is the memory and the widget is re-seeded from it on the way back.
+    """
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+# --- projects ------------------------------------------------------------------------
+
+
+def create_project_form(key: str, label: str = "New project name") -> None:
+    """A name field and a Create button; the new project becomes the current one."""
+    with st.form(f"{key}_form", clear_on_submit=True, border=False):
+        name = st.text_input(label, key=f"{key}_name", placeholder="e.g. bolts-qa")
+        if st.form_submit_button("Create project", type="primary"):
+            with state.engine_errors():
+                created = state.workspace().ensure_project(name)
+                state.set_project(created)
+                st.rerun()
+
+
+def project_picker() -> str | None:
+    """The sidebar's project selector; returns the current project."""
+    projects = state.workspace().list_projects()
+    current = state.current_project()
+    if current and st.session_state.get("project") != current:
+        # Arrived through a link: remember the project for when page switches drop the URL.
+        state.set_project(current)
+    if projects:
+        # No key: the box follows the current project however it changed (Home, the URL).
+        choice = st.selectbox("Project", projects, placeholder="Choose a project",
+                              index=None if current is None else projects.index(current))
+        if choice and choice != current:
+            state.set_project(choice)
+            st.rerun()
+    with st.popover("New project", icon=":material/add:", use_container_width=True):
+        create_project_form("sidebar_new")
+    return current
+
+
+# --- the freeze strip ----------------------------------------------------------------
+
+
+def freeze_strip(plan: tle.FreezePlan, width_by_params: bool = False) -> go.Figure:
+    """The backbone as a strip of blocks, input on the left, coloured frozen / trainable.
+
+    Equal widths show the structure; widths by parameters show where the weights are
+    (the last blocks of most backbones hold most of them).
+    """
+    # Aggregate per block here rather than use plan.blocks: pretrained BatchNorm weights
+    # stay frozen, so a block whose other layers all train is "trainable", not "partly".
+    blocks: dict[str, dict[str, int]] = {}
+    for layer in plan.layers:
+        block = blocks.setdefault(layer.block, {"layers": 0, "params": 0, "trainable": 0,
+                                                "bn": 0})
+        block["layers"] += 1
+        block["params"] += layer.params
+        block["trainable"] += layer.params if layer.trainable else 0
+        block["bn"] += layer.params if layer.batch_norm and not layer.trainable else 0
+    widths = [max(b["params"], 1) if width_by_params else 1 for b in blocks.values()]
+    head_width = max(plan.head_params, 1) if width_by_params else max(1, len(blocks) // 12)
+    starts, total = [], 0
+    for width in widths:
+        starts.append(total)
+        total += width
+    colours, hover = [], []
+    for name, block in blocks.items():
+        if block["trainable"] == 0:
+            colours.append(FROZEN_GREY)
+            status = "frozen"
+        elif block["trainable"] < block["params"] - block["bn"]:
+            colours.append(PARTLY)
+            status = f"partly trainable ({format_params(block['trainable'])})"
+        else:
+            colours.append(TRAINABLE)
+            status = "trainable" + (" (BatchNorm stays frozen)" if block["bn"] else "")
+        hover.append(
+            f"<b>{name}</b><br>{block['layers']} layers · {format_params(block['params'])} "
+            f"params<br>{status}"
+        )
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=widths, base=starts, y=["backbone"] * len(widths), orientation="h",
+            marker={"color": colours, "line": {"color": "white", "width": 1}},
+            hovertext=hover, hoverinfo="text", showlegend=False,
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=[head_width], base=[total + head_width * 0.15], y=["backbone"], orientation="h",
+            marker={"color": HEAD, "line": {"color": "white", "width": 1}},
+            hovertext=[f"<b>new head</b><br>{format_params(plan.head_params)} params"
+                       "<br>always trainable"],
+            hoverinfo="text", text=["head"], textposition="inside", showlegend=False,
+        )
+    )
+    for name, colour in (("frozen", FROZEN_GREY), ("trainable", TRAINABLE),
+                         ("partly trainable", PARTLY), ("new head", HEAD)):
+        fig.add_trace(go.Bar(x=[None], y=[None], name=name, marker_color=colour,
+                             orientation="h", showlegend=True))
+    names = list(blocks)
+    for x, text, anchor in ((0, names[0], "left"), (total, names[-1], "right")):
+        fig.add_annotation(x=x, y=-0.55, text=text, showarrow=False, xanchor=anchor,
+                           font={"size": 11, "color": "#495057"})
+    fig.update_layout(
+        barmode="overlay", height=170, bargap=0.05,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        xaxis={"visible": True, "showticklabels": False, "showgrid": False, "zeroline": False,
+               "title": {"text": "input  →  output", "font": {"size": 12}}},
+        yaxis={"visible": False},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+        plot_bgcolor="white",
+    )
+    return fig
+
+
+# --- sample data ---------------------------------------------------------------------
+
+
+def sample_folder() -> Path | None:
+    """A folder of class folders to offer as a one-click sample: $TL_SAMPLE_DATA, else the
+    shared ants-vs-bees photos beside the checkout."""
+    chosen = os.environ.get("TL_SAMPLE_DATA")
+    path = Path(chosen).expanduser() if chosen else PROJECT_ROOT.parent / "shared" / "data" / (
+        "hymenoptera"
+    )
+    return path if path.is_dir() else None
+
+
+@st.cache_data(show_spinner=False, ttl=600)
+def count_images(folder: str) -> int:
+    suffixes = {f".{ext}" for ext in IMAGE_TYPES}
+    return sum(
+        1
+        for _, _, files in os.walk(folder)
+        for name in files
+        if Path(name).suffix.lower() in suffixes
+    )
+
+
+SHAPES = ("circle", "square", "triangle")
+
+
+def synthetic_shapes(per_class: int = 30, size: int = 96, seed: int = 0) -> list[tle.Upload]:
+    """Circles, squares and triangles in random colours and places: a dataset that needs
+    nothing on disk, so a fresh instance can be demoed end to end."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = random.Random(seed)
+    uploads = []
+    for label in SHAPES:
+        for i in range(per_class):
+            background = tuple(rng.randint(170, 255) for _ in range(3))
+            colour = tuple(rng.randint(0, 150) for _ in range(3))
+            image = Image.new("RGB", (size, size), background)
+            draw = ImageDraw.Draw(image)
+            side = rng.randint(size // 3, int(size * 0.7))
+            x0 = rng.randint(2, size - side - 2)
+            y0 = rng.randint(2, size - side - 2)
+            if label == "circle":
+                draw.ellipse((x0, y0, x0 + side, y0 + side), fill=colour)
+            elif label == "square":
+                draw.rectangle((x0, y0, x0 + side, y0 + side), fill=colour)
+            else:
+                draw.polygon(
+                    [(x0 + side / 2, y0), (x0, y0 + side), (x0 + side, y0 + side)], fill=colour
+                )
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            uploads.append(tle.Upload(f"{label}/{label}_{i:03d}.png", buffer.getvalue(), label))
+    return uploads

@@ -1,0 +1,93 @@
+"""Home: what this is, the hardware, and the next step for the current project."""
+
+import streamlit as st
+
+import tl_engine as tle
+from dashboard import state, widgets
+
+
+def show_hardware() -> None:
+    device = state.device()
+    with st.container(border=True):
+        st.markdown("**Hardware**")
+        cols = st.columns(3)
+        cols[0].metric("Trains on", "GPU" if device.kind == "GPU" else "CPU",
+                       help=", ".join(device.names) or "No GPU is visible to TensorFlow.")
+        cols[1].metric("TensorFlow / Keras", f"{device.tensorflow} / {device.keras}")
+        cols[2].metric("Mixed precision", "on" if device.mixed_precision else "off",
+                       help="float16 compute on tensor-core GPUs; the softmax stays float32.")
+        if device.names:
+            st.caption(" · ".join(device.names))
+        else:
+            st.caption("No GPU visible: small backbones (MobileNet) at small image sizes train "
+                       "in minutes on CPU; frozen backbones reuse cached features.")
+
+
+st.title("Transfer Learning Studio")
+st.markdown(
+    "Turn a few hundred labelled photos into an image classifier — pick a pretrained "
+    "backbone, choose what to freeze, train, and see *why* it works."
+)
+
+ws = state.workspace()
+project = state.current_project()
+
+if project is None:
+    with st.container(border=True):
+        st.subheader("Create your first project")
+        st.caption("A project holds your datasets and training runs; your team sees it too.")
+        widgets.create_project_form("home_new", label="Project name")
+    if ws.list_projects():
+        st.caption("…or pick an existing project in the sidebar.")
+    show_hardware()
+    st.stop()
+
+datasets = tle.list_datasets(ws, project)
+runs = tle.list_runs(ws, project)
+completed = [r for r in runs if r.status == "completed"]
+active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != "running")
+best = max((r.val_accuracy for r in completed if r.val_accuracy is not None), default=None)
+
+st.subheader(f"Project · {project}")
+cols = st.columns(4)
+cols[0].metric("Datasets", len(datasets))
+cols[1].metric("Runs", len(runs))
+cols[2].metric("Active", len(active))
+cols[3].metric("Best val accuracy", "–" if best is None else f"{best:.1%}")
+
+st.markdown("**What to do next**")
+with st.container(border=True):
+    steps = [
+        (bool(datasets), "Add a dataset: upload photos per class, a folder, a .zip or a sample",
+         "pages/dataset.py", "Dataset"),
+        (bool(runs), "Choose a backbone and what to freeze",
+         "pages/model.py", "Model"),
+        (bool(runs), "Start a training run", "pages/training.py", "Training"),
+        (bool(completed), "Try the model on new photos and compare runs",
+         "pages/prediction.py", "Prediction"),
+    ]
+    next_found = False
+    for done, text, page, label in steps:
+        cols = st.columns([0.06, 0.64, 0.3], vertical_alignment="center")
+        is_next = not done and not next_found
+        next_found = next_found or is_next
+        if done:
+            cols[0].markdown(":green[:material/check_circle:]")
+        else:
+            cols[0].markdown(":blue[:material/arrow_forward:]" if is_next
+                             else ":gray[:material/radio_button_unchecked:]")
+        cols[1].markdown(f"**{text}**" if is_next else text)
+        cols[2].page_link(page, label=f"Open {label}", icon=":material/arrow_forward:")
+    if active:
+        run = active[0]
+        where = "is training" if run.status == "running" else "is waiting in the queue"
+        who = f" by {run.started_by}" if run.started_by else ""
+        st.info(f"Run {run.id} ({run.spec.backbone}{who}) {where}.",
+                icon=":material/directions_run:")
+        st.page_link("pages/training.py", label="Watch it on the Training page",
+                     icon=":material/monitoring:")
+    elif completed:
+        st.page_link("pages/runs.py", label="Compare runs and export a model",
+                     icon=":material/leaderboard:")
+
+show_hardware()

@@ -1,0 +1,146 @@
+"""Model: the backbone, where its starting weights come from, the new head and input size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import tl_engine as tle
+from dashboard import state, widgets
+
+WEIGHT_SOURCES = {"imagenet": "ImageNet (pretrained)", "none": "None — random init (baseline)",
+                  "file": "Local weights file"}
+STATUS_TEXT = {"cached": "cached", "downloadable": "downloadable", "missing": "missing"}
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def weights_statuses() -> dict[str, str]:
+    return {entry.key: tle.weights_status(entry) for entry in tle.list_backbones()}
+
+
+def backbone_table(chosen: str, statuses: dict[str, str]) -> pd.io.formats.style.Styler:
+    rows = [
+        {
+            "Backbone": entry.key,
+            "Family": entry.family,
+            "Parameters": widgets.format_params(entry.params),
+            "Input size": f"{entry.default_size} px",
+            "ImageNet top-1": entry.imagenet_top1,
+            "Features": entry.feature_dim,
+            "Weights here": STATUS_TEXT[statuses[entry.key]],
+        }
+        for entry in tle.list_backbones()
+    ]
+    frame = pd.DataFrame(rows)
+    highlight = "background-color: #E7ECFF; font-weight: 600"
+    colours = {"cached": "color: #2B8A3E", "downloadable": "color: #1C7ED6",
+               "missing": "color: #868E96"}
+    return (
+        frame.style.apply(
+            lambda row: [highlight if row["Backbone"] == chosen else ""] * len(row), axis=1
+        )
+        .map(lambda v: colours.get(v, ""), subset=["Weights here"])
+        .format({"ImageNet top-1": lambda v: "–" if pd.isna(v) else f"{v:.1%}"})
+    )
+
+
+def _on_backbone_change() -> None:
+    # A new backbone starts at its own default input size (sizes differ: 224 vs 299).
+    entry = tle.get_backbone(st.session_state["model_backbone"])
+    st.session_state["model_image_size"] = entry.default_size
+
+
+project = state.require_project()
+draft = state.spec_draft()
+statuses = weights_statuses()
+
+st.title("Model")
+st.caption("A backbone pretrained on ImageNet turns each photo into features; a small new "
+           "head learns your classes from them.")
+
+keys = [entry.key for entry in tle.list_backbones()]
+widgets.seed("model_backbone", draft["backbone"] if draft["backbone"] in keys else keys[0])
+choice_col, table_col = st.columns([0.32, 0.68])
+with choice_col:
+    key = st.selectbox("Backbone", keys, key="model_backbone", on_change=_on_backbone_change)
+    entry = tle.get_backbone(key)
+    st.caption(f"{entry.family} · {widgets.format_params(entry.params)} parameters · "
+               f"{entry.feature_dim} features · ImageNet top-1 "
+               f"{'–' if entry.imagenet_top1 is None else f'{entry.imagenet_top1:.1%}'}")
+
+    source = draft["weights"] if draft["weights"] in ("imagenet", "none") else "file"
+    widgets.seed("model_weights_source", source)
+    source = st.radio("Starting weights", list(WEIGHT_SOURCES), format_func=WEIGHT_SOURCES.get,
+                      key="model_weights_source")
+    weights = source
+    status = statuses[key]
+    if source == "imagenet" and status == "missing":
+        path = tle.weights.cached_weights_path(entry)
+        st.warning(
+            f"ImageNet weights for {key} are not on this server and cannot be downloaded. "
+            f"Put **{path.name}** in `{path.parent}`, or choose another backbone. "
+            "Weights “none” still works — it is the from-scratch baseline.",
+            icon=":material/download:")
+    elif source == "imagenet" and status == "downloadable":
+        st.caption("Keras downloads the weights on the first run, then caches them.")
+    elif source == "none":
+        st.caption("Random initial weights: shows how much pretraining is worth. Use "
+                   "“Full fine-tune” on the Freeze page, or the head only learns from noise.")
+    elif source == "file":
+        widgets.seed("model_weights_file", "" if draft["weights"] in WEIGHT_SOURCES
+                     else draft["weights"])
+        weights = st.text_input(
+            "Path on the server", key="model_weights_file",
+            placeholder=f"/models/{entry.constructor.lower()}_notop.weights.h5",
+            help=f"A .h5 / .weights.h5 file saved from keras.applications.{entry.constructor}"
+            f"(include_top=False, input_shape=({entry.default_size}, {entry.default_size}, 3)).",
+        ).strip()
+        if not weights:
+            st.caption("Enter the path of a weights file on the server.")
+        elif not Path(weights).expanduser().is_file():
+            st.warning("There is no file at this path on the server.",
+                       icon=":material/description:")
+
+with table_col:
+    st.dataframe(backbone_table(key, statuses), hide_index=True, width="stretch",
+                 height=35 * (len(keys) + 1) + 3)
+    st.caption("Top-1 accuracy on ImageNet as published by Keras. Bigger is not always "
+               "better for a few hundred photos: start small, compare on the Runs page.")
+
+st.subheader("Head and input")
+cols = st.columns(3)
+default_size = draft["image_size"] or entry.default_size
+if not entry.min_size <= default_size <= 1024:
+    default_size = entry.default_size
+widgets.seed("model_image_size", default_size)
+with cols[0]:
+    image_size = st.number_input(
+        "Input size (px)", min_value=entry.min_size, max_value=1024, step=16,
+        key="model_image_size",
+        help=f"{entry.key} was trained at {entry.default_size} px; smaller is faster, "
+        f"larger sees more detail. Minimum {entry.min_size}.",
+    )
+with cols[1]:
+    widgets.seed("model_hidden_units", int(draft["hidden_units"]))
+    hidden_units = st.number_input(
+        "Hidden units", min_value=0, max_value=4096, step=64, key="model_hidden_units",
+        help="0 = pooled features go straight to the softmax (the classic recipe).",
+    )
+with cols[2]:
+    widgets.seed("model_dropout", float(draft["dropout"]))
+    dropout = st.slider("Dropout", 0.0, 0.8, step=0.05, key="model_dropout",
+                        help="Randomly drops features while training: less overfitting.")
+
+state.update_spec(backbone=key, weights=weights, image_size=int(image_size),
+                  hidden_units=int(hidden_units), dropout=float(dropout))
+
+with st.container(border=True):
+    st.markdown("**Current choice**")
+    summary = widgets.spec_summary(state.spec_draft())
+    st.markdown(f"**Backbone** &nbsp; {summary['Backbone']}  \n**Head** &nbsp; {summary['Head']}")
+    cols = st.columns([0.25, 0.25, 0.5])
+    cols[0].page_link("pages/freeze.py", label="Next: freeze strategy",
+                      icon=":material/arrow_forward:")
+    cols[1].page_link("pages/training.py", label="Training", icon=":material/model_training:")

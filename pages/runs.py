@@ -1,0 +1,173 @@
+"""Runs: every run of the project, compared side by side, each one inspected and exported."""
+
+import streamlit as st
+
+import tl_engine as tle
+from dashboard import charts, run_views, state
+
+# Not tle.evaluation: once tl_engine.training is imported in this process, the submodule
+# tl_engine.evaluation replaces that attribute (engine bug, reported).
+from tl_engine.runs import evaluation as run_evaluation
+
+EXPORTS = {  # format -> (name, what it is for); models are prepared on request
+    "keras": ("Keras (.keras)", "The complete model for Python and Keras 3."),
+    "savedmodel": ("SavedModel (.zip)", "TensorFlow Serving, TF.js and other converters."),
+    "tflite": ("TFLite", "Phones and edge devices, float32."),
+    "tflite-quant": ("TFLite quantized",
+                     "Smaller (int8 weights), float32 in and out; probabilities shift a little."),
+    "labels": ("labels.txt", "Class names, one per line, in the model's output order."),
+    "card": ("Model card (JSON)", "Backbone, training, data, metrics and input spec."),
+}
+INSTANT = ("labels", "card")  # small files, ready at once
+
+st.title("Runs")
+project = state.require_project()
+ws = state.workspace()
+
+if flash := st.session_state.pop("runs_flash", None):
+    st.success(flash, icon=":material/delete:")
+
+runs = tle.list_runs(ws, project)
+if not runs:
+    st.info("No runs in this project yet.")
+    st.page_link("pages/training.py", label="Start one on Training",
+                 icon=":material/model_training:")
+    st.stop()
+
+active = [r for r in runs if r.is_active]
+if active:
+    with st.container(border=True):
+        st.markdown(f"**{len(active)} run{'s' if len(active) > 1 else ''} queued or training:** "
+                    + ", ".join(f"{r.id} ({r.status})" for r in active))
+        st.page_link("pages/training.py", label="Follow progress on Training",
+                     icon=":material/model_training:", query_params={"project": project})
+
+st.dataframe(run_views.runs_table(runs), hide_index=True, width="stretch",
+             column_config=run_views.RUNS_COLUMNS, placeholder="–")
+
+# --- compare ---------------------------------------------------------------------------------
+st.header("Compare")
+by_id = {r.id: r for r in runs}
+finished = [r.id for r in runs if r.status == "completed"]
+if "compare_runs" in st.session_state:  # forget runs deleted since (here or elsewhere)
+    st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in by_id]
+compared = st.multiselect(
+    "Runs to compare", list(by_id), default=finished[:3], key="compare_runs",
+    format_func=lambda run_id: run_views.run_choice_label(by_id[run_id]),
+    placeholder="Choose runs to overlay their curves")
+with state.engine_errors():
+    chosen = [by_id[run_id] for run_id in compared]
+    if chosen:
+        st.plotly_chart(charts.training_curves({r.id: tle.run_metrics(ws, r.id) for r in chosen}),
+                        width="stretch")
+        evaluations = {r.id: run_evaluation(ws, r.id).get("val", {}) for r in chosen
+                       if r.status == "completed"}
+        st.table(run_views.comparison_table(chosen, evaluations))
+        if len(chosen) > 1:
+            st.caption("Only the settings that differ among these runs are listed.")
+
+# --- one run ---------------------------------------------------------------------------------
+st.header("Run details")
+run = run_views.pick_run(
+    runs, "Run", key="runs_detail_run", best_default=False,
+    format_func=lambda r: f"{run_views.run_choice_label(r)} · {r.status}")
+
+with state.engine_errors():
+    st.markdown(f"#### {run.id} &nbsp; {run_views.status_badge(run)}")
+    st.caption(f"{run.spec.backbone} · {run_views.weights_text(run.spec.weights)} weights · "
+               f"{run_views.strategy_text(run.spec)} · started by "
+               f"{run.started_by or 'unknown'} · {run_views.created_text(run)}")
+    if run.error:
+        st.error(run.error)
+    if run.is_active:
+        st.info("This run is still "
+                + ("waiting in the queue." if run.status == "queued" else "training."))
+        st.page_link("pages/training.py", label="Follow it on Training",
+                     icon=":material/model_training:",
+                     query_params={"project": project, "run": run.id})
+
+    if run.status == "completed":
+        val = run_evaluation(ws, run.id)["val"]
+        cols = st.columns(6)
+        cols[0].metric("Val accuracy", run_views.percent(run.val_accuracy))
+        cols[1].metric(f"Top-{val['top_k']} accuracy", run_views.percent(val["top_k_accuracy"]))
+        cols[2].metric("Macro F1", f"{val['macro_f1']:.3f}")
+        cols[3].metric("Epochs", run.epochs_run)
+        cols[4].metric("Training time", run_views.duration(run.seconds))
+        cols[5].metric("Trainable params", run_views.count(run.summary.get("trainable_params")))
+
+        quality, mistakes, export, settings = st.tabs(
+            ["Confusion & per class", f"Misclassified ({val['n_misclassified']})",
+             "Export", "Settings"])
+        with quality:
+            left, right = st.columns(2)
+            left.markdown(f"**Confusion matrix** · {val['n_images']} validation images")
+            left.plotly_chart(charts.confusion_heatmap(val["confusion_matrix"], val["classes"]),
+                              width="stretch")
+            table = run_views.per_class_table(val)
+            right.markdown("**Per class**")
+            right.dataframe(table, width="stretch", column_config={
+                m: st.column_config.NumberColumn(m, format="percent")
+                for m in ("precision", "recall", "f1")})
+            right.plotly_chart(run_views.per_class_bar(table), width="stretch")
+
+        with mistakes:
+            wrong = val["misclassified"]
+            if not wrong:
+                st.success("Every validation image is classified correctly.")
+            else:
+                if val["n_misclassified"] > len(wrong):
+                    st.caption(f"The {len(wrong)} most confident of {val['n_misclassified']} "
+                               "mistakes are stored.")
+                shown = run_views.paged(wrong, key=f"mistakes_page_{run.id}", per_page=12)
+                for start in range(0, len(shown), 4):
+                    for column, mistake in zip(st.columns(4), shown[start:start + 4],
+                                               strict=False):
+                        with column:
+                            run_views.mistake_card(ws, mistake)
+
+        with export:
+            st.caption("Every export takes RGB pixels 0–255 at "
+                       f"{run.spec.image_size}×{run.spec.image_size} and predicts what this "
+                       "app predicts; the model card says so in full.")
+            # Prepared exports are kept for the run on screen only: models can be large.
+            exports = st.session_state.setdefault("exports", {})
+            for other in [k for k in exports if k != run.id]:
+                del exports[other]
+            prepared = exports.setdefault(run.id, {})
+            for fmt, (label, purpose) in EXPORTS.items():
+                name_col, purpose_col, action_col = st.columns([2, 4, 2],
+                                                               vertical_alignment="center")
+                name_col.markdown(f"**{label}**")
+                purpose_col.caption(purpose)
+                with action_col:
+                    slot = st.empty()  # the Prepare button, then its spinner, then the download
+                    if fmt in INSTANT:
+                        prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
+                    elif fmt not in prepared and slot.button(
+                            "Prepare", key=f"prep_{fmt}", icon=":material/build:",
+                            help="Converting can take a few seconds."):
+                        with slot, st.spinner(f"Preparing {label}…"):
+                            prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
+                    if fmt in prepared:
+                        name, data = prepared[fmt]
+                        slot.download_button(
+                            f"Download · {run_views.file_size(len(data))}", data,
+                            file_name=name, key=f"dl_{fmt}", icon=":material/download:",
+                            type="secondary" if fmt in INSTANT else "primary")
+
+        with settings:
+            st.dataframe(run_views.spec_table(run.spec), hide_index=True)
+            st.caption(f"Dataset {run.dataset_id} · {run.summary.get('n_train')} train / "
+                       f"{run.summary.get('n_val')} val images · device "
+                       f"{run.summary.get('device', '?')}")
+
+    with st.expander("Delete this run"):
+        sure = st.checkbox(f"Yes, delete run {run.id}, its model and exports",
+                           key=f"confirm_delete_{run.id}")
+        if st.button("Delete run", type="primary", disabled=not sure, key="delete_run"):
+            tle.delete_run(ws, run.id)
+            st.session_state.get("exports", {}).pop(run.id, None)
+            state.set_run(None)
+            st.session_state["runs_flash"] = f"Deleted run {run.id}."
+            st.rerun()
