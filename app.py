@@ -1,5 +1,6 @@
 """Transfer Learning Studio: `streamlit run app.py`. The sidebar and navigation; each step
-is a page in pages/."""
+is a page in views/ (not pages/: that folder name would switch Streamlit into its
+old folder-based mode for the first request of a deep link)."""
 
 import streamlit as st
 
@@ -10,13 +11,13 @@ st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧪", layo
 # Navigation first: Streamlit then never shows its automatic pages/ listing meanwhile.
 page = st.navigation(
     [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
-        st.Page("pages/model.py", title="Model", icon=":material/memory:"),
-        st.Page("pages/freeze.py", title="Freeze strategy", icon=":material/ac_unit:"),
-        st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
-        st.Page("pages/prediction.py", title="Prediction", icon=":material/image_search:"),
-        st.Page("pages/runs.py", title="Runs", icon=":material/leaderboard:"),
+        st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("views/dataset.py", title="Dataset", icon=":material/photo_library:"),
+        st.Page("views/model.py", title="Model", icon=":material/memory:"),
+        st.Page("views/freeze.py", title="Freeze strategy", icon=":material/ac_unit:"),
+        st.Page("views/training.py", title="Training", icon=":material/model_training:"),
+        st.Page("views/prediction.py", title="Prediction", icon=":material/image_search:"),
+        st.Page("views/runs.py", title="Runs", icon=":material/leaderboard:"),
     ]
 )
 

@@ -48,7 +48,7 @@ def require_project() -> str:
     project = current_project()
     if project is None:
         st.info("Choose or create a project on the Home page first.")
-        st.page_link("pages/home.py", label="Go to Home", icon="🏠")
+        st.page_link("views/home.py", label="Go to Home", icon="🏠")
         st.stop()
     return project
 

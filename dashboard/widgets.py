@@ -3,9 +3,7 @@ and the built-in sample data. Rendering only; everything stored goes through tl_
 
 from __future__ import annotations
 
-import io
 import os
-import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -310,35 +308,3 @@ def count_images(folder: str) -> int:
     )
 
 
-SHAPES = ("circle", "square", "triangle")
-
-
-def synthetic_shapes(per_class: int = 30, size: int = 96, seed: int = 0) -> list[tle.Upload]:
-    """Circles, squares and triangles in random colours and places: a dataset that needs
-    nothing on disk, so a fresh instance can be demoed end to end."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = random.Random(seed)
-    uploads = []
-    for label in SHAPES:
-        for i in range(per_class):
-            background = tuple(rng.randint(170, 255) for _ in range(3))
-            colour = tuple(rng.randint(0, 150) for _ in range(3))
-            image = Image.new("RGB", (size, size), background)
-            draw = ImageDraw.Draw(image)
-            side = rng.randint(size // 3, int(size * 0.7))
-            x0 = rng.randint(2, size - side - 2)
-            y0 = rng.randint(2, size - side - 2)
-            if label == "circle":
-                draw.ellipse((x0, y0, x0 + side, y0 + side), fill=colour)
-            elif label == "square":
-                draw.rectangle((x0, y0, x0 + side, y0 + side), fill=colour)
-            else:
-                draw.polygon(
-                    [(x0 + side / 2, y0), (x0, y0 + side), (x0 + side, y0 + side)], fill=colour
-                )
-            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            uploads.append(tle.Upload(f"{label}/{label}_{i:03d}.png", buffer.getvalue(), label))
-    return uploads

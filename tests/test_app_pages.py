@@ -7,31 +7,16 @@ import io
 from pathlib import Path
 
 import pytest
-import streamlit.runtime.pages_manager as pages_manager
 from conftest import PROJECT_ROOT, TINY_CLASSES, write_color_classes
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
 
-MY_PAGES = ["pages/home.py", "pages/dataset.py", "pages/model.py", "pages/freeze.py",
-            "pages/training.py"]
+MY_PAGES = ["views/home.py", "views/dataset.py", "views/model.py", "views/freeze.py",
+            "views/training.py"]
 TINY_SPEC = {"backbone": "MobileNetV2-0.35", "weights": "none", "image_size": 32, "epochs": 1,
              "batch_size": 8, "learning_rate": 0.01}
 
-
-class _PathWithoutPagesDir(type(Path())):
-    def exists(self, *args, **kwargs) -> bool:
-        return False if self.name == "pages" else super().exists(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def run_app_py_on_every_rerun(monkeypatch):
-    """AppTest forgets before each run that st.navigation switched off Streamlit's old
-    pages/-folder mode, so every rerun after the first would run the page file alone,
-    without app.py (no sidebar, no project picker). A server decides once per process.
-    Hiding the folder from that one check makes AppTest run app.py every time, as a
-    server does."""
-    monkeypatch.setattr(pages_manager, "Path", _PathWithoutPagesDir)
 
 
 def open_app(monkeypatch: pytest.MonkeyPatch, root: Path, project: str | None = None,
@@ -103,21 +88,21 @@ def test_every_page_renders_for_a_project_with_a_completed_run(monkeypatch, trai
     assert metric(at, "Datasets") == "1" and metric(at, "Runs") == "1"
     assert metric(at, "Best val accuracy") == f"{run.val_accuracy:.1%}"
 
-    at.switch_page("pages/dataset.py").run()
+    at.switch_page("views/dataset.py").run()
     assert not at.exception
     assert metric(at, "Images") == "30" and metric(at, "Classes") == "3"
     assert len(at.get("plotly_chart")) == 1  # class counts
     assert len(at.get("image")) == 10, "thumbnails of the first class"
 
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     assert not at.exception
     assert "MobileNetV2-0.35" in texts(at.markdown)  # the current choice summary
 
-    at.switch_page("pages/freeze.py").run()
+    at.switch_page("views/freeze.py").run()
     assert not at.exception
     assert {"Trainable parameters", "Frozen parameters"} <= {m.label for m in at.metric}
 
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     assert not at.exception
     # No run chosen in this session: the page shows the project's latest run.
     assert any(s.label == "Run" and s.value == run.id for s in at.selectbox)
@@ -153,7 +138,7 @@ def test_invalid_project_name_shows_the_engine_message(monkeypatch, tmp_path):
 def test_sample_button_creates_a_dataset(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     ws.ensure_project("demo")
-    at = open_app(monkeypatch, ws.root, project="demo", page="pages/dataset.py")
+    at = open_app(monkeypatch, ws.root, project="demo", page="views/dataset.py")
     assert "No dataset in this project yet" in texts(at.info)
     at.button(key="sample_shapes").click().run()
     assert not at.exception
@@ -166,7 +151,7 @@ def test_sample_button_creates_a_dataset(monkeypatch, tmp_path):
 def test_upload_by_class_with_a_webcam_shot_and_a_bad_first_try(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     ws.ensure_project("demo")
-    at = open_app(monkeypatch, ws.root, project="demo", page="pages/dataset.py")
+    at = open_app(monkeypatch, ws.root, project="demo", page="views/dataset.py")
     # One class only: the engine refuses it, the page says why and stores nothing.
     at.text_input(key="class_name_1").input("red")
     at.file_uploader(key="class_files_1_0").set_value(
@@ -197,7 +182,7 @@ def test_upload_by_class_with_a_webcam_shot_and_a_bad_first_try(monkeypatch, tmp
 def test_folder_upload_takes_labels_from_the_parent_folders(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     ws.ensure_project("demo")
-    at = open_app(monkeypatch, ws.root, project="demo", page="pages/dataset.py")
+    at = open_app(monkeypatch, ws.root, project="demo", page="views/dataset.py")
     files = [
         (f"shots/{split}/{label}/{label}{i}.png", png_bytes(colour, i + 10 * (split == "val")),
          "image/png")
@@ -215,7 +200,7 @@ def test_folder_upload_takes_labels_from_the_parent_folders(monkeypatch, tmp_pat
 def test_deleting_a_dataset_that_runs_use_shows_the_engine_error(monkeypatch,
                                                                   trained_workspace):
     ws, dataset, _ = trained_workspace
-    at = open_app(monkeypatch, ws.root, project="demo", page="pages/dataset.py")
+    at = open_app(monkeypatch, ws.root, project="demo", page="views/dataset.py")
     at.checkbox(key=f"confirm_delete_{dataset.id}").check().run()
     at.button(key="delete_dataset").click().run()
     assert not at.exception
@@ -224,7 +209,7 @@ def test_deleting_a_dataset_that_runs_use_shows_the_engine_error(monkeypatch,
 
 
 def test_model_page_choices_change_the_spec_draft(monkeypatch, demo_ws):
-    at = open_app(monkeypatch, demo_ws.root, project="demo", page="pages/model.py")
+    at = open_app(monkeypatch, demo_ws.root, project="demo", page="views/model.py")
     at.selectbox(key="model_backbone").select("MobileNet-0.25").run()
     at.radio(key="model_weights_source").set_value("none").run()
     at.number_input(key="model_image_size").set_value(96).run()
@@ -249,7 +234,7 @@ def test_freeze_slider_changes_the_trainable_parameters(monkeypatch, demo_ws):
     at.query_params["project"] = "demo"
     at.session_state["spec_draft"] = tle.RunSpec(**TINY_SPEC).to_dict()
     at.run()
-    at.switch_page("pages/freeze.py").run()
+    at.switch_page("views/freeze.py").run()
     frozen = metric(at, "Trainable parameters")
     at.radio(key="freeze_strategy").set_value("partial").run()
     at.slider(key="freeze_depth").set_value(10).run()
@@ -275,7 +260,7 @@ def test_start_training_queues_a_run_and_an_identical_spec_shows_it(monkeypatch,
     at.session_state["spec_draft"] = tle.RunSpec(**TINY_SPEC).to_dict()
     at.run()
     at.text_input(key="user_name").input("tester").run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     assert "No run in this project yet" in texts(at.caption)
     at.button(key="FormSubmitter:train_form-Start training").click().run()
     assert not at.exception, at.exception
@@ -288,7 +273,7 @@ def test_start_training_queues_a_run_and_an_identical_spec_shows_it(monkeypatch,
         assert f"Run {run.id} is queued" in texts(at.success)
 
         # A second browser with nothing selected follows the same job.
-        other = open_app(monkeypatch, ws.root, project="demo", page="pages/training.py")
+        other = open_app(monkeypatch, ws.root, project="demo", page="views/training.py")
         assert any(s.label == "Run" and s.value == run.id for s in other.selectbox)
     finally:
         done = tle.wait_for_run(ws, run.id, timeout_s=180)  # no worker outlives the test
@@ -306,7 +291,7 @@ def test_sidebar_picker_switches_project(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     ws.ensure_project("alpha")
     ws.ensure_project("beta")
-    at = open_app(monkeypatch, ws.root, project="alpha", page="pages/home.py")
+    at = open_app(monkeypatch, ws.root, project="alpha", page="views/home.py")
     assert "Project · alpha" in texts(at.subheader)
     picker = next(s for s in at.sidebar.selectbox if s.label == "Project")
     picker.select("beta").run()
@@ -322,7 +307,7 @@ def test_cancel_and_resume_from_the_training_page(monkeypatch, demo_ws):
     spec = tle.RunSpec(**{**TINY_SPEC, "epochs": 50})
     run_id = tle.submit_run(ws, "demo", dataset.id, spec, start_worker=False).run_id
     try:
-        at = open_app(monkeypatch, ws.root, project="demo", page="pages/training.py")
+        at = open_app(monkeypatch, ws.root, project="demo", page="views/training.py")
         assert any(s.label == "Run" and s.value == run_id for s in at.selectbox)
         assert "in queue" in texts(at.info) or "Running" in texts(at.markdown)
         at.button(key=f"cancel_{run_id}").click().run()
@@ -345,7 +330,7 @@ def test_missing_imagenet_weights_stop_the_start_with_a_clear_message(monkeypatc
     at.query_params["project"] = "demo"
     at.session_state["spec_draft"] = tle.RunSpec(backbone="ResNet50", weights="imagenet").to_dict()
     at.run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     at.button(key="FormSubmitter:train_form-Start training").click().run()
     assert not at.exception
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in texts(at.error)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit.runtime.pages_manager as pages_manager
 from conftest import PROJECT_ROOT, train_tiny_run
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -18,19 +17,6 @@ from streamlit.testing.v1 import AppTest
 import tl_engine as tle
 from dashboard import run_views
 from tl_engine.runs import evaluation as run_evaluation
-
-
-class _PathWithoutPagesDir(type(Path())):
-    def exists(self, *args, **kwargs) -> bool:
-        return False if self.name == "pages" else super().exists(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def run_app_py_on_every_rerun(monkeypatch):
-    """AppTest resets Streamlit's "is there a pages/ folder" flag before each run, so
-    reruns would execute the page file alone, without app.py. A server decides once per
-    process; hiding the folder from that one check makes AppTest behave like the server."""
-    monkeypatch.setattr(pages_manager, "Path", _PathWithoutPagesDir)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +77,7 @@ def jpeg(colour: tuple[int, int, int], size: int = 40, seed: int = 7) -> bytes:
 # --- no project, no runs ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", ["pages/prediction.py", "pages/runs.py"])
+@pytest.mark.parametrize("page", ["views/prediction.py", "views/runs.py"])
 def test_pages_ask_for_a_project_first(monkeypatch, tmp_path, page):
     at = open_page(monkeypatch, tmp_path / "empty", page, project=None)
     assert "Choose or create a project" in texts(at.info)
@@ -99,10 +85,10 @@ def test_pages_ask_for_a_project_first(monkeypatch, tmp_path, page):
 
 def test_pages_point_to_training_when_there_is_no_run(monkeypatch, tmp_path):
     tle.Workspace(tmp_path / "ws").ensure_project("fresh")
-    at = open_page(monkeypatch, tmp_path / "ws", "pages/prediction.py", project="fresh")
+    at = open_page(monkeypatch, tmp_path / "ws", "views/prediction.py", project="fresh")
     assert "No completed run" in texts(at.info)
     assert not at.file_uploader
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert not at.exception
     assert "No runs in this project yet" in texts(at.info)
     assert not at.dataframe
@@ -114,7 +100,7 @@ def test_pages_point_to_training_when_there_is_no_run(monkeypatch, tmp_path):
 def test_runs_table_comparison_and_evaluation(monkeypatch, demo_root):
     runs = runs_by_weights(tle.Workspace(demo_root))
     random, learned = runs["none"], runs["imagenet"]
-    at = open_page(monkeypatch, demo_root, "pages/runs.py", run=random.id)
+    at = open_page(monkeypatch, demo_root, "views/runs.py", run=random.id)
 
     table = at.dataframe[0].value
     assert set(table["run"]) == {random.id, learned.id}
@@ -155,7 +141,7 @@ def test_runs_table_comparison_and_evaluation(monkeypatch, demo_root):
 
 def test_choosing_another_run_updates_the_url_and_details(monkeypatch, demo_root):
     runs = runs_by_weights(tle.Workspace(demo_root))
-    at = open_page(monkeypatch, demo_root, "pages/runs.py", run=runs["none"].id)
+    at = open_page(monkeypatch, demo_root, "views/runs.py", run=runs["none"].id)
     at.selectbox[0].select(runs["imagenet"].id).run()
     assert not at.exception
     assert at.query_params["run"] == runs["imagenet"].id
@@ -165,7 +151,7 @@ def test_choosing_another_run_updates_the_url_and_details(monkeypatch, demo_root
 
 def test_delete_a_run_after_confirming(monkeypatch, ws):
     victim = runs_by_weights(ws)["none"]
-    at = open_page(monkeypatch, ws.root, "pages/runs.py", run=victim.id)
+    at = open_page(monkeypatch, ws.root, "views/runs.py", run=victim.id)
     assert at.button(key="delete_run").disabled
     at.checkbox(key=f"confirm_delete_{victim.id}").check().run()
     at.button(key="delete_run").click().run()
@@ -182,7 +168,7 @@ def test_an_active_run_is_listed_and_cannot_be_deleted(monkeypatch, ws):
     dataset = tle.list_datasets(ws, "demo")[0]
     spec = tle.RunSpec(backbone="MobileNetV2-0.35", weights="none", image_size=32, epochs=1)
     queued = tle.submit_run(ws, "demo", dataset.id, spec, start_worker=False).run_id
-    at = open_page(monkeypatch, ws.root, "pages/runs.py", run=queued)
+    at = open_page(monkeypatch, ws.root, "views/runs.py", run=queued)
     table = at.dataframe[0].value.set_index("run")
     assert table.loc[queued, "status"] == "queued"
     assert "1 run queued or training" in texts(at.markdown)
@@ -196,7 +182,7 @@ def test_an_active_run_is_listed_and_cannot_be_deleted(monkeypatch, ws):
 
 def test_exports_are_prepared_on_request(monkeypatch, ws):
     learned = runs_by_weights(ws)["imagenet"]
-    at = open_page(monkeypatch, ws.root, "pages/runs.py", run=learned.id)
+    at = open_page(monkeypatch, ws.root, "views/runs.py", run=learned.id)
     labels = {b.key: b.label for b in at.get("download_button")}
     assert set(labels) == {"dl_labels", "dl_card"}  # small files at once; models on request
     assert at.button(key="prep_keras").label == "Prepare"
@@ -223,7 +209,7 @@ def test_comparison_lists_only_differing_settings(demo_root):
 
 def test_prediction_of_uploads_with_a_bad_file(monkeypatch, demo_root):
     learned = runs_by_weights(tle.Workspace(demo_root))["imagenet"]
-    at = open_page(monkeypatch, demo_root, "pages/prediction.py")
+    at = open_page(monkeypatch, demo_root, "views/prediction.py")
     assert at.selectbox[0].value == learned.id  # the best run by default…
     assert "run" not in at.query_params  # …which is not put in the URL until chosen
     assert "Upload images" in texts(at.info)
@@ -256,7 +242,7 @@ def test_prediction_leaves_a_run_that_is_not_completed_in_the_url(monkeypatch, w
     dataset = tle.list_datasets(ws, "demo")[0]
     spec = tle.RunSpec(backbone="MobileNetV2-0.35", weights="none", image_size=32, epochs=1)
     queued = tle.submit_run(ws, "demo", dataset.id, spec, start_worker=False).run_id
-    at = open_page(monkeypatch, ws.root, "pages/prediction.py", run=queued)
+    at = open_page(monkeypatch, ws.root, "views/prediction.py", run=queued)
     assert at.selectbox[0].value == runs_by_weights(ws)["imagenet"].id
     assert queued not in at.selectbox[0].options
     assert at.query_params["run"] == queued  # the Training page still follows it
@@ -265,7 +251,7 @@ def test_prediction_leaves_a_run_that_is_not_completed_in_the_url(monkeypatch, w
 def test_prediction_uses_the_run_in_the_url(monkeypatch, demo_root):
     runs = runs_by_weights(tle.Workspace(demo_root))
     random = runs["none"]
-    at = open_page(monkeypatch, demo_root, "pages/prediction.py", run=random.id)
+    at = open_page(monkeypatch, demo_root, "views/prediction.py", run=random.id)
     assert at.selectbox[0].value == random.id
     assert at.slider[0].value == 3 and at.slider[0].max == 3
     at.file_uploader[0].set_value(("red.jpg", jpeg((255, 0, 0)), "image/jpeg")).run()

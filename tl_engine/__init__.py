@@ -11,6 +11,7 @@ from .datasets import (
     check_data,
     delete_dataset,
     ingest_folder,
+    ingest_tree,
     ingest_uploads,
     ingest_zip,
     list_datasets,
@@ -44,6 +45,7 @@ from .runs import (
     run_metrics,
     running_run,
 )
+from .samples import synthetic_shapes
 from .spec import AUGMENTATIONS, STRATEGIES, RunSpec
 from .store import Workspace
 from .weights import weights_status
@@ -55,9 +57,9 @@ __all__ = [
     "Submission", "TLError", "Upload", "WeightsUnavailable", "Workspace",
     "cancel_run", "check_data", "delete_dataset", "delete_run", "describe_device",
     "describe_freeze", "ensure_worker", "evaluation", "export_bytes", "export_run",
-    "get_backbone", "get_run", "ingest_folder", "ingest_uploads", "ingest_zip",
+    "get_backbone", "get_run", "ingest_folder", "ingest_tree", "ingest_uploads", "ingest_zip",
     "list_backbones", "list_datasets", "list_runs", "load_dataset", "load_predictor",
     "model_card", "predict_images", "queue_position", "recover_interrupted",
-    "resume_run", "run_metrics", "running_run", "split_records", "submit_run",
+    "resume_run", "run_metrics", "running_run", "split_records", "submit_run", "synthetic_shapes",
     "wait_for_run", "weights_status",
 ]

@@ -139,6 +139,31 @@ def ingest_uploads(
     return _ingest(ws, _collect_uploads(uploads), project, name or "uploads", progress)
 
 
+def ingest_tree(
+    ws: Workspace,
+    files: Iterable[tuple[str, bytes]],
+    project: str = "default",
+    name: str | None = None,
+    *,
+    progress: Progress | None = None,
+) -> Dataset:
+    """(relative path, bytes) pairs, as a browser's folder upload gives them, read with the
+    same layout rules as a folder or a zip: class folders, a lone wrapper folder, a given
+    train/val split. Paths that are absolute or climb out with '..' are skipped."""
+    entries: list[_Entry] = []
+    unreadable: list[dict[str, str]] = []
+    for path, data in files:
+        parts = _member_parts(path)
+        if parts is None:
+            unreadable.append({"file": path, "reason": "unsafe path (absolute or containing "
+                               "'..'): skipped"})
+        elif parts and not _is_junk(parts):
+            entries.append(_Entry(parts, path, lambda data=data: bytes(data)))
+    tops = {entry.parts[0] for entry in entries if len(entry.parts) > 1}
+    label = name or (next(iter(tops)) if len(tops) == 1 else "folder")
+    return _ingest(ws, _layout(entries, set(), label, unreadable), project, label, progress)
+
+
 def check_data(source: str | os.PathLike[str]) -> dict[str, Any]:
     """The health report of a folder or .zip, writing nothing; problems go in "errors"."""
     path = Path(source).expanduser()

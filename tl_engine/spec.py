@@ -78,12 +78,13 @@ class RunSpec:
         if self.val_split + self.test_split >= 0.9:
             raise SpecError("Validation and test splits together must leave 10% to train on.")
         weights = self.weights if self.weights in ("imagenet", "none") else str(self.weights)
-        unfreeze = self.unfreeze if self.strategy in ("partial", "two-phase") else 0
+        fine_tunes_top = self.strategy in ("partial", "two-phase")
         return dataclasses.replace(
             self,
             image_size=size,
             weights=weights,
-            unfreeze=int(unfreeze),
+            unfreeze=int(self.unfreeze) if fine_tunes_top else 0,
+            unfreeze_unit=self.unfreeze_unit if fine_tunes_top else "layers",
             augment=tuple(sorted(set(self.augment))),
             head_epochs=int(self.head_epochs) if self.strategy == "two-phase" else 0,
             fine_tune_lr_factor=(

@@ -59,12 +59,12 @@ st.markdown("**What to do next**")
 with st.container(border=True):
     steps = [
         (bool(datasets), "Add a dataset: upload photos per class, a folder, a .zip or a sample",
-         "pages/dataset.py", "Dataset"),
+         "views/dataset.py", "Dataset"),
         (bool(runs), "Choose a backbone and what to freeze",
-         "pages/model.py", "Model"),
-        (bool(runs), "Start a training run", "pages/training.py", "Training"),
+         "views/model.py", "Model"),
+        (bool(runs), "Start a training run", "views/training.py", "Training"),
         (bool(completed), "Try the model on new photos and compare runs",
-         "pages/prediction.py", "Prediction"),
+         "views/prediction.py", "Prediction"),
     ]
     next_found = False
     for done, text, page, label in steps:
@@ -84,10 +84,10 @@ with st.container(border=True):
         who = f" by {run.started_by}" if run.started_by else ""
         st.info(f"Run {run.id} ({run.spec.backbone}{who}) {where}.",
                 icon=":material/directions_run:")
-        st.page_link("pages/training.py", label="Watch it on the Training page",
+        st.page_link("views/training.py", label="Watch it on the Training page",
                      icon=":material/monitoring:")
     elif completed:
-        st.page_link("pages/runs.py", label="Compare runs and export a model",
+        st.page_link("views/runs.py", label="Compare runs and export a model",
                      icon=":material/leaderboard:")
 
 show_hardware()

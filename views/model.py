@@ -141,6 +141,6 @@ with st.container(border=True):
     summary = widgets.spec_summary(state.spec_draft())
     st.markdown(f"**Backbone** &nbsp; {summary['Backbone']}  \n**Head** &nbsp; {summary['Head']}")
     cols = st.columns([0.25, 0.25, 0.5])
-    cols[0].page_link("pages/freeze.py", label="Next: freeze strategy",
+    cols[0].page_link("views/freeze.py", label="Next: freeze strategy",
                       icon=":material/arrow_forward:")
-    cols[1].page_link("pages/training.py", label="Training", icon=":material/model_training:")
+    cols[1].page_link("views/training.py", label="Training", icon=":material/model_training:")

@@ -166,25 +166,21 @@ def upload_by_class() -> None:
 
 
 def upload_folder() -> None:
-    st.caption("Choose a folder that holds one sub-folder per class (e.g. cats/, dogs/). "
-               "Each photo's class is the name of the folder it sits in.")
+    st.caption("Choose a folder that holds one sub-folder per class (e.g. cats/, dogs/), or "
+               "train/ and val/ folders of them to keep that split. Each photo's class is the "
+               "name of the folder it sits in.")
     files = st.file_uploader("Folder of class folders", type=widgets.IMAGE_TYPES,
                              accept_multiple_files="directory", key=f"folder_{gen}") or []
     if not files:
         return
     paths = [PurePosixPath(f.name) for f in files]
-    labels = [path.parent.name for path in paths]
-    counts = Counter(labels)
-    st.dataframe(pd.DataFrame({"class": list(counts), "photos": list(counts.values())}),
+    counts = Counter(path.parent.name for path in paths)
+    st.dataframe(pd.DataFrame({"folder": list(counts), "photos": list(counts.values())}),
                  hide_index=True)
-    root = paths[0].parts[0] if len(paths[0].parts) > 2 else "folder"
     if st.button("Create dataset from folder", type="primary", key="create_from_folder"):
-        uploads = [
-            tle.Upload(f.name, f.getvalue(), label)
-            for f, label in zip(files, labels, strict=True)
-        ]
-        ingest(f"{len(uploads)} files", lambda progress: tle.ingest_uploads(
-            ws, uploads, project=project, name=root, progress=progress))
+        tree = [(f.name, f.getvalue()) for f in files]
+        ingest(f"{len(tree)} files", lambda progress: tle.ingest_tree(
+            ws, tree, project=project, progress=progress))
 
 
 def upload_zip() -> None:
@@ -207,7 +203,7 @@ def sample_data() -> None:
                    "images at 96 px. Needs nothing on disk; trains in seconds.")
         if st.button("Use the shapes sample", key="sample_shapes", type="primary"):
             ingest("the shapes sample", lambda progress: tle.ingest_uploads(
-                ws, widgets.synthetic_shapes(), project=project, name="shapes (sample)",
+                ws, tle.synthetic_shapes(), project=project, name="shapes (sample)",
                 progress=progress))
     with cols[1].container(border=True):
         st.markdown("**Ants vs bees** · real photos")

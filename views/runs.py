@@ -30,7 +30,7 @@ if flash := st.session_state.pop("runs_flash", None):
 runs = tle.list_runs(ws, project)
 if not runs:
     st.info("No runs in this project yet.")
-    st.page_link("pages/training.py", label="Start one on Training",
+    st.page_link("views/training.py", label="Start one on Training",
                  icon=":material/model_training:")
     st.stop()
 
@@ -39,7 +39,7 @@ if active:
     with st.container(border=True):
         st.markdown(f"**{len(active)} run{'s' if len(active) > 1 else ''} queued or training:** "
                     + ", ".join(f"{r.id} ({r.status})" for r in active))
-        st.page_link("pages/training.py", label="Follow progress on Training",
+        st.page_link("views/training.py", label="Follow progress on Training",
                      icon=":material/model_training:", query_params={"project": project})
 
 st.dataframe(run_views.runs_table(runs), hide_index=True, width="stretch",
@@ -82,7 +82,7 @@ with state.engine_errors():
     if run.is_active:
         st.info("This run is still "
                 + ("waiting in the queue." if run.status == "queued" else "training."))
-        st.page_link("pages/training.py", label="Follow it on Training",
+        st.page_link("views/training.py", label="Follow it on Training",
                      icon=":material/model_training:",
                      query_params={"project": project, "run": run.id})
 

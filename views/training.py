@@ -107,7 +107,7 @@ def settings_form(dataset: tle.Dataset) -> None:
 
 if dataset is None:
     st.info("Add a dataset first: training needs labelled photos.")
-    st.page_link("pages/dataset.py", label="Go to Dataset", icon=":material/photo_library:")
+    st.page_link("views/dataset.py", label="Go to Dataset", icon=":material/photo_library:")
     st.stop()
 
 left, right = st.columns([0.64, 0.36], gap="medium")
@@ -121,9 +121,9 @@ with right, st.container(border=True):
         st.caption(":material/bolt: Frozen backbone without augmentation: each image's "
                    "features are computed once and cached, so epochs take seconds.")
     cols = st.columns(3)
-    cols[0].page_link("pages/dataset.py", label="Dataset", icon=":material/photo_library:")
-    cols[1].page_link("pages/model.py", label="Model", icon=":material/memory:")
-    cols[2].page_link("pages/freeze.py", label="Freezing", icon=":material/ac_unit:")
+    cols[0].page_link("views/dataset.py", label="Dataset", icon=":material/photo_library:")
+    cols[1].page_link("views/model.py", label="Model", icon=":material/memory:")
+    cols[2].page_link("views/freeze.py", label="Freezing", icon=":material/ac_unit:")
 
 
 # --- which run to show ---------------------------------------------------------------
@@ -268,9 +268,9 @@ def final_panel(run: tle.RunRecord) -> None:
                         key=f"curves_{run.id}")
     cols = st.columns(4, vertical_alignment="center")
     if run.status == "completed":
-        cols[0].page_link("pages/prediction.py", label="Try it on new photos",
+        cols[0].page_link("views/prediction.py", label="Try it on new photos",
                           icon=":material/image_search:")
-        cols[1].page_link("pages/runs.py", label="Compare runs", icon=":material/leaderboard:")
+        cols[1].page_link("views/runs.py", label="Compare runs", icon=":material/leaderboard:")
     elif cols[0].button("Resume", key=f"resume_{run.id}", icon=":material/play_arrow:",
                         type="primary"):
         with state.engine_errors():

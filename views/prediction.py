@@ -12,7 +12,7 @@ ws = state.workspace()
 completed = [r for r in tle.list_runs(ws, project) if r.status == "completed"]
 if not completed:
     st.info("No completed run in this project yet: train a model first, then try it here.")
-    st.page_link("pages/training.py", label="Go to Training", icon=":material/model_training:")
+    st.page_link("views/training.py", label="Go to Training", icon=":material/model_training:")
     st.stop()
 
 run = run_views.pick_run(completed, "Model", key="prediction_run")

@@ -134,4 +134,4 @@ with right:
             hide_index=True, width="stretch", height=320,
         )
 
-st.page_link("pages/training.py", label="Next: training", icon=":material/arrow_forward:")
+st.page_link("views/training.py", label="Next: training", icon=":material/arrow_forward:")
