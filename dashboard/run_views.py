@@ -5,17 +5,18 @@ table shaping only; every number comes from tl_engine."""
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 import tl_engine as tle
 from dashboard import charts, state
+from tl_engine.images import load_rgb_array
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
 STATUS_BADGES = {  # status -> (material icon, badge colour)
@@ -140,16 +141,9 @@ def predict(ws: tle.Workspace, run_id: str, images: Sequence[tuple[str, bytes]],
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes:
-    """A small PNG of an image the engine has already decoded (so it is a safe image)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(data)) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def thumbnail(data: bytes, side: int = THUMB_SIDE) -> np.ndarray:
+    """A small RGB array, decoded by the engine as the model saw it (EXIF rotation, any mode)."""
+    return load_rgb_array(data, "image", max_side=side)
 
 
 def top_k_text(top: Sequence[tuple[str, float]]) -> str:

@@ -109,6 +109,7 @@ def _goto(page, title: str) -> None:
 def test_main_flow_in_chromium(studio, hymenoptera):
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=UI_TIMEOUT_MS)
     url, tmp_path = studio
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     photos, held_back = _subset(hymenoptera, tmp_path)
@@ -131,19 +132,22 @@ def test_main_flow_in_chromium(studio, hymenoptera):
 
         # Dataset: one uploader per class.
         _goto(page, "Dataset")
-        page.get_by_label("Class 1").fill("ants")
-        page.get_by_label("Class 2").fill("bees")
-        inputs = page.locator("[data-testid='stFileUploaderDropzoneInput']")
-        inputs.nth(0).set_input_files([str(f) for f in photos["ants"]])
-        inputs.nth(1).set_input_files([str(f) for f in photos["bees"]])
-        _idle(page)
+        page.get_by_role("textbox", name="Class 1", exact=True).fill("ants")
+        page.get_by_role("textbox", name="Class 2", exact=True).fill("bees")
+        for number, label in ((1, "ants"), (2, "bees")):
+            box = page.get_by_role("region", name=f"Photos of class {number}")
+            box.locator("input[type=file]").set_input_files([str(f) for f in photos[label]])
+            last = photos[label][-1].name
+            expect(box.get_by_role("button", name=f"Remove {last}")).to_be_attached()
+            _idle(page)
         page.get_by_role("button", name="Create dataset", exact=True).click()
-        expect(page.get_by_text(f"{2 * PER_CLASS}", exact=True).first).to_be_visible()
+        expect(page.get_by_text(re.compile(rf"Created .*{2 * PER_CLASS} images"))).to_be_visible()
         _idle(page)
         _shot(page, "03-dataset")
 
         _goto(page, "Model")
-        expect(page.get_by_text("MobileNetV2-0.35").first).to_be_visible()
+        chosen = page.get_by_test_id("stMain").get_by_text("MobileNetV2-0.35")
+        expect(chosen.filter(visible=True).first).to_be_visible()
         _shot(page, "04-model")
 
         _goto(page, "Freeze strategy")
@@ -170,7 +174,8 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         _shot(page, "07-prediction")
 
         _goto(page, "Runs")
-        expect(page.get_by_text("MobileNetV2-0.35").first).to_be_visible()
+        expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
         _shot(page, "08-runs")
         browser.close()
     print(f"\nscreenshots: {SCREENSHOTS}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 
@@ -164,6 +165,16 @@ def _compile(model: Any, spec: RunSpec, n_classes: int, learning_rate: float) ->
     )
 
 
+def _discard_if_unreadable(weights_file: Path) -> None:
+    if not weights_file.is_file():
+        return
+    try:
+        with h5py.File(weights_file, "r"):
+            pass
+    except OSError:
+        weights_file.unlink()
+
+
 class RunTrainer:
     """Everything one run needs, loaded once; `train()` does the phases in order."""
 
@@ -233,8 +244,12 @@ class RunTrainer:
              if m["epoch"] <= epoch_offset),
             default=None,
         )
+        _discard_if_unreadable(best_path)  # a worker killed while writing it leaves it torn
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(self.dir / "backup" / phase)),
+            # double_checkpoint: a torn backup (worker killed mid-write) falls back to the
+            # previous epoch's copy instead of failing the resume.
+            keras.callbacks.BackupAndRestore(str(self.dir / "backup" / phase),
+                                             double_checkpoint=True),
             keras.callbacks.ModelCheckpoint(
                 str(best_path), monitor="val_accuracy", mode="max", save_best_only=True,
                 save_weights_only=True, initial_value_threshold=best_so_far,
