@@ -118,7 +118,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.set_default_timeout(UI_TIMEOUT_MS)
         page.goto(url)
-        page.get_by_test_id("stSidebar").wait_for()
+        page.get_by_role("heading", name="Create your first project").wait_for()
         _idle(page)
         _shot(page, "01-home-empty")
 
@@ -127,6 +127,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         page.get_by_label("New project name").last.fill("Insects")
         page.get_by_role("button", name="Create project").last.click()
         expect(page).to_have_url(re.compile(r"project=Insects"))
+        expect(page.get_by_text("What to do next")).to_be_visible()
         _idle(page)
         _shot(page, "02-home-project")
 
