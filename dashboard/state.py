@@ -48,7 +48,7 @@ def require_project() -> str:
     project = current_project()
     if project is None:
         st.info("Choose or create a project on the Home page first.")
-        st.page_link("views/home.py", label="Go to Home", icon="🏠")
+        st.page_link("views/home.py", label="Go to Home", icon=":material/home:")
         st.stop()
     return project
 
@@ -109,4 +109,4 @@ def engine_errors() -> Iterator[None]:
     try:
         yield
     except tle.TLError as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/warning:")
