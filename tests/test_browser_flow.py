@@ -115,7 +115,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
     photos, held_back = _subset(hymenoptera, tmp_path)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page = browser.new_page(viewport={"width": 1440, "height": 2000})
         page.set_default_timeout(UI_TIMEOUT_MS)
         page.goto(url)
         page.get_by_role("heading", name="Create your first project").wait_for()
@@ -143,6 +143,8 @@ def test_main_flow_in_chromium(studio, hymenoptera):
             _idle(page)
         page.get_by_role("button", name="Create dataset", exact=True).click()
         expect(page.get_by_text(re.compile(rf"Created .*{2 * PER_CLASS} images"))).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()  # images per class
+        expect(page.get_by_test_id("stImage").locator("img").first).to_be_visible()
         _idle(page)
         _shot(page, "03-dataset")
 
