@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -76,3 +77,19 @@ def test_cli_check_data_reports_health_and_refuses_one_class(tmp_path):
                    "--workspace", str(tmp_path / "ws"))
     assert missing.returncode == 2 and "r_missing" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_export_never_overwrites_a_users_folder(trained_workspace, tmp_path):
+    from tl_engine.errors import SpecError
+    from tl_engine.export import export_run
+
+    ws, _, run = trained_workspace
+    copy = Workspace(shutil.copytree(ws.root, tmp_path / "ws"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SpecError, match="not an empty folder"):
+        export_run(copy, run.id, "savedmodel", mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    fresh = export_run(copy, run.id, "savedmodel", tmp_path / "fresh")
+    assert (fresh / "saved_model.pb").is_file()

@@ -83,9 +83,10 @@ def export_run(ws: Workspace, run_id: str, fmt: str, out: str | Path | None = No
         return target
     out = Path(out).expanduser()
     if target.is_dir():
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(target, out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SpecError(f"--out {out} already exists and is not an empty folder: "
+                            "give a new folder for the SavedModel.")
+        shutil.copytree(target, out, dirs_exist_ok=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target, out)
@@ -106,7 +107,12 @@ def _write_export(ws: Workspace, run_id: str, fmt: str, model_file: Path, target
         keras.saving.load_model(str(model_file), compile=False).export(
             str(staging), format="tf_saved_model", verbose=False
         )
-        staging.replace(target)
+        try:
+            staging.replace(target)
+        except OSError:  # another export of the same run finished first: keep that one
+            if not target.exists():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
     else:
         import tensorflow as tf
 

@@ -29,6 +29,7 @@ from .store import Workspace
 from .weights import require_imagenet, weights_identity
 
 SLOT_LOCK = "training-slot.lock"
+WORKER_STARTUP_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -135,16 +136,17 @@ def submit_run(
 
 def cancel_run(ws: Workspace, run_id: str) -> str:
     """Queued runs are cancelled at once; a running one stops within a batch or two."""
-    run = runs.get_run(ws, run_id)
-    with ws.transaction() as db:
-        if run.status == "queued":
-            db.execute(
-                "UPDATE runs SET status = 'cancelled', finished_at = ? "
-                "WHERE id = ? AND status = 'queued'",
-                (time.time(), run_id),
-            )
-        elif run.status == "running":
-            db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+    runs.get_run(ws, run_id)  # a clear NotFound for a wrong id
+    with ws.transaction() as db:  # read and change in one step: the worker may claim it now
+        db.execute(
+            "UPDATE runs SET status = 'cancelled', finished_at = ? "
+            "WHERE id = ? AND status = 'queued'",
+            (time.time(), run_id),
+        )
+        db.execute(
+            "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+            (run_id,),
+        )
     return runs.get_run(ws, run_id).status
 
 
@@ -175,8 +177,11 @@ def ensure_worker(ws: Workspace) -> bool:
 
 def _spawned_worker_alive(ws: Workspace) -> bool:
     """A worker we started may still be importing TensorFlow before it takes the slot."""
+    pid_file = ws.locks_dir / "worker.pid"
     try:
-        pid = int((ws.locks_dir / "worker.pid").read_text())
+        pid = int(pid_file.read_text())
+        if time.time() - pid_file.stat().st_mtime > WORKER_STARTUP_GRACE_S:
+            return False  # a stale file (say, from before a restart): the pid means nothing
     except (OSError, ValueError):
         return False
     with contextlib.suppress(ChildProcessError, OSError):
@@ -228,6 +233,7 @@ def worker_main(ws: Workspace) -> int:
         with _slot(ws, wait_s=5.0) as held:
             if not held:
                 return trained
+            _forget_spawn_record(ws)
             _mark_orphans_interrupted(ws)
             while (run_id := _claim_next(ws)) is not None:
                 execute_run(ws, run_id)
@@ -235,6 +241,15 @@ def worker_main(ws: Workspace) -> int:
         # A run queued just as we released the slot might have found it busy: look again.
         if not ws.query("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1"):
             return trained
+
+
+def _forget_spawn_record(ws: Workspace) -> None:
+    """Once this worker holds the slot, the lock speaks for it; a leftover pid file would
+    only stop the next spawn while this worker is already on its way out."""
+    pid_file = ws.locks_dir / "worker.pid"
+    with contextlib.suppress(OSError, ValueError):
+        if int(pid_file.read_text()) == os.getpid():
+            pid_file.unlink()
 
 
 def wait_for_run(

@@ -239,22 +239,30 @@ class RunTrainer:
         spec = self.spec
         progress = StoreProgress(self.ws, self.run.id, phase, epoch_offset, epochs, steps,
                                  self.started)
+        _discard_if_unreadable(best_path)  # a worker killed while writing it leaves it torn
+        backup = self.dir / "backup" / phase
+        if not backup.exists():
+            # No state to resume this phase from (new, or cancelled: Keras removes the
+            # backup when fit ends), so it starts again at its first epoch.
+            runs.clear_metrics_after(self.ws, self.run.id, epoch_offset)
+            best_path.unlink(missing_ok=True)
+        # After a resume, the checkpoint must beat the best epoch this phase already had.
         best_so_far = max(
             (m.get("val_accuracy", 0.0) for m in runs.run_metrics(self.ws, self.run.id)
-             if m["epoch"] <= epoch_offset),
+             if m["phase"] == phase),
             default=None,
-        )
-        _discard_if_unreadable(best_path)  # a worker killed while writing it leaves it torn
+        ) if best_path.is_file() else None
         callbacks = [
-            # double_checkpoint: a torn backup (worker killed mid-write) falls back to the
-            # previous epoch's copy instead of failing the resume.
-            keras.callbacks.BackupAndRestore(str(self.dir / "backup" / phase),
-                                             double_checkpoint=True),
+            # Progress and the best checkpoint first: an epoch's metrics are in the store
+            # before its backup is, so a resume never skips recording an epoch.
+            progress,
             keras.callbacks.ModelCheckpoint(
                 str(best_path), monitor="val_accuracy", mode="max", save_best_only=True,
                 save_weights_only=True, initial_value_threshold=best_so_far,
             ),
-            progress,
+            # double_checkpoint: a torn backup (worker killed mid-write) falls back to the
+            # previous epoch's copy instead of failing the resume.
+            keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
         ]
         if spec.early_stopping:
             callbacks.append(keras.callbacks.EarlyStopping(
@@ -319,7 +327,10 @@ class RunTrainer:
             apply_freeze(clf.backbone, plan)
             if phase1_done.is_file():
                 clf.model.load_weights(str(phase1_done))
-                epochs_run = head_epochs
+                # Early stopping may have ended the head phase before head_epochs.
+                head_done = [m["epoch"] for m in runs.run_metrics(self.ws, self.run.id)
+                             if m["phase"] == "head"]
+                epochs_run = max(head_done, default=head_epochs)
             elif spec.uses_feature_cache:
                 import tensorflow as tf
 
