@@ -1,6 +1,6 @@
 """The main flow in a real browser: headless Chromium (Debian's) driven by Playwright against
 `streamlit run app.py`, as a new user would use it. Screenshots of every page land in
-artifacts/browser/ (printed at the end)."""
+$TL_SCREENSHOTS, by default <temp dir>/tl-studio-screenshots/ (printed at the end)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,7 +24,8 @@ CHROMIUM = os.environ.get("TL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
-SCREENSHOTS = Path(os.environ.get("TL_SCREENSHOTS", PROJECT_ROOT / "artifacts" / "browser"))
+SCREENSHOTS = Path(os.environ.get("TL_SCREENSHOTS",
+                                  Path(tempfile.gettempdir()) / "tl-studio-screenshots"))
 PER_CLASS = 12
 UI_TIMEOUT_MS = 60_000
 TRAIN_TIMEOUT_MS = 300_000
