@@ -267,8 +267,8 @@ def wait_for_run(
             on_update(run)
         if not run.is_active:
             return run
-        if run.status == "queued" and not slot_busy(ws):
-            ensure_worker(ws)
+        if run.status == "queued":
+            ensure_worker(ws)  # cheap when a worker already holds the slot
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Run {run_id} still {run.status} after {timeout_s} s.")
         time.sleep(poll_s)

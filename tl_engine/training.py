@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import keras
 import numpy as np
+import tensorflow as tf
 
 from . import runs
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
@@ -303,8 +304,6 @@ class RunTrainer:
         device = configure()
         keras.utils.set_random_seed(spec.seed)
         try:
-            import tensorflow as tf
-
             tf.config.experimental.enable_op_determinism()
         except Exception:  # not every TF build offers it; results are then only close
             pass
@@ -321,9 +320,13 @@ class RunTrainer:
         epochs_run = 0
         val_features = None
 
+        def plan_for(strategy: str) -> Any:
+            return plan_freeze(entry, clf.backbone, strategy, spec.unfreeze, spec.unfreeze_unit,
+                               n_classes, spec.hidden_units,
+                               freeze_batch_norm=spec.weights != "none")
+
         if spec.strategy in ("frozen", "two-phase"):
-            plan = plan_freeze(entry, clf.backbone, "frozen", 0, spec.unfreeze_unit, n_classes,
-                               spec.hidden_units, freeze_batch_norm=spec.weights != "none")
+            plan = plan_for("frozen")
             apply_freeze(clf.backbone, plan)
             if phase1_done.is_file():
                 clf.model.load_weights(str(phase1_done))
@@ -332,8 +335,6 @@ class RunTrainer:
                              if m["phase"] == "head"]
                 epochs_run = max(head_done, default=head_epochs)
             elif spec.uses_feature_cache:
-                import tensorflow as tf
-
                 x_train = self._features(clf, self.splits.train)
                 val_features = self._features(clf, self.splits.val)
                 train_ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
@@ -356,9 +357,7 @@ class RunTrainer:
 
         if spec.strategy != "frozen":
             fine_strategy = "partial" if spec.strategy == "two-phase" else spec.strategy
-            trainable_plan = plan_freeze(entry, clf.backbone, fine_strategy, spec.unfreeze,
-                                         spec.unfreeze_unit, n_classes, spec.hidden_units,
-                                         freeze_batch_norm=spec.weights != "none")
+            trainable_plan = plan_for(fine_strategy)
             apply_freeze(clf.backbone, trainable_plan)
             lr = spec.learning_rate * spec.fine_tune_lr_factor
             _compile(clf.model, spec, n_classes, lr)
