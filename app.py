@@ -26,7 +26,7 @@ with st.sidebar:
     if project and st.query_params.get("project") != project:
         # Page switches drop the query string; put the project back so links stay shareable.
         st.query_params["project"] = project
-    st.text_input("Your name", key="user_name", placeholder="shown on the runs you start")
+    widgets.user_name_field()
     device = state.device()
     st.caption(f":material/developer_board: {device.label}  \n"
                f"TensorFlow {device.tensorflow} · Keras {device.keras}")

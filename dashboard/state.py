@@ -14,6 +14,10 @@ import streamlit as st
 import tl_engine as tle
 
 SPEC_KEY = "spec_draft"
+DRAFT_OWNER_KEY = "spec_draft_owner"
+SETTING_WIDGET_PREFIXES = ("model_", "freeze_", "train_")
+USER_KEY = "user_name"
+USER_COOKIE = "tl_user"
 
 
 @st.cache_resource(show_spinner=False)
@@ -80,17 +84,47 @@ def set_run(run_id: str | None) -> None:
     st.query_params["run"] = run_id
 
 
+def _forget_setting_widgets() -> None:
+    """Widgets keep their own state while their page is open; drop it so they re-seed
+    from a draft that was just replaced (another person, project or run's settings)."""
+    for key in [k for k in st.session_state if str(k).startswith(SETTING_WIDGET_PREFIXES)]:
+        del st.session_state[key]
+
+
 def spec_draft() -> dict[str, Any]:
-    """The run spec the Model, Freeze strategy and Training pages build together."""
-    if SPEC_KEY not in st.session_state:
-        st.session_state[SPEC_KEY] = tle.RunSpec().to_dict()
+    """The run spec the Model, Freeze strategy and Training pages build together: stored
+    per project and person, so a reload, a new tab or the next day restore it."""
+    project = current_project()
+    user = user_name() or ""
+    owner = (project, user)
+    if st.session_state.get(DRAFT_OWNER_KEY) != owner or SPEC_KEY not in st.session_state:
+        stored = tle.load_draft(workspace(), project, user) if project else None
+        if stored is None:
+            # Nothing stored for them yet: carry on from what this tab was editing.
+            stored = dict(st.session_state.get(SPEC_KEY) or tle.RunSpec().to_dict())
+            if project:
+                tle.save_draft(workspace(), project, user, stored)
+        elif DRAFT_OWNER_KEY in st.session_state:
+            _forget_setting_widgets()
+        st.session_state[SPEC_KEY] = stored
+        st.session_state[DRAFT_OWNER_KEY] = owner
     return st.session_state[SPEC_KEY]
 
 
 def update_spec(**changes: Any) -> dict[str, Any]:
     draft = spec_draft()
+    before = dict(draft)
     draft.update(changes)
+    project = current_project()
+    if draft != before and project:
+        tle.save_draft(workspace(), project, user_name() or "", draft)
     return draft
+
+
+def load_run_settings(spec: tle.RunSpec) -> None:
+    """Make a run's settings the draft; the Model, Freeze and Training pages follow."""
+    update_spec(**spec.to_dict())
+    _forget_setting_widgets()
 
 
 def user_name() -> str | None:
@@ -100,7 +134,26 @@ def user_name() -> str | None:
             return st.user.get("email") or st.user.get("name")
     except Exception:  # auth is not configured on this instance
         pass
-    return st.session_state.get("user_name") or None
+    return typed_user_name()
+
+
+def typed_user_name() -> str | None:
+    """The name typed in this browser (laptop mode), remembered in the URL and a cookie."""
+    if USER_KEY not in st.session_state:
+        remembered = st.query_params.get("user") or cookie(USER_COOKIE) or ""
+        st.session_state[USER_KEY] = clean_user_name(remembered)
+    return st.session_state.get(USER_KEY) or None
+
+
+def cookie(name: str) -> str | None:
+    """A cookie of this browser, as sent when the session began."""
+    value = st.context.cookies.get(name)
+    return value if isinstance(value, str) else None  # not a str outside a real browser
+
+
+def clean_user_name(name: str) -> str:
+    """One line, at most 64 characters: a name is shown in lists and captions."""
+    return " ".join(str(name).split())[:64]
 
 
 @contextmanager

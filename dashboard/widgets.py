@@ -3,6 +3,7 @@ and the built-in sample data. Rendering only; everything stored goes through tl_
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -188,6 +189,12 @@ def create_project_form(key: str, label: str = "New project name") -> None:
                 st.rerun()
 
 
+@st.dialog("New project")
+def new_project_dialog() -> None:
+    # A dialog, not a popover: it closes by itself on the rerun that shows the new project.
+    create_project_form("sidebar_new")
+
+
 def project_picker() -> str | None:
     """The sidebar's project selector; returns the current project."""
     projects = state.workspace().list_projects()
@@ -202,9 +209,35 @@ def project_picker() -> str | None:
         if choice and choice != current:
             state.set_project(choice)
             st.rerun()
-    with st.popover("New project", icon=":material/add:", use_container_width=True):
-        create_project_form("sidebar_new")
+    if st.button("New project", icon=":material/add:", width="stretch", key="new_project"):
+        new_project_dialog()
     return current
+
+
+def _clean_typed_name() -> None:
+    st.session_state[state.USER_KEY] = state.clean_user_name(st.session_state[state.USER_KEY])
+
+
+def user_name_field() -> None:
+    """Laptop mode's "Your name": kept in the URL (reloads, shared links) and in a cookie
+    (a new tab, the next day)."""
+    state.typed_user_name()  # seeds the field from the URL or the cookie
+    st.text_input("Your name", key=state.USER_KEY, max_chars=64,
+                  placeholder="shown on the runs you start", on_change=_clean_typed_name)
+    name = st.session_state[state.USER_KEY]
+    if name and st.query_params.get("user") != name:
+        st.query_params["user"] = name
+    elif not name and "user" in st.query_params:
+        del st.query_params["user"]
+    remembered = st.session_state.get("user_cookie", state.cookie(state.USER_COOKIE))
+    if (remembered or "") != name:
+        st.session_state["user_cookie"] = name
+        # json.dumps makes the name a JS string literal; "</" cannot close the script.
+        value = json.dumps(name).replace("</", "<\\/")
+        st.iframe(
+            "<script>parent.document.cookie = '" + state.USER_COOKIE + "=' + "
+            f"encodeURIComponent({value}) + '; path=/; max-age=31536000; SameSite=Lax';"
+            "</script>", height=1)
 
 
 # --- the freeze strip ----------------------------------------------------------------

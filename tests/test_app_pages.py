@@ -20,12 +20,14 @@ TINY_SPEC = {"backbone": "MobileNetV2-0.35", "weights": "none", "image_size": 32
 
 
 def open_app(monkeypatch: pytest.MonkeyPatch, root: Path, project: str | None = None,
-             page: str | None = None) -> AppTest:
-    """The app on a workspace, optionally with a project in the URL, run once."""
+             page: str | None = None, **query: str) -> AppTest:
+    """The app on a workspace, optionally with a project (and more) in the URL, run once."""
     monkeypatch.setenv("TL_WORKSPACE", str(root))
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
     if project:
         at.query_params["project"] = project
+    for name, value in query.items():
+        at.query_params[name] = value
     at.run()
     if page:
         at.switch_page(page).run()
@@ -104,7 +106,11 @@ def test_every_page_renders_for_a_project_with_a_completed_run(monkeypatch, trai
 
     at.switch_page("views/training.py").run()
     assert not at.exception
-    # No run chosen in this session: the page shows the project's latest run.
+    # No run chosen in this session, and not one of this person's: nothing is shown as
+    # if it were theirs; they pick it.
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    assert picker.value is None and not at.success
+    picker.select(run.id).run()
     assert any(s.label == "Run" and s.value == run.id for s in at.selectbox)
     assert "Completed" in texts(at.success)
     assert metric(at, "Val accuracy") == f"{run.val_accuracy:.1%}"
@@ -272,9 +278,18 @@ def test_start_training_queues_a_run_and_an_identical_spec_shows_it(monkeypatch,
             "MobileNetV2-0.35", "none", 32, 1)
         assert f"Run {run.id} is queued" in texts(at.success)
 
-        # A second browser with nothing selected follows the same job.
-        other = open_app(monkeypatch, ws.root, project="demo", page="views/training.py")
-        assert any(s.label == "Run" and s.value == run.id for s in other.selectbox)
+        # Another person's browser does not take this run for theirs: at most it lists it
+        # in the queue, with who started it.
+        other = open_app(monkeypatch, ws.root, project="demo", page="views/training.py",
+                         user="someone else")
+        assert next(s for s in other.selectbox if s.label == "Run").value is None
+        assert not other.success
+        if tle.get_run(ws, run.id).is_active:
+            assert "started by tester" in texts(other.markdown)
+        # The same person in a new tab (their name in the URL) sees their run.
+        mine = open_app(monkeypatch, ws.root, project="demo", page="views/training.py",
+                        user="tester")
+        assert any(s.label == "Run" and s.value == run.id for s in mine.selectbox)
     finally:
         done = tle.wait_for_run(ws, run.id, timeout_s=180)  # no worker outlives the test
     assert done.status == "completed", done.error
@@ -307,7 +322,8 @@ def test_cancel_and_resume_from_the_training_page(monkeypatch, demo_ws):
     spec = tle.RunSpec(**{**TINY_SPEC, "epochs": 50})
     run_id = tle.submit_run(ws, "demo", dataset.id, spec, start_worker=False).run_id
     try:
-        at = open_app(monkeypatch, ws.root, project="demo", page="views/training.py")
+        at = open_app(monkeypatch, ws.root, project="demo", page="views/training.py",
+                      run=run_id)
         assert any(s.label == "Run" and s.value == run_id for s in at.selectbox)
         assert "in queue" in texts(at.info) or "Running" in texts(at.markdown)
         at.button(key=f"cancel_{run_id}").click().run()

@@ -20,6 +20,7 @@ from .datasets import (
 )
 from .device import DeviceInfo
 from .device import describe as describe_device
+from .drafts import load_draft, save_draft
 from .errors import DatasetError, NotFound, RunNotReady, SpecError, TLError, WeightsUnavailable
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
@@ -37,6 +38,7 @@ from .predict import Prediction, load_predictor, predict_images
 from .registry import BACKBONES, Backbone, get_backbone, list_backbones
 from .runs import (
     RunRecord,
+    active_runs,
     delete_run,
     evaluation,
     get_run,
@@ -51,14 +53,15 @@ from .store import Workspace
 from .weights import weights_status
 
 __all__ = [
-    "AUGMENTATIONS", "BACKBONES", "EXPORT_FORMATS", "STRATEGIES", "STRATEGY_HELP",
+    "AUGMENTATIONS", "BACKBONES", "active_runs", "EXPORT_FORMATS", "STRATEGIES", "STRATEGY_HELP",
     "Backbone", "Dataset", "DatasetError", "DeviceInfo", "FreezePlan", "ImageRecord",
     "NotFound", "Prediction", "RunNotReady", "RunRecord", "RunSpec", "SpecError",
     "Submission", "TLError", "Upload", "WeightsUnavailable", "Workspace",
     "cancel_run", "check_data", "delete_dataset", "delete_run", "describe_device",
     "describe_freeze", "ensure_worker", "evaluation", "export_bytes", "export_run",
     "get_backbone", "get_run", "ingest_folder", "ingest_tree", "ingest_uploads", "ingest_zip",
-    "list_backbones", "list_datasets", "list_runs", "load_dataset", "load_predictor",
+    "list_backbones", "list_datasets", "list_runs", "load_dataset", "load_draft",
+    "load_predictor", "save_draft",
     "model_card", "predict_images", "queue_position", "recover_interrupted",
     "resume_run", "run_metrics", "running_run", "split_records", "submit_run", "synthetic_shapes",
     "wait_for_run", "weights_status",

@@ -134,6 +134,16 @@ def running_run(ws: Workspace) -> RunRecord | None:
     return _record(rows[0]) if rows else None
 
 
+def active_runs(ws: Workspace, project: str) -> list[RunRecord]:
+    """The project's queued and running runs, oldest first: what a live page polls."""
+    rows = ws.query(
+        "SELECT * FROM runs WHERE project = ? AND status IN ('queued', 'running') "
+        "ORDER BY created_at",
+        (project,),
+    )
+    return [_record(row) for row in rows]
+
+
 def evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:
     """The stored evaluation of a completed run (accuracy, per class, confusion, mistakes)."""
     run = get_run(ws, run_id)

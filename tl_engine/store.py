@@ -63,6 +63,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (run_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS drafts (
+    project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, user)
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     kind TEXT NOT NULL,

@@ -198,24 +198,24 @@ def sample_data() -> None:
     folder = widgets.sample_folder()
     cols = st.columns(2)
     with cols[0].container(border=True):
-        st.markdown("**Shapes** · generated")
-        st.caption("Circles, squares and triangles in random colours: 3 classes × 30 "
-                   "images at 96 px. Needs nothing on disk; trains in seconds.")
-        if st.button("Use the shapes sample", key="sample_shapes", type="primary"):
-            ingest("the shapes sample", lambda progress: tle.ingest_uploads(
-                ws, tle.synthetic_shapes(), project=project, name="shapes (sample)",
-                progress=progress))
-    with cols[1].container(border=True):
         st.markdown("**Ants vs bees** · real photos")
         if folder is None:
             st.caption("Not available here: set TL_SAMPLE_DATA to a folder of class folders.")
         else:
             st.caption(f"{widgets.count_images(str(folder))} photos from the classic "
                        "transfer-learning tutorial, with its own train/val split.")
-            if st.button("Use the ants vs bees sample", key="sample_folder"):
+            if st.button("Use the ants vs bees sample", key="sample_folder", type="primary"):
                 ingest(folder.name, lambda progress: tle.ingest_folder(
                     ws, folder, project=project, name="ants vs bees (sample)",
                     progress=progress))
+    with cols[1].container(border=True):
+        st.markdown("**Shapes** · generated")
+        st.caption("Circles, squares and triangles in random colours: 3 classes × 30 "
+                   "images at 96 px. Needs nothing on disk; trains in seconds.")
+        if st.button("Use the shapes sample", key="sample_shapes"):
+            ingest("the shapes sample", lambda progress: tle.ingest_uploads(
+                ws, tle.synthetic_shapes(), project=project, name="shapes (sample)",
+                progress=progress))
 
 
 # Keyed and tracked, so the open tab survives the rerun after an ingest.

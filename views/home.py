@@ -4,6 +4,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import state, widgets
+from dashboard.text import md_escape
 
 
 def show_hardware() -> None:
@@ -48,7 +49,7 @@ completed = [r for r in runs if r.status == "completed"]
 active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != "running")
 best = max((r.val_accuracy for r in completed if r.val_accuracy is not None), default=None)
 
-st.subheader(f"Project · {project}")
+st.subheader(f"Project · {md_escape(project)}")
 cols = st.columns(4)
 cols[0].metric("Datasets", len(datasets))
 cols[1].metric("Runs", len(runs))
@@ -81,8 +82,8 @@ with st.container(border=True):
     if active:
         run = active[0]
         where = "is training" if run.status == "running" else "is waiting in the queue"
-        who = f" by {run.started_by}" if run.started_by else ""
-        st.info(f"Run {run.id} ({run.spec.backbone}{who}) {where}.",
+        who = f" by {md_escape(run.started_by)}" if run.started_by else ""
+        st.info(f"Run {run.id} ({md_escape(run.spec.backbone)}{who}) {where}.",
                 icon=":material/directions_run:")
         st.page_link("views/training.py", label="Watch it on the Training page",
                      icon=":material/monitoring:")

@@ -10,6 +10,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import state, widgets
+from dashboard.text import md_escape
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1]
 RECENT_RUNS = 30
@@ -114,41 +115,45 @@ left, right = st.columns([0.64, 0.36], gap="medium")
 with left:
     settings_form(dataset)
 with right, st.container(border=True):
-    st.markdown(f"**Dataset** &nbsp; {dataset.name} · {len(dataset.records)} images · "
+    st.markdown(f"**Dataset** &nbsp; {md_escape(dataset.name)} · {len(dataset.records)} images · "
                 f"{len(dataset.classes)} classes")
     widgets.show_spec(state.spec_draft(), dataset.has_given_split)
     if tle.RunSpec.from_dict(state.spec_draft()).uses_feature_cache:
         st.caption(":material/bolt: Frozen backbone without augmentation: each image's "
                    "features are computed once and cached, so epochs take seconds.")
-    cols = st.columns(3)
-    cols[0].page_link("views/dataset.py", label="Dataset", icon=":material/photo_library:")
-    cols[1].page_link("views/model.py", label="Model", icon=":material/memory:")
-    cols[2].page_link("views/freeze.py", label="Freezing", icon=":material/ac_unit:")
+    # A horizontal container sizes each link to its label and wraps: nothing is clipped.
+    with st.container(horizontal=True, gap="small"):
+        st.page_link("views/dataset.py", label="Dataset", icon=":material/photo_library:")
+        st.page_link("views/model.py", label="Model", icon=":material/memory:")
+        st.page_link("views/freeze.py", label="Freeze strategy", icon=":material/ac_unit:")
 
 
 # --- which run to show ---------------------------------------------------------------
+# A tab shows the run its user started or picked, never whichever job happens to be
+# active: other people's runs appear in the queue list, with who started them.
 
 runs = tle.list_runs(ws, project)
 by_id = {run.id: run for run in runs}
 shown = by_id.get(state.current_run_id() or "")
-if shown is None and runs:
-    # Nothing chosen in this browser: follow the project's job (running before queued).
-    active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != "running")
-    shown = active[0] if active else runs[0]
+me = state.user_name()
+if shown is None and me:
+    shown = next((r for r in runs if r.started_by == me), None)  # newest first
+active_ids = tuple(r.id for r in reversed(runs) if r.is_active)  # oldest first, as queued
 
 st.divider()
-if shown is None:
+if not runs:
     st.subheader("Runs")
     st.caption("No run in this project yet: set the options above and press Start training.")
 else:
     choices = [run.id for run in runs[:RECENT_RUNS]]
-    if shown.id not in choices:
+    if shown is not None and shown.id not in choices:
         choices.append(shown.id)
     labels = {run_id: widgets.run_label(by_id[run_id]) for run_id in choices}
     # A keyed selectbox keeps its old option labels; a key that changes with them does not.
     pick_key = f"training_run_pick_{hash(tuple(labels.values())) & 0xFFFFFFFF:x}"
-    st.session_state[pick_key] = shown.id
+    st.session_state[pick_key] = shown.id if shown else None
     st.selectbox("Run", choices, key=pick_key, format_func=labels.get,
+                 placeholder="Choose a run to show",
                  on_change=lambda: state.set_run(st.session_state[pick_key]))
 
 
@@ -157,13 +162,41 @@ else:
 
 def eta_text(progress: dict[str, Any]) -> str:
     parts = [widgets.PHASE_NAMES.get(progress.get("phase", ""), "Working")]
-    if progress.get("epochs"):
+    if progress.get("pass_name"):
+        of = f" ({progress['pass_index']} of {progress['passes']})" if progress.get(
+            "passes", 1) > 1 else ""
+        parts.append(f"{progress['pass_name']}{of}")
+    if progress.get("images_total"):
+        parts.append(f"{progress.get('images_done', 0)} / {progress['images_total']} images")
+    elif progress.get("epochs"):
         parts.append(f"epoch {progress.get('epoch', 0)} / {progress['epochs']}")
-    if progress.get("steps"):
-        parts.append(f"step {progress.get('step', 0)} / {progress['steps']}")
+        if progress.get("steps"):
+            parts.append(f"step {progress.get('step', 0)} / {progress['steps']}")
+    if progress.get("images_per_s"):
+        parts.append(f"{progress['images_per_s']:.0f} images/s")
     if progress.get("eta_s") is not None:
         parts.append(f"about {widgets.format_duration(progress['eta_s'])} left")
     return " · ".join(parts)
+
+
+def queue_list(active: list[tle.RunRecord], shown_id: str | None) -> None:
+    """Everyone's queued and running runs in this project, in the order they train."""
+    others = [r for r in active if r.id != shown_id]
+    if not others:
+        return
+    with st.container(border=True):
+        st.markdown(f"**Queue** · {len(active)} run{'s' if len(active) > 1 else ''} "
+                    "queued or training in this project")
+        for run in others:
+            cols = st.columns([0.8, 0.2], vertical_alignment="center")
+            where = "training" if run.status == "running" else "waiting"
+            cols[0].markdown(
+                f"{widgets.STATUS_ICONS[run.status]} {run.id} · {where} · "
+                f"{md_escape(run.spec.backbone)} · started by "
+                f"{md_escape(run.started_by or 'someone')}")
+            if cols[1].button("Show", key=f"show_{run.id}"):
+                state.set_run(run.id)
+                st.rerun()
 
 
 def show_queued(run: tle.RunRecord) -> None:
@@ -176,9 +209,9 @@ def show_queued(run: tle.RunRecord) -> None:
                 "(loading TensorFlow takes a few seconds)…", icon=":material/schedule:")
     else:
         # The run in training counts as first in the queue, as people read a queue.
-        who = training.started_by or "someone"
+        who = md_escape(training.started_by or "someone")
         st.info(f"{widgets.ordinal(waiting_ahead + 2)} in queue — another run is training: "
-                f"{training.spec.backbone} by {who}.", icon=":material/schedule:")
+                f"{md_escape(training.spec.backbone)} by {who}.", icon=":material/schedule:")
 
 
 def show_running(run: tle.RunRecord) -> None:
@@ -199,31 +232,24 @@ def show_running(run: tle.RunRecord) -> None:
         st.caption("Cancelling: the run stops after the current batch.")
 
 
-@st.fragment(run_every=2)
-def live_panel(run_id: str | None, shown_status: str | None) -> None:
-    """Polls the store every 2 s. With nothing active it only checks, cheaply, whether a
-    run has started in this project."""
-    if run_id is None or shown_status not in ("queued", "running"):
-        others = [r for r in tle.list_runs(ws, project) if r.is_active and r.id != run_id]
-        if others and run_id is None:
-            st.rerun()
-        if others:
-            other = others[0]
-            cols = st.columns([0.8, 0.2], vertical_alignment="center")
-            cols[0].info(f"Run {other.id} ({other.spec.backbone}, by "
-                         f"{other.started_by or 'someone'}) is {other.status}.",
-                         icon=":material/directions_run:")
-            if cols[1].button("Show it", key="show_other"):
-                state.set_run(other.id)
-                st.rerun()
+def live_panel(shown_id: str | None, shown_status: str | None,
+               seen_active: tuple[str, ...]) -> None:
+    """The queue and the shown run while anything in this project is queued or running.
+    Each refresh reads only the active runs and the shown run's metrics."""
+    active = tle.active_runs(ws, project)
+    if tuple(r.id for r in active) != seen_active:
+        st.rerun()  # a run started or finished: redraw the whole page once, in the new state
+    run = next((r for r in active if r.id == shown_id), None)
+    if shown_status in tle.runs.ACTIVE and (run is None or run.status != shown_status):
+        st.rerun()
+    queue_list(active, shown_id)
+    if run is None:
         return
-    run = tle.get_run(ws, run_id)
-    if run.status != shown_status:
-        st.rerun()  # started or finished: redraw the whole page once, in the new state
     with st.container(border=True):
         cols = st.columns([0.8, 0.2], vertical_alignment="center")
         cols[0].markdown(f"**{widgets.STATUS_ICONS[run.status]} {run.status.capitalize()}** · "
-                         f"{run.spec.backbone} · started by {run.started_by or 'anonymous'}")
+                         f"{md_escape(run.spec.backbone)} · started by "
+                         f"{md_escape(run.started_by or 'anonymous')}")
         if cols[1].button("Cancel run", key=f"cancel_{run.id}", icon=":material/stop:",
                           disabled=run.cancel_requested):
             with state.engine_errors():
@@ -239,16 +265,12 @@ def live_panel(run_id: str | None, shown_status: str | None) -> None:
                         key=f"live_curves_{run.id}")
 
 
-def load_settings(run: tle.RunRecord) -> None:
-    state.update_spec(**run.spec.to_dict())
-    for key in [k for k in st.session_state if str(k).startswith("train_")]:
-        del st.session_state[key]  # the form re-seeds from the draft
-
-
 def final_panel(run: tle.RunRecord) -> None:
+    who = md_escape(run.started_by or "anonymous")
     if run.status == "completed":
         summary = run.summary
-        st.success(f"Completed — validation accuracy **{run.val_accuracy:.1%}**.",
+        st.success(f"Completed — validation accuracy **{run.val_accuracy:.1%}** · "
+                   f"{md_escape(run.spec.backbone)} · started by {who}",
                    icon=":material/check_circle:")
         cols = st.columns(5)
         cols[0].metric("Val accuracy", f"{run.val_accuracy:.1%}")
@@ -258,10 +280,10 @@ def final_panel(run: tle.RunRecord) -> None:
         cols[3].metric("Time", widgets.format_duration(run.seconds))
         cols[4].metric("Trainable params", widgets.format_params(summary.get("trainable_params")))
     elif run.status == "failed":
-        st.error(f"The run failed: {run.error}", icon=":material/error:")
+        st.error(f"The run failed: {md_escape(run.error)}", icon=":material/error:")
     else:
-        st.warning(f"The run was {run.status}." + (f" {run.error}" if run.error else ""),
-                   icon="⏸️")
+        st.warning(f"The run was {run.status}." + (f" {md_escape(run.error)}" if run.error
+                                                   else ""), icon="⏸️")
     metrics = tle.run_metrics(ws, run.id)
     if metrics:
         st.plotly_chart(widgets.curves(run.id, metrics), width="stretch",
@@ -276,13 +298,16 @@ def final_panel(run: tle.RunRecord) -> None:
         with state.engine_errors():
             tle.resume_run(ws, run.id)
             st.rerun()
-    cols[2].button("Load these settings", key=f"load_{run.id}", on_click=load_settings,
-                   args=(run,), help="Copy this run's settings into the Model, Freeze and "
-                   "Training pages.")
+    cols[2].button("Load these settings", key=f"load_{run.id}",
+                   on_click=state.load_run_settings, args=(run.spec,),
+                   help="Copy this run's settings into the Model, Freeze and Training pages.")
     with st.expander("Settings of this run"):
         widgets.show_spec(run.spec.to_dict())
 
 
-live_panel(shown.id if shown else None, shown.status if shown else None)
+# Refresh only while something in this project is queued or running: an idle tab costs
+# the server nothing.
+live = st.fragment(live_panel, run_every=2 if active_ids else None)
+live(shown.id if shown else None, shown.status if shown else None, active_ids)
 if shown is not None and not shown.is_active:
     final_panel(shown)

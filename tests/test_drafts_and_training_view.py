@@ -1,0 +1,146 @@
+"""The settings a person is editing survive reloads and new tabs (stored per project and
+person), and the Training page shows a person their own run, never someone else's as
+theirs; people's names are shown as typed, never as Markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, TINY_CLASSES, write_color_classes
+from streamlit.testing.v1 import AppTest
+
+import tl_engine as tle
+
+TINY_SPEC = {"backbone": "MobileNetV2-0.35", "weights": "none", "image_size": 32, "epochs": 1,
+             "batch_size": 8, "learning_rate": 0.01}
+HOSTILE = "![x](http://127.0.0.1:9/p.png) [sign in again](http://127.0.0.1:9/) <b>bold</b>"
+
+
+def open_tab(monkeypatch: pytest.MonkeyPatch, root: Path, page: str | None = None,
+             **query: str) -> AppTest:
+    """A new browser tab on the app: nothing in its session, only what the URL says."""
+    monkeypatch.setenv("TL_WORKSPACE", str(root))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    for name, value in query.items():
+        at.query_params[name] = value
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def all_markdown(at: AppTest) -> str:
+    return "\n".join(str(e.value) for e in [*at.markdown, *at.caption, *at.info, *at.success,
+                                            *at.subheader])
+
+
+@pytest.fixture
+def demo_ws(tmp_path: Path) -> tle.Workspace:
+    ws = tle.Workspace(tmp_path / "ws")
+    tle.ingest_folder(ws, write_color_classes(tmp_path / "data", TINY_CLASSES, per_class=10),
+                      project="demo")
+    return ws
+
+
+def test_drafts_are_stored_per_project_and_person(tmp_path):
+    ws = tle.Workspace(tmp_path / "ws")
+    ws.ensure_project("demo")
+    ws.ensure_project("other")
+    assert tle.load_draft(ws, "demo", "ann") is None
+    tle.save_draft(ws, "demo", "ann", {**tle.RunSpec().to_dict(), "epochs": 7,
+                                       "a_setting_from_an_older_version": 1})
+    assert tle.load_draft(ws, "demo", "ann")["epochs"] == 7
+    assert "a_setting_from_an_older_version" not in tle.load_draft(ws, "demo", "ann")
+    assert tle.load_draft(ws, "demo", "bob") is None
+    assert tle.load_draft(ws, "other", "ann") is None
+    # A reopened workspace (a server restart) still has it.
+    assert tle.load_draft(tle.Workspace(ws.root), "demo", "ann")["epochs"] == 7
+
+
+def test_a_reload_or_a_new_tab_restores_the_settings(monkeypatch, demo_ws):
+    at = open_tab(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
+    at.number_input(key="model_hidden_units").set_value(128).run()
+    at.switch_page("views/freeze.py").run()
+    at.radio(key="freeze_strategy").set_value("partial").run()
+    at.switch_page("views/training.py").run()
+    at.number_input(key="train_epochs").set_value(4)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    assert not at.exception
+    (run,) = tle.list_runs(demo_ws, "demo")
+    try:
+        # Reload: a new session on the same URL.
+        again = open_tab(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+                         user="ann")
+        assert again.number_input(key="train_epochs").value == 4
+        again.switch_page("views/model.py").run()
+        assert again.number_input(key="model_hidden_units").value == 128
+        again.switch_page("views/freeze.py").run()
+        assert again.radio(key="freeze_strategy").value == "partial"
+
+        # Somebody else starts from their own settings, not Ann's.
+        bob = open_tab(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+                       user="bob")
+        assert bob.number_input(key="train_epochs").value == tle.RunSpec().epochs
+    finally:
+        tle.cancel_run(demo_ws, run.id)
+        tle.wait_for_run(demo_ws, run.id, timeout_s=180)
+
+
+def test_load_these_settings_replaces_the_draft_on_every_page(monkeypatch, demo_ws):
+    (dataset,) = tle.list_datasets(demo_ws, "demo")
+    spec = tle.RunSpec(**{**TINY_SPEC, "hidden_units": 64, "dropout": 0.5})
+    run_id = tle.submit_run(demo_ws, "demo", dataset.id, spec, start_worker=False,
+                            started_by="ann").run_id
+    tle.cancel_run(demo_ws, run_id)
+    at = open_tab(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
+    assert at.number_input(key="model_hidden_units").value == 0
+    at.switch_page("views/training.py").run()
+    at.button(key=f"load_{run_id}").click().run()
+    at.switch_page("views/model.py").run()
+    assert at.number_input(key="model_hidden_units").value == 64
+    assert at.slider(key="model_dropout").value == 0.5
+    # And it is stored: a new tab has it too.
+    fresh = open_tab(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
+    assert fresh.number_input(key="model_hidden_units").value == 64
+
+
+def test_the_name_is_kept_in_the_url(monkeypatch, demo_ws):
+    at = open_tab(monkeypatch, demo_ws.root, project="demo")
+    at.text_input(key="user_name").input("  Ann   Lee ").run()
+    assert at.query_params["user"] == ["Ann Lee"] or at.query_params["user"] == "Ann Lee"
+    assert at.text_input(key="user_name").value == "Ann Lee"
+
+
+def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatch, demo_ws):
+    (dataset,) = tle.list_datasets(demo_ws, "demo")
+    mine = tle.submit_run(demo_ws, "demo", dataset.id, tle.RunSpec(**TINY_SPEC),
+                          start_worker=False, started_by="ann").run_id
+    theirs = tle.submit_run(demo_ws, "demo", dataset.id,
+                            tle.RunSpec(**{**TINY_SPEC, "epochs": 2}), start_worker=False,
+                            started_by=HOSTILE).run_id
+    try:
+        at = open_tab(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+                      user="ann")
+        assert next(s for s in at.selectbox if s.label == "Run").value == mine
+        text = all_markdown(at)
+        assert theirs in text and "started by" in text
+        # Typed text stays text: no image, no link, no HTML in the Markdown sent out.
+        assert "![x](" not in text and "](http" not in text and "<b>" not in text
+        assert r"\!\[x\]\(http\:\/\/127\.0\.0\.1\:9\/p\.png\)" in text
+
+        at.button(key=f"show_{theirs}").click().run()
+        assert next(s for s in at.selectbox if s.label == "Run").value == theirs
+        assert at.query_params["run"] in (theirs, [theirs])
+    finally:
+        for run_id in (mine, theirs):
+            tle.cancel_run(demo_ws, run_id)
+
+
+def test_hostile_project_names_are_text_on_home(monkeypatch, tmp_path):
+    ws = tle.Workspace(tmp_path / "ws")
+    name = ws.ensure_project("[sign in again](http://127.0.0.1:9/) **x**")
+    at = open_tab(monkeypatch, ws.root, project=name)
+    (subheader,) = at.subheader
+    assert "](http" not in subheader.value and "**x**" not in subheader.value
