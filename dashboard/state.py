@@ -26,7 +26,11 @@ def _workspace(root: str) -> tle.Workspace:
 
 
 def workspace() -> tle.Workspace:
-    return _workspace(str(tle.store.resolve_workspace(os.environ.get("TL_WORKSPACE"))))
+    """The shared workspace. Every page starts here, so a run whose worker died is marked
+    interrupted (with Resume offered) on any page anyone opens."""
+    ws = _workspace(str(tle.store.resolve_workspace(os.environ.get("TL_WORKSPACE"))))
+    tle.recover_interrupted(ws)
+    return ws
 
 
 @st.cache_resource(show_spinner="Checking the hardware…")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -185,9 +186,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from .jobs import recover_interrupted
     from .runs import list_runs
 
     ws = Workspace(args.workspace)
+    recover_interrupted(ws)
     records = list_runs(ws, args.project)
     if args.json:
         _print_json([r.to_dict() for r in records])
@@ -254,8 +257,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .jobs import worker_main
+    from .jobs import WORKER_NICENESS, worker_main
 
+    # Training takes every core it gets; a lower priority keeps the pages that people are
+    # clicking through (the web server) responsive meanwhile.
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     worker_main(Workspace(args.workspace))
     return 0
 

@@ -13,6 +13,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from .weights import require_imagenet, weights_identity
 
 SLOT_LOCK = "training-slot.lock"
 WORKER_STARTUP_GRACE_S = 120.0
+WORKER_NICENESS = 10
+AUTO_RESUMED_MARKER = "auto-resumed"
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,21 @@ def slot_busy(ws: Workspace) -> bool:
 
 
 def recover_interrupted(ws: Workspace) -> list[str]:
-    """Mark runs whose worker died as interrupted (they can be resumed)."""
+    """Mark runs whose worker died as interrupted (they can be resumed). Cheap: any reader
+    of a running run calls it, so a killed worker is noticed within one poll.
+
+    With TL_AUTO_RESUME=1 each such run is queued again once, automatically."""
     if not ws.query("SELECT 1 FROM runs WHERE status = 'running' LIMIT 1"):
         return []
     with _slot(ws) as held:
-        return _mark_orphans_interrupted(ws) if held else []
+        interrupted = _mark_orphans_interrupted(ws) if held else []
+    if interrupted and os.environ.get("TL_AUTO_RESUME") == "1":
+        for run_id in interrupted:
+            marker = ws.run_dir(run_id) / AUTO_RESUMED_MARKER
+            if not marker.exists():
+                ws.write_bytes_atomic(marker, str(time.time()).encode())
+                resume_run(ws, run_id)
+    return interrupted
 
 
 def _mark_orphans_interrupted(ws: Workspace) -> list[str]:
@@ -205,6 +218,10 @@ def spawn_worker(ws: Workspace) -> int:
         start_new_session=True, env=env, cwd=str(ws.root),
     )
     log.close()
+    # Whoever spawned the worker reaps it when it ends, so no <defunct> process is left
+    # behind a long-lived server.
+    threading.Thread(target=process.wait, name=f"reap-worker-{process.pid}",
+                     daemon=True).start()
     ws.write_bytes_atomic(ws.locks_dir / "worker.pid", str(process.pid).encode())
     return process.pid
 
@@ -269,6 +286,8 @@ def wait_for_run(
             return run
         if run.status == "queued":
             ensure_worker(ws)  # cheap when a worker already holds the slot
+        elif recover_interrupted(ws):
+            continue  # its worker died: read the run again, now interrupted
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Run {run_id} still {run.status} after {timeout_s} s.")
         time.sleep(poll_s)

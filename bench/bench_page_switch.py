@@ -1,0 +1,145 @@
+"""Benchmark: how long a page switch takes to settle in the browser, with the server idle
+and while a training runs with two other tabs watching it live.
+
+Headless Chromium (Playwright) against `streamlit run app.py` on a workspace holding the
+ants-vs-bees photos. Each page switch is timed from the click in the sidebar until the
+page's title is shown and Streamlit reports the script run finished. Reported as the
+median per condition and their ratio (target: under 2); no absolute figure is asserted.
+
+    python bench/bench_page_switch.py [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("TL_SHARED", ROOT.parent / "shared"))
+CHROMIUM = os.environ.get("TL_CHROMIUM", "/usr/bin/chromium")
+PAGES = ["Dataset", "Model", "Freeze strategy", "Training", "Runs", "Home"]
+TIMEOUT_MS = 120_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(workspace: Path, keras_home: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ, TL_WORKSPACE=str(workspace), KERAS_HOME=str(keras_home),
+               TL_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="3")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                return server, url
+        except OSError:
+            time.sleep(0.3)
+    server.kill()
+    raise SystemExit("streamlit did not start")
+
+
+def _idle(page) -> None:
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
+
+
+def _switch_times(page, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        for title in PAGES:
+            started = time.perf_counter()
+            page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+            page.get_by_role("heading", name=title if title != "Home" else
+                             "Transfer Learning Studio").first.wait_for(timeout=TIMEOUT_MS)
+            _idle(page)
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    import tl_engine as tle
+
+    tmp = Path(tempfile.mkdtemp(prefix="tl-bench-pages-"))
+    keras_home = SHARED / "weights" / "keras_home"
+    os.environ["KERAS_HOME"] = str(keras_home)
+    os.environ["TL_OFFLINE"] = "1"
+    ws = tle.Workspace(tmp / "ws")
+    dataset = tle.ingest_folder(ws, SHARED / "data" / "hymenoptera", project="bench")
+    server, url = _start_server(ws.root, keras_home)
+    start = f"{url}/?project=bench&user=viewer"
+    run_id = None
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            viewer = browser.new_page(viewport={"width": 1440, "height": 1600})
+            viewer.goto(start)
+            _idle(viewer)
+            _switch_times(viewer, 1)  # warm up: imports and caches of every page
+            idle = _switch_times(viewer, args.rounds)
+
+            # Augmentation keeps the backbone busy on every image, every epoch.
+            spec = tle.RunSpec(backbone="MobileNetV2-0.35", epochs=200, augment=("flip",),
+                               batch_size=16)
+            run_id = tle.submit_run(ws, "bench", dataset.id, spec, started_by="trainer",
+                                    force=True).run_id
+            while tle.get_run(ws, run_id).status != "running" or not tle.get_run(
+                    ws, run_id).progress.get("epochs"):
+                time.sleep(0.5)
+            watchers = []
+            for name in ("watcher-1", "watcher-2"):
+                watcher = browser.new_context().new_page()
+                watcher.goto(f"{url}/training?project=bench&user={name}&run={run_id}")
+                watcher.get_by_text("Running").first.wait_for(timeout=TIMEOUT_MS)
+                watchers.append(watcher)
+            busy = _switch_times(viewer, args.rounds)
+            browser.close()
+    finally:
+        if run_id:
+            tle.cancel_run(ws, run_id)
+            tle.wait_for_run(ws, run_id, timeout_s=120)
+        server.terminate()
+        server.wait(timeout=30)
+
+    result = {
+        "page_switch_idle_median_s": round(statistics.median(idle), 3),
+        "page_switch_training_median_s": round(statistics.median(busy), 3),
+        "ratio": round(statistics.median(busy) / statistics.median(idle), 2),
+        "switches_per_condition": len(idle),
+        "cpu": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result.items():
+            print(f"{name:34s} {value}")
+
+
+if __name__ == "__main__":
+    main()
