@@ -257,7 +257,7 @@ def test_an_image_at_the_top_of_a_split_folder_is_named_with_where_to_move_it(
     text = messages(tle.ingest_folder(workspace, root).report)
 
     assert ("ignored: image not in a class folder (val/stray.jpg) — move each image into its "
-            "class folder, e.g. val/<class>/stray.jpg") in text
+            "class folder, e.g. val/cats/stray.jpg") in text
     assert "ignored: not an image (train/vectorize.py)" in text
 
 
@@ -302,7 +302,7 @@ def test_a_zip_names_its_members_with_their_folders(workspace, tmp_path):
     text = messages(report)
     assert "ignored: not an image (pets/train/vectorize.py)" in text
     assert "ignored: image not in a class folder (pets/train/loose.jpg)" in text
-    assert "e.g. pets/train/<class>/loose.jpg" in text
+    assert "e.g. pets/train/birds/loose.jpg" in text  # the first class by name
     assert ("class 'birds' has no usable images: none of its files could be used "
             "(pets/train/birds/notes.txt, see the unreadable list)") in text
     assert "pets/train/cats/README.txt: not an image" in text

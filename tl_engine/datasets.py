@@ -565,8 +565,8 @@ def _layout(
         folders = [_folder_text((*prefix, d)) for d in sorted(ignored_dirs)]
         source.warnings.append(
             f"ignored: folder(s) {_some(folders)} — with train/ and val/ folders only train, "
-            f"val (or validation) and test are read: move any images in them into "
-            f"{source.split_folders['train']}<class>/"
+            f"val (or validation) and test are read: move any images in them into their "
+            f"class folders in {source.split_folders['train']}"
         )
     return source
 
@@ -592,9 +592,11 @@ def _loose_file_warnings(
             folder = _folder_text(first[:-1])  # right in train/: its class folder is in there
         else:
             folder = source.split_folders["train"]
+        # A real class in the example: "<class>" would read as markup on a web page.
+        label = min(source.classes, default="cats")
         warnings.append(
             f"ignored: image not in a class folder ({_some([e.filename for e in images])}) — "
-            f"move each image into its class folder, e.g. {folder}<class>/{first[-1]}"
+            f"move each image into its class folder, e.g. {folder}{label}/{first[-1]}"
         )
     return warnings
 
