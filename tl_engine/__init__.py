@@ -50,19 +50,26 @@ from .runs import (
 from .samples import synthetic_shapes
 from .spec import AUGMENTATIONS, STRATEGIES, RunSpec
 from .store import Workspace
-from .weights import weights_status
+from .weights import (
+    WeightsFile,
+    find_weight_file,
+    list_weight_files,
+    weights_dir,
+    weights_status,
+)
 
 __all__ = [
     "AUGMENTATIONS", "BACKBONES", "active_runs", "EXPORT_FORMATS", "STRATEGIES", "STRATEGY_HELP",
     "Backbone", "Dataset", "DatasetError", "DeviceInfo", "FreezePlan", "ImageRecord",
     "NotFound", "Prediction", "RunNotReady", "RunRecord", "RunSpec", "SpecError",
-    "Submission", "TLError", "Upload", "WeightsUnavailable", "Workspace",
+    "Submission", "TLError", "Upload", "WeightsFile", "WeightsUnavailable", "Workspace",
     "cancel_run", "check_data", "delete_dataset", "delete_run", "describe_device",
     "describe_freeze", "ensure_worker", "evaluation", "export_bytes", "export_run",
+    "find_weight_file", "list_weight_files",
     "get_backbone", "get_run", "ingest_folder", "ingest_tree", "ingest_uploads", "ingest_zip",
     "list_backbones", "list_datasets", "list_runs", "load_dataset", "load_draft",
     "load_predictor", "save_draft",
     "model_card", "predict_images", "queue_position", "recover_interrupted",
     "resume_run", "run_metrics", "running_run", "split_records", "submit_run", "synthetic_shapes",
-    "wait_for_run", "weights_status",
+    "wait_for_run", "weights_dir", "weights_status",
 ]

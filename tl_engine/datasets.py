@@ -43,6 +43,15 @@ RECOMMENDED_PER_CLASS = 20
 IMBALANCE_RATIO = 3.0
 SMALL_SIDE = 32
 
+# Warnings name at most this many files, then say how many more there are.
+NAMED_FILES = 3
+# What a stray file looks like from its name alone: files outside class folders are
+# never decoded, so their suffix is all that tells a misplaced photo from a script.
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp", ".tif",
+    ".tiff", ".heic", ".heif", ".avif",
+})
+
 SPLITS = ("train", "val", "test")
 _SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _JUNK_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
@@ -271,6 +280,9 @@ class _Source:
     given_split: bool = False
     unreadable: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # label -> its folders as shown to the user ("train/cats/"), for messages only
+    class_folders: dict[str, list[str]] = field(default_factory=dict)
+    split_folders: dict[str, str] = field(default_factory=dict)  # split -> "train/"
 
 
 @dataclass(frozen=True)
@@ -516,45 +528,93 @@ def _layout(
     source.given_split = "train" in split_of.values() and len(set(split_of.values())) > 1
     depth = len(prefix)
     ignored_dirs: set[str] = set()
-    loose_files = 0
+    loose: list[_Entry] = []
     if source.given_split:
-        for folder, split in split_of.items():
+        for folder, split in sorted(split_of.items()):
+            source.split_folders.setdefault(split, _folder_text((*prefix, folder)))
             for label in _child_dirs(dirs, (*prefix, folder)):
                 source.classes.setdefault(label, set()).add(split)
+                source.class_folders.setdefault(label, []).append(
+                    _folder_text((*prefix, folder, label))
+                )
         ignored_dirs = {d for d in top if d not in split_of}
     else:
         for label in top:
             source.classes.setdefault(label, set())
+            source.class_folders.setdefault(label, []).append(_folder_text((*prefix, label)))
     for entry in entries:
         if not _under(entry.parts, prefix) or len(entry.parts) == depth:
-            loose_files += 1  # beside the wrapper folder(s) we descended through
+            loose.append(entry)  # beside the wrapper folder(s) we descended through
             continue
         rel = entry.parts[depth:]
         if source.given_split:
             if rel[0] in ignored_dirs:
                 continue
             if rel[0] not in split_of or len(rel) < 3:
-                loose_files += 1
+                loose.append(entry)
                 continue
             label, split = rel[1], split_of[rel[0]]
         else:
             if len(rel) < 2:
-                loose_files += 1
+                loose.append(entry)
                 continue
             label, split = rel[0], ""
         source.candidates.append(_Candidate(entry.filename, label, split, entry.read))
-    if loose_files:
-        where = "directly in the train/val folders" if source.given_split else "at the top level"
-        source.warnings.append(
-            f"{loose_files} file(s) {where} are not in a class folder and were ignored: "
-            "move each image into the folder named after its class"
-        )
+    source.warnings += _loose_file_warnings(loose, source, prefix)
     if ignored_dirs:
+        folders = [_folder_text((*prefix, d)) for d in sorted(ignored_dirs)]
         source.warnings.append(
-            f"folder(s) {', '.join(repr(d) for d in sorted(ignored_dirs))} ignored: with "
-            "train/ and val/ folders only train, val (or validation) and test are read"
+            f"ignored: folder(s) {_some(folders)} — with train/ and val/ folders only train, "
+            f"val (or validation) and test are read: move any images in them into their "
+            f"class folders in {source.split_folders['train']}"
         )
     return source
+
+
+def _loose_file_warnings(
+    loose: list[_Entry], source: _Source, prefix: tuple[str, ...]
+) -> list[str]:
+    """What to say about files outside any class folder: each named, by what it is."""
+    images = sorted((e for e in loose if _looks_like_image(e.filename)), key=lambda e: e.filename)
+    others = sorted(e.filename for e in loose if not _looks_like_image(e.filename))
+    warnings: list[str] = []
+    if others:
+        warnings.append(
+            f"ignored: not an image ({_some(others)}) — only images inside class folders "
+            f"are read; nothing to do, or remove {'it' if len(others) == 1 else 'them'} from "
+            "the dataset folder"
+        )
+    if images:
+        first = images[0].parts
+        if not source.given_split:
+            folder = _folder_text(prefix)
+        elif len(first) == len(prefix) + 2 and first[len(prefix)].lower() in _SPLIT_DIRS:
+            folder = _folder_text(first[:-1])  # right in train/: its class folder is in there
+        else:
+            folder = source.split_folders["train"]
+        # A real class in the example: "<class>" would read as markup on a web page.
+        label = min(source.classes, default="cats")
+        warnings.append(
+            f"ignored: image not in a class folder ({_some([e.filename for e in images])}) — "
+            f"move each image into its class folder, e.g. {folder}{label}/{first[-1]}"
+        )
+    return warnings
+
+
+def _looks_like_image(filename: str) -> bool:
+    return PurePosixPath(filename).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _folder_text(parts: tuple[str, ...]) -> str:
+    """A folder as messages name it: "train/cats/"; the source's top is ""."""
+    return "".join(f"{part}/" for part in parts)
+
+
+def _some(names: list[str], shown: int = NAMED_FILES) -> str:
+    """'a, b, c and 4 more': names a few and counts the rest."""
+    rest = len(names) - shown
+    head = ", ".join(names[:shown])
+    return f"{head} and {rest} more" if rest > 0 else head
 
 
 def _child_dirs(dirs: set[tuple[str, ...]], prefix: tuple[str, ...]) -> list[str]:
@@ -623,7 +683,7 @@ def _process(
     duplicates: list[dict[str, Any]] = []
     cross_class: list[dict[str, Any]] = []
     split_rank = {"train": 0, "": 0, "val": 1, "test": 2}
-    across_splits = 0
+    across_splits: list[str] = []  # copies left out of val/test because train has them
     for content_hash, indexes in by_hash.items():
         copies = [candidates[i] for i in indexes]
         files = sorted(c.filename for c in copies)
@@ -637,7 +697,7 @@ def _process(
         if len(copies) > 1:
             duplicates.append({"hash": content_hash, "label": labels[0], "files": files})
             if len({c.split for c in copies}) > 1:
-                across_splits += 1
+                across_splits += [c.filename for c in copies if c.split != candidates[keep].split]
         chosen, info = candidates[keep], decoded[keep]
         records.append(
             ImageRecord(
@@ -646,6 +706,7 @@ def _process(
         )
     records.sort(key=_record_order)
     unreadable.sort(key=lambda item: item["file"])
+    across_splits.sort()
     duplicates.sort(key=lambda item: item["files"][0])
     cross_class.sort(key=lambda item: item["files"][0])
     report = _report(source, records, unreadable, duplicates, cross_class, across_splits)
@@ -670,7 +731,7 @@ def _report(
     unreadable: list[dict[str, str]],
     duplicates: list[dict[str, Any]],
     cross_class: list[dict[str, Any]],
-    across_splits: int,
+    across_splits: list[str],
 ) -> dict[str, Any]:
     classes: dict[str, dict[str, int]] = {
         label: {"count": 0, "train": 0, "val": 0, "test": 0} for label in sorted(source.classes)
@@ -690,7 +751,7 @@ def _report(
         "max_width": max(widths, default=0),
         "max_height": max(heights, default=0),
     }
-    errors = _errors(source, classes, records)
+    errors = _errors(source, classes, records, unreadable)
     warnings = list(source.warnings)
     warnings += _warnings(
         source, classes, records, unreadable, duplicates, cross_class, across_splits
@@ -712,7 +773,10 @@ def _report(
 
 
 def _errors(
-    source: _Source, classes: dict[str, dict[str, int]], records: list[ImageRecord]
+    source: _Source,
+    classes: dict[str, dict[str, int]],
+    records: list[ImageRecord],
+    unreadable: list[dict[str, str]],
 ) -> list[str]:
     errors: list[str] = []
     if not classes:
@@ -722,18 +786,40 @@ def _errors(
         )
     elif len(classes) == 1:
         (only,) = classes
+        folders = source.class_folders.get(only)
+        where = f"next to {folders[0]}" if folders else "of images"
         errors.append(
-            f"found 1 class {only!r}: a classifier needs at least 2 — add a folder per class"
+            f"found 1 class {only!r}: a classifier needs at least 2 — add a folder for each "
+            f"other class {where}"
         )
     if classes and not records:
         errors.append(f"no readable images found in {source.name}: see the unreadable list")
+    unusable = {item["file"] for item in unreadable}
     for label, entry in classes.items():
         count = entry["count"]
-        if count < 2:
-            what = "no usable images (empty folder?)" if count == 0 else "only 1 usable image"
+        if count >= 2:
+            continue
+        folders = source.class_folders.get(label, [])
+        where = f" (in {_some(folders)})" if folders else ""
+        files = sorted(c.filename for c in source.candidates if c.label == label)
+        if count == 1:
             errors.append(
-                f"class {label!r} has {what}: each class needs at least 2 — add images "
-                "or remove the folder"
+                f"class {label!r} has only 1 usable image{where}: each class needs at least "
+                "2 — add images or remove the folder"
+            )
+        elif not files:
+            what = f"its folder {_some(folders)} is empty" if folders else "it has no files"
+            errors.append(
+                f"class {label!r} has no usable images: {what} — add at least 2 images or "
+                "remove the folder"
+            )
+        else:
+            skipped = [f for f in files if f in unusable]
+            why = (f"none of its files could be used ({_some(skipped)}, see the unreadable "
+                   "list)") if skipped else "its images all appear under other classes too"
+            errors.append(
+                f"class {label!r} has no usable images: {why} — add at least 2 images or "
+                "remove the folder"
             )
     return errors
 
@@ -745,7 +831,7 @@ def _warnings(
     unreadable: list[dict[str, str]],
     duplicates: list[dict[str, Any]],
     cross_class: list[dict[str, Any]],
-    across_splits: int,
+    across_splits: list[str],
 ) -> list[str]:
     warnings: list[str] = []
     counts = {label: entry["count"] for label, entry in classes.items()}
@@ -766,39 +852,66 @@ def _warnings(
                 "class weights"
             )
     if source.given_split:
+        # Only splits the source has a folder for: a missing val/ is carved out of train.
         for split in ("train", "val"):
+            split_folder = source.split_folders.get(split)
             missing = [
                 label for label, entry in classes.items() if entry["count"] and not entry[split]
             ]
-            if missing:
+            if split_folder and missing:
                 names = ", ".join(repr(label) for label in missing)
-                warnings.append(f"class(es) {names} have no images in the {split} folder")
-    small = sum(1 for r in records if min(r.width, r.height) < SMALL_SIDE)
+                folders = [f"{split_folder}{label}/" for label in missing]
+                warnings.append(
+                    f"class(es) {names} have no images in the {split} folder: add some to "
+                    f"{_some(folders)}"
+                )
+    small = sorted(r.filename for r in records if min(r.width, r.height) < SMALL_SIDE)
     if small:
         warnings.append(
-            f"{small} image(s) are smaller than {SMALL_SIDE} px on a side: they carry "
-            "little detail once scaled up to the model's input size"
+            f"{len(small)} image(s) are smaller than {SMALL_SIDE} px on a side "
+            f"({_some(small)}): they carry little detail once scaled up to the model's "
+            "input size; use larger originals if you have them"
         )
     if unreadable:
-        warnings.append(
-            f"{len(unreadable)} file(s) could not be used and were skipped (see the "
-            "unreadable list for each reason)"
-        )
+        warnings.append(_unreadable_warning(unreadable))
     if duplicates:
-        extra = sum(len(item["files"]) - 1 for item in duplicates)
-        warnings.append(f"{extra} exact duplicate file(s) within a class were kept only once")
+        kept = {record.hash: record.filename for record in records}
+        dropped = sorted(
+            name for item in duplicates for name in item["files"] if name != kept[item["hash"]]
+        )
+        warnings.append(
+            f"{len(dropped)} exact duplicate file(s) within a class were kept only once "
+            f"({_some(dropped)} left out): nothing to do, or delete the copies"
+        )
     if across_splits:
         warnings.append(
-            f"{across_splits} image(s) appear in more than one split folder of the same "
-            "class: kept once, in train, so validation is not flattered"
+            f"{len(across_splits)} image(s) appear in more than one split folder of the same "
+            f"class ({_some(across_splits)}): kept once, in train, so validation is not "
+            "flattered; delete the copies from the other split folders"
         )
     if cross_class:
-        copies = sum(len(item["files"]) for item in cross_class)
+        files = sorted(name for item in cross_class for name in item["files"])
         warnings.append(
-            f"{len(cross_class)} image(s) appear under more than one class ({copies} files): "
-            "all copies were left out, because their label is ambiguous"
+            f"{len(cross_class)} image(s) appear under more than one class ({len(files)} "
+            f"files: {_some(files)}): all copies were left out, because their label is "
+            "ambiguous — keep each image in its one class folder"
         )
     return warnings
+
+
+def _unreadable_warning(unreadable: list[dict[str, str]], shown_reasons: int = 3) -> str:
+    """One warning naming the skipped files, grouped by why (the commonest reason first)."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for item in unreadable:
+        by_reason[item["reason"]].append(item["file"])
+    groups = sorted(by_reason.items(), key=lambda group: (-len(group[1]), sorted(group[1])[0]))
+    parts = [f"{_some(sorted(files))}: {reason}" for reason, files in groups[:shown_reasons]]
+    rest = sum(len(files) for _, files in groups[shown_reasons:])
+    if rest:
+        parts.append(f"{rest} more for other reasons (see the unreadable list)")
+    return (
+        f"{len(unreadable)} file(s) could not be used and were skipped — " + "; ".join(parts)
+    )
 
 
 def _report_with_error(message: str, source: str) -> dict[str, Any]:

@@ -4,6 +4,10 @@
 download). Before asking Keras we check whether the file is cached and whether the
 download host answers at all, so an offline host fails in seconds with a message naming
 the file and the folder, instead of hanging inside a download.
+
+Local files offered to users come from one folder an administrator chooses
+($TL_WEIGHTS_DIR): users pick a file by name, and never type a path, so nobody can use
+the dashboard to find out which other files exist on the server.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import functools
 import hashlib
 import os
 import socket
+import stat
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,8 @@ from .errors import WeightsUnavailable
 from .registry import Backbone
 
 DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+WEIGHTS_DIR_ENV = "TL_WEIGHTS_DIR"
+WEIGHTS_SUFFIX = ".h5"  # also matches Keras 3's ".weights.h5"
 _PROBE_TTL_S = 60.0
 _probe_cache: dict[str, tuple[float, bool]] = {}
 
@@ -62,6 +70,63 @@ def weights_status(backbone: Backbone, probe_network: bool = True) -> str:
     if probe_network and download_reachable():
         return "downloadable"
     return "missing"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file in the administrator's folder: users see `name`, specs store `path`."""
+
+    name: str
+    path: Path  # absolute: the folder (resolved) joined with the name
+    size: int  # bytes
+
+
+def weights_dir() -> Path | None:
+    """The folder of weights files users may choose from ($TL_WEIGHTS_DIR), or None when
+    no folder is configured. Read at each call, so a changed setting needs no restart."""
+    value = os.environ.get(WEIGHTS_DIR_ENV, "").strip()
+    if not value:
+        return None
+    return Path(value).expanduser().resolve()
+
+
+def list_weight_files() -> list[WeightsFile]:
+    """The *.h5 / *.weights.h5 files directly in weights_dir(), sorted by name.
+
+    Not recursive. A symbolic link is listed only when it resolves to a regular file inside
+    the folder itself: a link leading elsewhere would expose a file the administrator did
+    not put there. An unset, missing or unreadable folder lists nothing.
+    """
+    folder = weights_dir()
+    if folder is None or not folder.is_dir():
+        return []
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except OSError:
+        return []
+    files: list[WeightsFile] = []
+    for name in names:
+        if not name.lower().endswith(WEIGHTS_SUFFIX) or name.startswith("."):
+            continue
+        path = folder / name
+        try:
+            if folder not in path.resolve().parents:
+                continue
+            info = path.stat()
+        except (OSError, RuntimeError):  # dangling or looping link, vanished file
+            continue
+        if stat.S_ISREG(info.st_mode):
+            files.append(WeightsFile(name=name, path=path, size=info.st_size))
+    return files
+
+
+def find_weight_file(weights: str) -> WeightsFile | None:
+    """The listed file a spec's `weights` value names, or None (it is "imagenet", "none",
+    or a path outside the administrator's folder). Compared as text: nothing is probed."""
+    if weights in ("imagenet", "none"):
+        return None
+    wanted = Path(weights).expanduser()
+    return next((item for item in list_weight_files() if item.path == wanted), None)
 
 
 @functools.lru_cache(maxsize=64)

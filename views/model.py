@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
@@ -13,6 +11,9 @@ from dashboard import state, widgets
 WEIGHT_SOURCES = {"imagenet": "ImageNet (pretrained)", "none": "None — random init (baseline)",
                   "file": "Local weights file"}
 STATUS_TEXT = {"cached": "cached", "downloadable": "downloadable", "missing": "missing"}
+AVAILABILITY = {"cached": "weights here", "downloadable": "downloads on first use",
+                "missing": "no weights on this server"}
+AVAILABILITY_ORDER = list(AVAILABILITY)
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -60,20 +61,38 @@ st.title("Model")
 st.caption("A backbone pretrained on ImageNet turns each photo into features; a small new "
            "head learns your classes from them.")
 
-keys = [entry.key for entry in tle.list_backbones()]
+# Backbones whose weights are here come first, so an offline server offers what works.
+keys = sorted((entry.key for entry in tle.list_backbones()),
+              key=lambda k: AVAILABILITY_ORDER.index(statuses[k]))
 widgets.seed("model_backbone", draft["backbone"] if draft["backbone"] in keys else keys[0])
 choice_col, table_col = st.columns([0.32, 0.68])
 with choice_col:
-    key = st.selectbox("Backbone", keys, key="model_backbone", on_change=_on_backbone_change)
+    key = st.selectbox("Backbone", keys, key="model_backbone", on_change=_on_backbone_change,
+                       format_func=lambda k: f"{k} · {AVAILABILITY[statuses[k]]}")
     entry = tle.get_backbone(key)
     st.caption(f"{entry.family} · {widgets.format_params(entry.params)} parameters · "
                f"{entry.feature_dim} features · ImageNet top-1 "
                f"{'–' if entry.imagenet_top1 is None else f'{entry.imagenet_top1:.1%}'}")
 
-    source = draft["weights"] if draft["weights"] in ("imagenet", "none") else "file"
-    widgets.seed("model_weights_source", source)
-    source = st.radio("Starting weights", list(WEIGHT_SOURCES), format_func=WEIGHT_SOURCES.get,
-                      key="model_weights_source")
+    folder_offered = tle.weights_dir() is not None
+    weight_files = {item.name: item for item in tle.list_weight_files()}
+    sources = list(WEIGHT_SOURCES) if folder_offered else ["imagenet", "none"]
+    draft_file = tle.find_weight_file(draft["weights"])
+    if draft["weights"] in ("imagenet", "none"):
+        widgets.seed("model_weights_source", draft["weights"])
+    elif draft_file is not None:
+        widgets.seed("model_weights_source", "file")
+    else:
+        # A file outside the administrator's folder (an older run, or one since removed).
+        st.session_state["model_weights_source"] = "imagenet"
+        st.info("The weights file of these settings is not offered on this server: "
+                "starting from ImageNet weights instead.", icon=":material/info:")
+    if st.session_state.get("model_weights_source") not in sources:
+        st.session_state["model_weights_source"] = "imagenet"
+    source = st.radio(
+        "Starting weights", sources, format_func=WEIGHT_SOURCES.get, key="model_weights_source",
+        help=None if folder_offered else "Local weights files appear here when an "
+        "administrator sets TL_WEIGHTS_DIR to a folder of .h5 files on the server.")
     weights = source
     status = statuses[key]
     if source == "imagenet" and status == "missing":
@@ -88,20 +107,23 @@ with choice_col:
     elif source == "none":
         st.caption("Random initial weights: shows how much pretraining is worth. Use "
                    "“Full fine-tune” on the Freeze page, or the head only learns from noise.")
+    elif source == "file" and not weight_files:
+        weights = "imagenet"
+        st.warning("The server's weights folder holds no .h5 files yet: an administrator "
+                   "adds them there. Until then, ImageNet weights are used.",
+                   icon=":material/description:")
     elif source == "file":
-        widgets.seed("model_weights_file", "" if draft["weights"] in WEIGHT_SOURCES
-                     else draft["weights"])
-        weights = st.text_input(
-            "Path on the server", key="model_weights_file",
-            placeholder=f"/models/{entry.constructor.lower()}_notop.weights.h5",
-            help=f"A .h5 / .weights.h5 file saved from keras.applications.{entry.constructor}"
-            f"(include_top=False, input_shape=({entry.default_size}, {entry.default_size}, 3)).",
-        ).strip()
-        if not weights:
-            st.caption("Enter the path of a weights file on the server.")
-        elif not Path(weights).expanduser().is_file():
-            st.warning("There is no file at this path on the server.",
-                       icon=":material/description:")
+        if st.session_state.get("model_weights_file") not in weight_files:
+            st.session_state["model_weights_file"] = (
+                draft_file.name if draft_file is not None else next(iter(weight_files)))
+        name = st.selectbox(
+            "Weights file", list(weight_files), key="model_weights_file",
+            format_func=lambda n: f"{n} · {weight_files[n].size / 1024**2:,.1f} MB",
+            help=f"Files an administrator put in the server's weights folder. The file must "
+            f"be saved from keras.applications.{entry.constructor}(include_top=False, "
+            f"input_shape=({entry.default_size}, {entry.default_size}, 3)).",
+        )
+        weights = str(weight_files[name].path)
 
 with table_col:
     st.dataframe(backbone_table(key, statuses), hide_index=True, width="stretch",
