@@ -101,8 +101,11 @@ def spec_draft() -> dict[str, Any]:
     project = current_project()
     user = user_name() or ""
     owner = (project, user)
+    fresh_with_draft = DRAFT_OWNER_KEY not in st.session_state and SPEC_KEY in st.session_state
     if st.session_state.get(DRAFT_OWNER_KEY) != owner or SPEC_KEY not in st.session_state:
-        stored = tle.load_draft(workspace(), project, user) if project else None
+        # A session handed a draft before its first page (a link, a test) keeps that one.
+        stored = tle.load_draft(workspace(), project, user) if project and not (
+            fresh_with_draft) else None
         if stored is None:
             # Nothing stored for them yet: carry on from what this tab was editing.
             stored = dict(st.session_state.get(SPEC_KEY) or tle.RunSpec().to_dict())

@@ -15,6 +15,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import charts, state
+from dashboard.text import md_escape
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
@@ -145,7 +146,8 @@ def spec_summary(spec: Mapping[str, Any], given_split: bool = False) -> dict[str
 
 def show_spec(spec: Mapping[str, Any], given_split: bool = False) -> None:
     lines = [
-        f"**{name}** &nbsp; {text}" for name, text in spec_summary(spec, given_split).items()
+        f"**{name}** &nbsp; {md_escape(text)}"
+        for name, text in spec_summary(spec, given_split).items()
     ]
     st.markdown("  \n".join(lines))
 

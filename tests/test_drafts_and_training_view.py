@@ -128,7 +128,7 @@ def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatc
         assert theirs in text and "started by" in text
         # Typed text stays text: no image, no link, no HTML in the Markdown sent out.
         assert "![x](" not in text and "](http" not in text and "<b>" not in text
-        assert r"\!\[x\]\(http\:\/\/127\.0\.0\.1\:9\/p\.png\)" in text
+        assert r"!\[x\]\(http\://127.0.0.1\:9/p.png)" in text
 
         at.button(key=f"show_{theirs}").click().run()
         assert next(s for s in at.selectbox if s.label == "Run").value == theirs
@@ -144,3 +144,15 @@ def test_hostile_project_names_are_text_on_home(monkeypatch, tmp_path):
     at = open_tab(monkeypatch, ws.root, project=name)
     (subheader,) = at.subheader
     assert "](http" not in subheader.value and "**x**" not in subheader.value
+
+
+def test_md_escape_keeps_typed_text_literal():
+    from dashboard.text import md_escape
+
+    assert md_escape("MobileNetV2-0.35 · 224 px") == "MobileNetV2-0.35 · 224 px"
+    assert md_escape("![x](http://h/p.png)") == r"!\[x\]\(http\://h/p.png)"
+    assert md_escape("none (random init)") == "none (random init)"
+    assert md_escape("<b>x</b>") == r"\<b\>x\</b\>"
+    assert md_escape("1. first") == r"1\. first" and md_escape("- item") == r"\- item"
+    assert md_escape("go to www.example.com") == r"go to www\.example.com"
+    assert md_escape("two\nlines") == "two lines"

@@ -13,6 +13,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import charts, state, widgets
+from dashboard.text import md_escape
 
 PER_PAGE = 24
 GRID_COLUMNS = 8
@@ -38,9 +39,9 @@ gen = st.session_state.setdefault("upload_gen", 0)
 
 def show_problems(report: dict[str, Any]) -> None:
     for error in report.get("errors", []):
-        st.error(error, icon=":material/block:")
+        st.error(md_escape(error), icon=":material/block:")
     for warning in report.get("warnings", []):
-        st.warning(warning, icon=":material/warning:")
+        st.warning(md_escape(warning), icon=":material/warning:")
     if report.get("unreadable"):
         st.dataframe(pd.DataFrame(report["unreadable"]), hide_index=True, width="stretch",
                      column_config={"file": "File", "reason": "Why it was skipped"})
@@ -58,22 +59,22 @@ def ingest(what: str, make: Callable[[Callable[[int, int], None]], tle.Dataset])
         dataset = make(progress)
     except tle.DatasetError as exc:
         bar.empty()
-        st.error(f"No dataset was created. {exc}", icon=":material/warning:")
+        st.error(f"No dataset was created. {md_escape(exc)}", icon=":material/warning:")
         if report := getattr(exc, "report", None):
             show_problems({**report, "errors": []})
         return
     except tle.TLError as exc:
         bar.empty()
-        st.error(str(exc), icon=":material/warning:")
+        st.error(md_escape(exc), icon=":material/warning:")
         return
     state.set_dataset(dataset.id)
     if dataset.id in known:
         st.session_state["dataset_flash"] = (
-            f"These exact images are already stored as “{dataset.name}” — selected it."
+            f"These exact images are already stored as “{md_escape(dataset.name)}” — selected it."
         )
     else:
         st.session_state["dataset_flash"] = (
-            f"Created “{dataset.name}”: {len(dataset.records)} images in "
+            f"Created “{md_escape(dataset.name)}”: {len(dataset.records)} images in "
             f"{len(dataset.classes)} classes."
         )
     st.session_state["upload_gen"] = gen + 1
@@ -104,7 +105,7 @@ def _add_shot(class_name: str) -> None:
     if shot is not None and shot.file_id not in shots:
         shots[shot.file_id] = {"class_id": st.session_state["camera_class"],
                                "data": shot.getvalue()}
-        st.toast(f"Added a shot to {class_name}")
+        st.toast(f"Added a shot to {md_escape(class_name)}")
 
 
 def upload_by_class() -> None:
@@ -313,16 +314,16 @@ if report.get("duplicates"):
     with st.expander(f"Duplicates within a class ({len(report['duplicates'])})",
                      icon=":material/content_copy:"):
         st.caption("Identical files: each was kept once.")
-        thumbnails_of(report["duplicates"], lambda g: f"**{g['label']}** · "
-                      + " · ".join(f"`{f}`" for f in g["files"]))
+        thumbnails_of(report["duplicates"], lambda g: f"**{md_escape(g['label'])}** · "
+                      + " · ".join(md_escape(f) for f in g["files"]))
 if report.get("cross_class_duplicates"):
     with st.expander(f"Same image in several classes ({len(report['cross_class_duplicates'])})",
                      icon=":material/call_split:"):
         st.caption("Their label is ambiguous, so every copy was left out. Remove the wrong "
                    "copies and ingest again.")
         thumbnails_of(report["cross_class_duplicates"], lambda g: "**"
-                      + " / ".join(g["labels"]) + "** · "
-                      + " · ".join(f"`{f}`" for f in g["files"]))
+                      + " / ".join(md_escape(label) for label in g["labels"]) + "** · "
+                      + " · ".join(md_escape(f) for f in g["files"]))
 
 # --- browse ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import state, widgets
+from dashboard.text import md_escape
 
 WEIGHT_SOURCES = {"imagenet": "ImageNet (pretrained)", "none": "None — random init (baseline)",
                   "file": "Local weights file"}
@@ -161,7 +162,8 @@ state.update_spec(backbone=key, weights=weights, image_size=int(image_size),
 with st.container(border=True):
     st.markdown("**Current choice**")
     summary = widgets.spec_summary(state.spec_draft())
-    st.markdown(f"**Backbone** &nbsp; {summary['Backbone']}  \n**Head** &nbsp; {summary['Head']}")
+    st.markdown(f"**Backbone** &nbsp; {md_escape(summary['Backbone'])}  \n"
+                f"**Head** &nbsp; {md_escape(summary['Head'])}")
     cols = st.columns([0.25, 0.25, 0.5])
     cols[0].page_link("views/freeze.py", label="Next: freeze strategy",
                       icon=":material/arrow_forward:")
