@@ -33,7 +33,15 @@ from .jobs import (
     submit_run,
     wait_for_run,
 )
-from .predict import Prediction, load_predictor, predict_images
+from .predict import (
+    BatchItem,
+    Prediction,
+    Refused,
+    images_in_zip,
+    load_predictor,
+    predict_images,
+    prediction_batch,
+)
 from .registry import BACKBONES, Backbone, get_backbone, list_backbones
 from .runs import (
     RunRecord,
@@ -46,20 +54,22 @@ from .runs import (
     running_run,
 )
 from .samples import synthetic_shapes
+from .scoring import top_k_for
 from .spec import AUGMENTATIONS, STRATEGIES, RunSpec
 from .store import Workspace
 from .weights import weights_status
 
 __all__ = [
     "AUGMENTATIONS", "BACKBONES", "EXPORT_FORMATS", "STRATEGIES", "STRATEGY_HELP",
-    "Backbone", "Dataset", "DatasetError", "DeviceInfo", "FreezePlan", "ImageRecord",
-    "NotFound", "Prediction", "RunNotReady", "RunRecord", "RunSpec", "SpecError",
+    "Backbone", "BatchItem", "Dataset", "DatasetError", "DeviceInfo", "FreezePlan", "ImageRecord",
+    "NotFound", "Prediction", "Refused", "RunNotReady", "RunRecord", "RunSpec", "SpecError",
     "Submission", "TLError", "Upload", "WeightsUnavailable", "Workspace",
     "cancel_run", "check_data", "delete_dataset", "delete_run", "describe_device",
     "describe_freeze", "ensure_worker", "evaluation", "export_bytes", "export_run",
     "get_backbone", "get_run", "ingest_folder", "ingest_tree", "ingest_uploads", "ingest_zip",
+    "images_in_zip",
     "list_backbones", "list_datasets", "list_runs", "load_dataset", "load_predictor",
-    "model_card", "predict_images", "queue_position", "recover_interrupted",
+    "model_card", "predict_images", "prediction_batch", "queue_position", "recover_interrupted",
     "resume_run", "run_metrics", "running_run", "split_records", "submit_run", "synthetic_shapes",
-    "wait_for_run", "weights_status",
+    "top_k_for", "wait_for_run", "weights_status",
 ]
