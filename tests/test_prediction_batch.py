@@ -265,3 +265,15 @@ def test_prediction_batch_keeps_order_and_skips_junk():
     assert [item[0] if isinstance(item, tuple) else item.name for item in batch] == [
         "a.jpg", "x/b.jpg", "x/c.gif", "dir/readme"]
     assert isinstance(batch[3], tle.Refused) and "no extension" in batch[3].reason
+
+
+def test_a_batch_larger_than_one_chunk_keeps_every_image_in_order(trained_workspace):
+    ws, _, run = trained_workspace
+    images = [(f"{i:03d}.jpg", RED if i % 2 else GREEN) for i in range(300)]
+    images[256] = ("256.jpg", b"broken")
+    predictions = tle.predict_images(ws, run.id, images, top_k=1)
+    assert [p.name for p in predictions] == [name for name, _ in images]
+    assert [i for i, p in enumerate(predictions) if p.error] == [256]
+    assert list(predictions[257].probabilities.values()) == pytest.approx(
+        list(predictions[1].probabilities.values()), abs=1e-5)
+    assert predictions[300 - 1].label == predictions[1].label
