@@ -127,14 +127,14 @@ def predictor(root: str, run_id: str) -> Any:
     return tle.load_predictor(tle.Workspace(root), run_id)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _predict_all(root: str, run_id: str, images: tuple[tuple[str, bytes], ...]) -> list:
+@st.cache_data(show_spinner="Predicting…", max_entries=32)
+def _predict_all(root: str, run_id: str, images: tuple[tle.BatchItem, ...]) -> list:
     """Every class's probability for each image, so the top-k slider never predicts again."""
     model = predictor(root, run_id)
     return model.predict(list(images), top_k=len(model.labels))
 
 
-def predict(ws: tle.Workspace, run_id: str, images: Sequence[tuple[str, bytes]],
+def predict(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchItem],
             top_k: int) -> list[tle.Prediction]:
     ranked = _predict_all(str(ws.root), run_id, tuple(images))
     return [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
@@ -150,58 +150,109 @@ def top_k_text(top: Sequence[tuple[str, float]]) -> str:
     return " · ".join(f"{label} {p:.1%}" for label, p in top)
 
 
-def predictions_table(predictions: Sequence[tle.Prediction]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [{"image": p.name, "label": p.label or "", "confidence": p.confidence,
-          "top-k": top_k_text(p.top), "error": p.error or ""} for p in predictions],
-        columns=["image", "label", "confidence", "top-k", "error"],
-    )
+def probability_column(label: str) -> str:
+    """The table column of one class's probability: `p(<class>)`, never a fixed column's name."""
+    return f"p({label})"
 
 
-def prediction_card(prediction: tle.Prediction, data: bytes) -> None:
+def predictions_table(predictions: Sequence[tle.Prediction],
+                      labels: Sequence[str]) -> pd.DataFrame:
+    """One row per image: its path (relative, inside a folder or archive), the predicted
+    label and confidence, the top-k text with the run's fixed k (`tle.top_k_for`, whatever
+    the cards show), one probability column (0–1) per class and the error, if any."""
+    k = tle.top_k_for(len(labels))
+    rows = []
+    for p in predictions:
+        ranked = sorted(p.probabilities.items(), key=lambda item: -item[1])
+        rows.append({
+            "path": p.name, "label": p.label or "", "confidence": p.confidence,
+            "top-k": top_k_text(ranked[:k]),
+            **{probability_column(label): p.probabilities.get(label) for label in labels},
+            "error": p.error or "",
+        })
+    columns = ["path", "label", "confidence", "top-k",
+               *(probability_column(label) for label in labels), "error"]
+    table = pd.DataFrame(rows, columns=columns)
+    probabilities = [probability_column(label) for label in labels]
+    table[["confidence", *probabilities]] = table[["confidence", *probabilities]].astype(float)
+    return table
+
+
+def literal_markdown(text: str) -> str:
+    """`text` escaped for Markdown elements (st.error, st.caption…): every ASCII punctuation
+    mark gets a backslash, so file names such as `**x**.jpg` or `<b>x</b>.png` show as typed."""
+    return "".join(f"\\{c}" if c in _MARKDOWN_PUNCTUATION else c for c in text)
+
+
+_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def prediction_card(prediction: tle.Prediction, data: bytes | None, position: int) -> None:
+    """One image's card; `position` (its place in the batch) keys the card's elements, so
+    the same photo twice in a batch gets two cards."""
     with st.container(border=True):
         if prediction.error:
-            st.markdown(f"**{prediction.name}**")
-            st.error(prediction.error, icon=":material/broken_image:")
+            st.text(prediction.name)
+            st.error(literal_markdown(prediction.error), icon=":material/broken_image:")
             return
         picture, result = st.columns([2, 3], vertical_alignment="center")
-        picture.image(thumbnail(data), caption=prediction.name, width="stretch")
+        picture.image(thumbnail(data), width="stretch", alt=prediction.name)
+        picture.text(prediction.name)  # user-supplied: never Markdown
         result.metric("Prediction", prediction.label,
                       f"{prediction.confidence:.1%} confident", delta_color="off",
                       delta_arrow="off")
         result.plotly_chart(charts.top_k_bar(prediction.top), width="stretch",
-                            config={"displayModeBar": False})
+                            config={"displayModeBar": False},
+                            key=f"prediction_chart_{position}")
 
 
-def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tuple[str, bytes]],
+def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchItem],
                      top_k: int) -> list[tle.Prediction]:
-    """Per-image cards (paged), then the batch table with a CSV download."""
-    predictions = predict(ws, run_id, images, top_k)
+    """Per-image cards (paged) with the slider's top-k, then the batch table with a CSV
+    download (fixed top-k, every class's probability)."""
+    ranked = _predict_all(str(ws.root), run_id, tuple(images))
+    predictions = [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
     failed = sum(1 for p in predictions if p.error)
     cols = st.columns(3)
     cols[0].metric("Images", len(predictions))
     cols[1].metric("Predicted", len(predictions) - failed)
     cols[2].metric("Unreadable", failed)
 
-    pairs = list(zip(predictions, [data for _, data in images], strict=True))
-    shown = paged(pairs, key="prediction_page", per_page=CARDS_PER_PAGE)
+    cards = [(position, prediction, None if isinstance(item, tle.Refused) else item[1])
+             for position, (prediction, item) in enumerate(zip(predictions, images,
+                                                               strict=True))]
+    shown = paged(cards, key="prediction_page", per_page=CARDS_PER_PAGE)
     for row_start in range(0, len(shown), 2):
         columns = st.columns(2)
-        for column, (prediction, data) in zip(columns, shown[row_start:row_start + 2],
-                                              strict=False):
+        for column, (position, prediction, data) in zip(columns, shown[row_start:row_start + 2],
+                                                        strict=False):
             with column:
-                prediction_card(prediction, data)
+                prediction_card(prediction, data, position)
 
     st.subheader("All predictions")
-    table = predictions_table(predictions)
+    labels = predictor(str(ws.root), run_id).labels
+    table = predictions_table(ranked, labels)
+    k = tle.top_k_for(len(labels))
     st.dataframe(
         table, hide_index=True, width="stretch", placeholder="",
-        column_config={"confidence": st.column_config.ProgressColumn(
-            "confidence", format="percent", min_value=0.0, max_value=1.0)},
+        column_config={
+            "path": st.column_config.TextColumn(
+                "path", help="The file name, or its path inside the uploaded folder or .zip"),
+            "confidence": st.column_config.ProgressColumn(
+                "confidence", format="percent", min_value=0.0, max_value=1.0),
+            "top-k": st.column_config.TextColumn(
+                "top-k", help=f"The {k} most likely classes (k fixed for this run's "
+                f"{len(labels)} classes)"),
+            **{probability_column(label): st.column_config.NumberColumn(
+                probability_column(label), format="%.4f",
+                help="Probability of this class, from 0 to 1") for label in labels},
+        },
     )
     st.download_button("Download CSV", table.to_csv(index=False).encode(),
-                        file_name=f"predictions-{run_id}.csv", mime="text/csv",
-                        icon=":material/download:")
+                       file_name=f"predictions-{run_id}.csv", mime="text/csv",
+                       icon=":material/download:",
+                       help=f"One row per image: path, label, confidence, top-{k} text and "
+                       "a p(class) column per class with its probability (0–1).")
     return predictions
 
 

@@ -404,7 +404,8 @@ def _member_parts(name: str) -> tuple[str, ...] | None:
     return parts
 
 
-def _collect_zip(archive: zipfile.ZipFile, archive_name: str) -> _Source:
+def _archive_members(archive: zipfile.ZipFile, archive_name: str) -> list[zipfile.ZipInfo]:
+    """The archive's entries, once their count and declared total size are within limits."""
     try:
         infos = archive.infolist()
     except Exception as exc:  # pragma: no cover - ZipFile parses the directory on open
@@ -421,6 +422,11 @@ def _collect_zip(archive: zipfile.ZipFile, archive_name: str) -> _Source:
             f"{archive_name} would unpack to {declared:,} bytes, over the limit of "
             f"{limit:,} bytes (TL_MAX_ARCHIVE_BYTES): use a smaller archive or smaller images"
         )
+    return infos
+
+
+def _collect_zip(archive: zipfile.ZipFile, archive_name: str) -> _Source:
+    infos = _archive_members(archive, archive_name)
     lock = threading.Lock()  # ZipFile reads share one file position
     unreadable: list[dict[str, str]] = []
     entries: list[_Entry] = []

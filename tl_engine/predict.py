@@ -1,25 +1,59 @@
-"""Top-k predictions from a completed run's saved model; each model is loaded once per process."""
+"""Top-k predictions from a completed run's saved model; each model is loaded once per process.
+
+A batch may come from single files, a folder upload or a .zip: `prediction_batch` turns
+uploaded files into (relative path, bytes) items, opening archives with the same safety
+rules as ingest, and marks each file it will not read as `Refused` with the reason.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
+import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from . import runs
+from .datasets import (
+    MAX_FILE_BYTES,
+    _archive_members,
+    _is_junk,
+    _mb,
+    _member_parts,
+    _member_problem,
+    _member_reader,
+    _open_zip,
+    _Unreadable,
+)
 from .errors import DatasetError
 from .images import load_rgb_array
 from .pipeline import to_model_input
 from .store import Workspace
 
-ImageInput = str | os.PathLike | bytes | tuple[str, bytes]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _CACHE_SIZE = 4
+# Images decoded and sent to the model at a time: a batch of thousands (a whole archive)
+# then never holds more than this many decoded inputs in memory.
+_CHUNK = 256
+_UNSAFE_PATH = "unsafe path (absolute or containing '..'): not read"
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A file of a batch that is never read (unsafe path, over a size limit, not an image
+    file): its Prediction carries "name: reason" as the error."""
+
+    name: str
+    reason: str
+
+
+BatchItem = tuple[str, bytes] | Refused
+ImageInput = str | os.PathLike | bytes | tuple[str, bytes] | Refused
 
 
 @dataclass(frozen=True)
@@ -27,6 +61,8 @@ class Prediction:
     name: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    # Every class's probability (0-1), in the model's label order; empty for a failed image.
+    probabilities: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str | None:
@@ -43,10 +79,13 @@ class Prediction:
             "confidence": self.confidence,
             "top": [{"label": label, "probability": p} for label, p in self.top],
             "error": self.error,
+            "probabilities": dict(self.probabilities),
         }
 
 
 def _display_name(image: ImageInput) -> str:
+    if isinstance(image, Refused):
+        return image.name
     if isinstance(image, tuple):
         return image[0]
     if isinstance(image, bytes):
@@ -62,6 +101,8 @@ class Predictor:
     def pixels(self, image: ImageInput) -> tuple[str, np.ndarray]:
         """(name, uint8 model input) exactly as this model sees the image."""
         name = _display_name(image)
+        if isinstance(image, Refused):
+            raise DatasetError(f"{image.name}: {image.reason}")
         if isinstance(image, tuple):
             rgb = load_rgb_array(image[1], name)
         elif isinstance(image, bytes):
@@ -75,6 +116,15 @@ class Predictor:
             return np.asarray(self.model.predict(batch.astype(np.float32), verbose=0))
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
+        """One Prediction per image, in order: the top-k classes and every class's
+        probability, or the error that kept the image from being predicted."""
+        k = max(1, min(top_k, len(self.labels)))
+        results: list[Prediction] = []
+        for start in range(0, len(images), _CHUNK):
+            results.extend(self._predict_chunk(images[start:start + _CHUNK], k))
+        return results
+
+    def _predict_chunk(self, images: Sequence[ImageInput], k: int) -> list[Prediction]:
         names: list[str] = []
         arrays: list[np.ndarray | None] = []
         errors: list[str | None] = []
@@ -90,7 +140,6 @@ class Predictor:
                 errors.append(str(exc))
         good = [a for a in arrays if a is not None]
         probs = iter(self.probabilities(np.stack(good)) if good else [])
-        k = max(1, min(top_k, len(self.labels)))
         results = []
         for name, array, error in zip(names, arrays, errors, strict=True):
             if array is None:
@@ -98,7 +147,10 @@ class Predictor:
                 continue
             row = next(probs)
             order = np.argsort(-row)[:k]
-            results.append(Prediction(name, [(self.labels[i], float(row[i])) for i in order]))
+            results.append(Prediction(
+                name, [(self.labels[i], float(row[i])) for i in order],
+                probabilities={label: float(p) for label, p in zip(self.labels, row,
+                                                                    strict=True)}))
         return results
 
 
@@ -130,3 +182,75 @@ def predict_images(
     ws: Workspace, run_id: str, images: Sequence[ImageInput], top_k: int = 3
 ) -> list[Prediction]:
     return load_predictor(ws, run_id).predict(images, top_k)
+
+
+def prediction_batch(files: Iterable[tuple[str, bytes]]) -> list[BatchItem]:
+    """Uploaded files (name or relative path, bytes) as one prediction batch, in order.
+
+    Each .zip is opened in place: its images come under their paths inside it. Paths that
+    are absolute or climb out with '..', files over the size limit and files that are not
+    images (by extension) become `Refused` items naming the file; junk (__MACOSX, dot files)
+    is left out. An archive that cannot be opened at all is one Refused item.
+    """
+    batch: list[BatchItem] = []
+    for name, data in files:
+        if name.lower().endswith(".zip"):
+            try:
+                batch.extend(images_in_zip(data, name))
+            except DatasetError as exc:
+                batch.append(Refused(name, str(exc)))
+            continue
+        parts = _member_parts(name)
+        if parts is None:
+            batch.append(Refused(name, _UNSAFE_PATH))
+        elif parts and not _is_junk(parts):
+            path = "/".join(parts)
+            problem = _size_problem(len(data)) or _not_an_image(path)
+            batch.append(Refused(path, problem) if problem else (path, bytes(data)))
+    return batch
+
+
+def images_in_zip(data: bytes, name: str) -> list[BatchItem]:
+    """A .zip's files as a prediction batch, in archive order: (path inside the archive,
+    bytes) per image, a `Refused` item for each member not read (unsafe path, encrypted,
+    over a size limit, a compression bomb, not an image file). Members are only read once
+    accepted. Raises DatasetError when the archive is unreadable or over its limits."""
+    batch: list[BatchItem] = []
+    with _open_zip(data, name) as archive:
+        lock = threading.Lock()
+        for info in _archive_members(archive, name):
+            if info.is_dir():
+                continue
+            parts = _member_parts(info.filename)
+            if parts is None:
+                batch.append(Refused(info.filename, _UNSAFE_PATH))
+                continue
+            if not parts or _is_junk(parts):
+                continue
+            path = "/".join(parts)
+            problem = _member_problem(info) or _not_an_image(path)
+            batch.append(Refused(path, problem) if problem
+                         else _read_member(archive, info, path, lock))
+    return batch
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str,
+                 lock: threading.Lock) -> BatchItem:
+    try:
+        return path, _member_reader(archive, info, lock)()
+    except _Unreadable as exc:
+        return Refused(path, str(exc))
+
+
+def _size_problem(size: int) -> str | None:
+    if size > MAX_FILE_BYTES:
+        return f"file is {size / 1024**2:,.0f} MB, over the {_mb(MAX_FILE_BYTES)} limit"
+    return None
+
+
+def _not_an_image(path: str) -> str | None:
+    suffix = PurePosixPath(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return None
+    return (f"not an image file ({suffix or 'no extension'}): only "
+            f"{', '.join(s[1:] for s in IMAGE_SUFFIXES)} files are predicted")

@@ -1,4 +1,5 @@
-"""Prediction: a completed run's model on new photos, uploaded or taken with the camera."""
+"""Prediction: a completed run's model on new photos (files, a .zip or a folder uploaded, or
+a camera shot): a card per image, and a table of every class's probability to download."""
 
 import streamlit as st
 
@@ -18,21 +19,36 @@ if not completed:
 run = run_views.pick_run(completed, "Model", key="prediction_run")
 with state.engine_errors():
     model = run_views.predictor(str(ws.root), run.id)
-    st.caption(f"Classes: {', '.join(model.labels)} · input {model.image_size} px · "
+    classes = ", ".join(run_views.literal_markdown(label) for label in model.labels)
+    st.caption(f"Classes: {classes} · input {model.image_size} px · "
                f"trained on {run.summary.get('n_train', '?')} images")
 
     upload_col, camera_col = st.columns([3, 2])
-    uploads = upload_col.file_uploader(
-        "Images", type=run_views.IMAGE_TYPES, accept_multiple_files=True, key="predict_uploads",
-        help="One or many photos; each is predicted on its own.")
+    with upload_col:
+        files_tab, folder_tab = st.tabs(["Images or .zip", "Folder"])
+        uploads = files_tab.file_uploader(
+            "Images", type=[*run_views.IMAGE_TYPES, "zip"], accept_multiple_files=True,
+            key="predict_uploads",
+            help="One or many photos, or .zip archives of them (sub-folders kept); each "
+                 "image is predicted on its own.")
+        folder = folder_tab.file_uploader(
+            "Folder of images", type=run_views.IMAGE_TYPES, accept_multiple_files="directory",
+            key="predict_folder", help="Every image in the folder and its sub-folders.")
     with camera_col:
-        top_k = st.slider("Top-k classes", 1, len(model.labels), min(3, len(model.labels)))
+        top_k = st.slider("Top-k classes", 1, len(model.labels), min(3, len(model.labels)),
+                          help="How many classes each card shows; the table and CSV always "
+                               f"list the top {tle.top_k_for(len(model.labels))}.")
         shot = st.camera_input("Camera shot") if st.toggle("Use the camera") else None
 
-    images = [(f.name, f.getvalue()) for f in uploads or []]
+    files = [(f.name, f.getvalue()) for f in [*(uploads or []), *(folder or [])]]
+    if not files and shot is None:
+        st.info("Upload images, a .zip or a folder (or take a camera shot) to see what the "
+                "model predicts.")
+        st.stop()
+    images = tle.prediction_batch(files)
     if shot is not None:
         images.append(("camera shot", shot.getvalue()))
     if not images:
-        st.info("Upload images (or take a camera shot) to see what the model predicts.")
+        st.info("No image among the uploaded files.")
         st.stop()
     run_views.show_predictions(ws, run.id, images, top_k)
