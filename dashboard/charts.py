@@ -17,23 +17,25 @@ PALETTE = ["#4C6EF5", "#F76707", "#12B886", "#E64980", "#7950F2", "#FAB005", "#1
 CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Per run a marker symbol, so runs differ by more than colour (projectors, colour blindness).
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon"]
-# (train, val) dashes by a run's place among runs with identical curves: a twin drawn on top
-# of another run's lines is dotted, so the lines underneath still show through.
+# (train, val) dashes by a line's place among identical lines: one drawn on top of another
+# run's line is dotted, so the line underneath still shows through.
 TWIN_DASHES = [("solid", "dash"), ("dot", "dashdot"), ("longdash", "longdashdot")]
 SAME_WITHIN = 1e-9
 
 
 def identical_groups(
     metrics_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
+    keys: Sequence[str] = CURVE_METRICS,
 ) -> dict[str, list[str]]:
-    """Each run whose curves (epochs, train and val loss and accuracy) equal another run's
-    within 1e-9, mapped to those other runs in their given order. Runs without any epoch
-    and runs without a twin are left out."""
+    """Each run whose curves (by default epochs, train and val loss and accuracy; else the
+    metrics in `keys`) equal another run's within 1e-9, mapped to those other runs in their
+    given order. Runs without any value for `keys`, and runs without a twin, are left out."""
     groups: list[list[str]] = []
     for run, metrics in metrics_by_run.items():
-        if not metrics:
+        if not any(m.get(key) is not None for m in metrics for key in keys):
             continue
-        group = next((g for g in groups if _same_curves(metrics_by_run[g[0]], metrics)), None)
+        group = next((g for g in groups
+                      if _same_curves(metrics_by_run[g[0]], metrics, keys)), None)
         if group is None:
             groups.append([run])
         else:
@@ -42,11 +44,12 @@ def identical_groups(
             for group in groups if len(group) > 1 for run in group}
 
 
-def _same_curves(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:
+def _same_curves(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]],
+                 keys: Sequence[str]) -> bool:
     if [m["epoch"] for m in a] != [m["epoch"] for m in b]:
         return False
     return all(_same_value(x.get(key), y.get(key))
-               for x, y in zip(a, b, strict=True) for key in CURVE_METRICS)
+               for x, y in zip(a, b, strict=True) for key in keys)
 
 
 def _same_value(x: Any, y: Any) -> bool:
@@ -55,37 +58,45 @@ def _same_value(x: Any, y: Any) -> bool:
     return x == y or abs(float(x) - float(y)) <= SAME_WITHIN
 
 
+def _places_among_twins(twins: Mapping[str, Sequence[str]], runs: Sequence[str]) -> dict:
+    """0 for a run drawn first among identical ones, 1 for the next, ..."""
+    places: dict[str, int] = {}
+    for run in runs:
+        places[run] = sum(1 for t in twins.get(run, []) if t in places)
+    return places
+
+
 def training_curves(metrics_by_run: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
     """Loss and accuracy per epoch, train solid and validation dashed, one colour and marker
-    symbol per run. Both axes zoom to the data, so 96.8 % and 97.3 % are told apart; runs
-    with identical curves are drawn dotted on top and named so in the legend."""
+    symbol per run. Both axes zoom to the data, so 96.8 % and 97.3 % are told apart. A line
+    identical to an earlier run's is drawn dotted on top, with smaller markers, and the
+    legend says which run's lines it repeats."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    twins = identical_groups(metrics_by_run)
-    place_among_twins: dict[str, int] = {}
-    for run_label in metrics_by_run:
-        earlier = [t for t in twins.get(run_label, []) if t in place_among_twins]
-        place_among_twins[run_label] = len(earlier)
+    runs = list(metrics_by_run)
+    places = {key: _places_among_twins(identical_groups(metrics_by_run, (key,)), runs)
+              for key in CURVE_METRICS}
     for i, (run_label, metrics) in enumerate(metrics_by_run.items()):
         colour = PALETTE[i % len(PALETTE)]
         symbol = SYMBOLS[i % len(SYMBOLS)]
-        place = place_among_twins[run_label]
-        dashes = TWIN_DASHES[place % len(TWIN_DASHES)]
-        note = (f" (identical to {', '.join(twins[run_label])})" if run_label in twins else "")
         epochs = [m["epoch"] for m in metrics]
-        for col, metric in ((1, "loss"), (2, "accuracy")):
-            for prefix, dash, name in (("", dashes[0], "train"), ("val_", dashes[1], "val")):
+        for prefix, split, split_index in (("", "train", 0), ("val_", "val", 1)):
+            twins = identical_groups(metrics_by_run, (prefix + "loss", prefix + "accuracy"))
+            note = f" (identical to {', '.join(twins[run_label])})" if run_label in twins else ""
+            for col, metric in ((1, "loss"), (2, "accuracy")):
                 values = [m.get(prefix + metric) for m in metrics]
                 if not any(v is not None for v in values):
                     continue
+                place = places[prefix + metric][run_label]
                 value_format = "%{y:.2%}" if metric == "accuracy" else "%{y:.4f}"
                 fig.add_trace(
                     go.Scatter(
                         x=epochs, y=values, mode="lines+markers",
-                        line={"color": colour, "dash": dash},
+                        line={"color": colour,
+                              "dash": TWIN_DASHES[place % len(TWIN_DASHES)][split_index]},
                         marker={"symbol": symbol, "size": max(5, 9 - 2 * place)},
-                        name=f"{run_label} {name}{note}", legendgroup=run_label,
+                        name=f"{run_label} {split}{note}", legendgroup=run_label,
                         showlegend=col == 1, cliponaxis=False,
-                        hovertemplate=f"{run_label} {name}<br>epoch %{{x}}: {value_format}"
+                        hovertemplate=f"{run_label} {split}<br>epoch %{{x}}: {value_format}"
                                       "<extra></extra>",
                     ),
                     row=1, col=col,

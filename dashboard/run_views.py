@@ -53,6 +53,9 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
     return f"{secs} s" if not minutes else f"{minutes} min {secs:02d} s"
 
 
@@ -106,15 +109,15 @@ def top_k_accuracy(run: tle.RunRecord) -> float | None:
 
 def weights_kept_text(run: tle.RunRecord, short: bool = False) -> str | None:
     """Which epoch's weights the run's model holds: "best epoch 3 of 10 (restored)" or
-    "last epoch (10)"; None for runs that did not record it. `short` leaves out
-    "(restored)" for the runs table."""
+    "last epoch (10)"; None for runs that did not record it. `short` says "best 3" or
+    "last", for the runs table, where the epochs are in the column beside."""
     restored = run.summary.get("restored_best")
     if restored is None:
         return None
-    if restored and run.summary.get("best_epoch") is not None:
-        text = f"best epoch {run.summary['best_epoch']} of {run.epochs_run}"
-        return text if short else f"{text} (restored)"
-    return f"last epoch ({run.epochs_run})"
+    best = run.summary.get("best_epoch")
+    if restored and best is not None:
+        return f"best {best}" if short else f"best epoch {best} of {run.epochs_run} (restored)"
+    return "last" if short else f"last epoch ({run.epochs_run})"
 
 
 def run_choice_label(run: tle.RunRecord) -> str:
@@ -263,7 +266,7 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
             "epochs": run.epochs_run if run.status == "completed" else None,
             "val acc": run.val_accuracy,
             "weights kept": weights_kept_text(run, short=True),
-            "last epoch val acc": summary.get("final_val_accuracy"),
+            "last val acc": summary.get("final_val_accuracy"),
             "test acc": summary.get("test_accuracy"),
             "top-k acc": top_k_accuracy(run),
             "time": duration(run.seconds) if run.seconds is not None else None,
@@ -273,23 +276,24 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
         })
     table = pd.DataFrame(rows, columns=[
         "run", "backbone", "weights", "strategy", "epochs", "val acc", "weights kept",
-        "last epoch val acc", "test acc", "top-k acc", "time", "status", "started by",
+        "last val acc", "test acc", "top-k acc", "time", "status", "started by",
         "created"])
-    numbers = ["epochs", "val acc", "last epoch val acc", "test acc", "top-k acc"]
+    numbers = ["epochs", "val acc", "last val acc", "test acc", "top-k acc"]
     table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
-    optional = ["weights kept", "last epoch val acc", "test acc", "top-k acc"]
+    optional = ["weights kept", "last val acc", "test acc", "top-k acc"]
     return table.drop(columns=[c for c in optional if table[c].isna().all()])
 
 
 RUNS_COLUMNS = {
+    "run": st.column_config.TextColumn("run", pinned=True),  # stays in view when scrolled
     "epochs": st.column_config.NumberColumn("epochs", format="%d"),
     "val acc": st.column_config.NumberColumn(
         "val acc", format="percent", help="Validation accuracy of the weights the model keeps"),
     "weights kept": st.column_config.TextColumn(
         "weights kept", help="The epoch whose weights the model holds: the best one by "
         "validation accuracy (restored after training), or the last one"),
-    "last epoch val acc": st.column_config.NumberColumn(
-        "last epoch val acc", format="percent",
+    "last val acc": st.column_config.NumberColumn(
+        "last val acc", format="percent",
         help="Validation accuracy at the last epoch trained"),
     "test acc": st.column_config.NumberColumn("test acc", format="percent"),
     "top-k acc": st.column_config.NumberColumn("top-k acc", format="percent"),
@@ -298,8 +302,8 @@ RUNS_COLUMNS = {
 }
 # What the grid needs per character of its 14 px font, and around the text (padding, the
 # sort arrow): enough that no cell or header is cut short with an ellipsis.
-PIXELS_PER_CHARACTER = 8
-CELL_PADDING = 34
+PIXELS_PER_CHARACTER = 7
+CELL_PADDING = 28
 
 
 def runs_columns(table: pd.DataFrame) -> dict[str, Any]:
@@ -323,7 +327,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M")
     if isinstance(value, (float, np.floating)):
-        return f"{value:.2%}"
+        return str(int(value)) if value.is_integer() else f"{value:.2%}"
     return str(value)
 
 
@@ -406,22 +410,25 @@ def weights_caption(run: tle.RunRecord) -> str | None:
     return text + "."
 
 
-def identical_curves_text(groups: dict[str, list[str]]) -> str | None:
-    """Markdown saying which compared runs have identical curves, or None."""
-    seen: set[str] = set()
-    sentences = []
-    for run, twins in groups.items():
-        if run in seen:
-            continue
-        members = [run, *twins]
-        seen.update(members)
-        sentences.append(" and ".join(md_escape(m) for m in members))
-    if not sentences:
+def identical_curves_text(curves: dict[str, list[dict[str, Any]]]) -> str | None:
+    """Markdown naming the compared runs whose curves lie on top of each other: whole runs
+    first, then single curves (say, two untrained runs both stuck at 50 % val accuracy)."""
+    parts = []
+    covered: set[frozenset[str]] = set()
+    for keys, what in ((charts.CURVE_METRICS, "all curves"),
+                       *(((key,), key.replace("val_", "val ")) for key in charts.CURVE_METRICS)):
+        groups = charts.identical_groups(curves, keys)
+        for run, twins in groups.items():
+            members = frozenset([run, *twins])
+            if members in covered or any(members <= seen for seen in covered):
+                continue
+            covered.add(members)
+            names = " and ".join(md_escape(m) for m in curves if m in members)
+            parts.append(f"{names} ({what})")
+    if not parts:
         return None
-    return ("Identical curves: " + "; ".join(sentences) + ". Their lines lie on top of each "
-            "other; the later ones are dotted and marked with other symbols.")
-
-
+    return ("Identical curves: " + "; ".join(parts) + ". They lie on top of each other; "
+            "the later ones are dotted, with other markers.")
 def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value)) or "none"

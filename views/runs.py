@@ -58,7 +58,7 @@ with state.engine_errors():
     if chosen:
         curves = {r.id: tle.run_metrics(ws, r.id) for r in chosen}
         st.plotly_chart(charts.training_curves(curves), width="stretch")
-        if note := run_views.identical_curves_text(charts.identical_groups(curves)):
+        if note := run_views.identical_curves_text(curves):
             st.caption(note)
         evaluations = {r.id: tle.evaluation(ws, r.id).get("val", {}) for r in chosen
                        if r.status == "completed"}
