@@ -411,24 +411,28 @@ def weights_caption(run: tle.RunRecord) -> str | None:
 
 
 def identical_curves_text(curves: dict[str, list[dict[str, Any]]]) -> str | None:
-    """Markdown naming the compared runs whose curves lie on top of each other: whole runs
-    first, then single curves (say, two untrained runs both stuck at 50 % val accuracy)."""
-    parts = []
-    covered: set[frozenset[str]] = set()
-    for keys, what in ((charts.CURVE_METRICS, "all curves"),
-                       *(((key,), key.replace("val_", "val ")) for key in charts.CURVE_METRICS)):
-        groups = charts.identical_groups(curves, keys)
-        for run, twins in groups.items():
+    """Markdown naming the compared runs whose curves lie on top of each other: whole runs,
+    or single curves (say, two untrained runs both stuck at 50 % val accuracy)."""
+    whole = charts.identical_groups(curves)
+    found: dict[frozenset[str], list[str]] = {}
+    for run, twins in whole.items():
+        found.setdefault(frozenset([run, *twins]), ["all curves"])
+    for key in charts.CURVE_METRICS:
+        for run, twins in charts.identical_groups(curves, (key,)).items():
             members = frozenset([run, *twins])
-            if members in covered or any(members <= seen for seen in covered):
-                continue
-            covered.add(members)
-            names = " and ".join(md_escape(m) for m in curves if m in members)
-            parts.append(f"{names} ({what})")
-    if not parts:
+            if not any(members <= group for group, what in found.items()
+                       if what == ["all curves"]):
+                what = found.setdefault(members, [])
+                if (name := key.replace("_", " ")) not in what:
+                    what.append(name)
+    if not found:
         return None
+    parts = [" and ".join(md_escape(run) for run in curves if run in members)
+             + f" ({', '.join(what)})" for members, what in found.items()]
     return ("Identical curves: " + "; ".join(parts) + ". They lie on top of each other; "
             "the later ones are dotted, with other markers.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value)) or "none"

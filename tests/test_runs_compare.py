@@ -134,6 +134,9 @@ def test_a_single_identical_curve_is_drawn_apart_and_named():
         "Identical curves: r1 and r2 (val accuracy).")
     assert run_views.identical_curves_text(
         {"r1": stuck["r1"], "r2": metrics([0.4, 0.6], [0.6, 0.7], loss0=2.0)}) is None
+    both = {"r1": stuck["r1"], "r2": metrics([0.3, 0.5], [0.5, 0.5], loss0=2.0)}
+    assert run_views.identical_curves_text(both).startswith(
+        "Identical curves: r1 and r2 (accuracy, val accuracy).")
 
 
 def test_runs_table_time_is_text_and_columns_fit(pair_root):
