@@ -16,7 +16,9 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import charts, state
+from dashboard.text import md_escape, plotly_text
 from tl_engine.images import load_rgb_array
+from tl_engine.scoring import top_k_for
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
 STATUS_BADGES = {  # status -> (material icon, badge colour)
@@ -38,9 +40,10 @@ COMPARED_FIELDS = {
     "batch_size": "Batch size", "learning_rate": "Learning rate", "optimizer": "Optimizer",
     "label_smoothing": "Label smoothing", "augment": "Augmentation",
     "class_weights": "Class weights", "early_stopping": "Early stopping",
-    "reduce_lr": "Reduce LR", "val_split": "Val split", "test_split": "Test split",
-    "seed": "Seed",
+    "reduce_lr": "Reduce LR", "keep_weights": "Keep weights", "val_split": "Val split",
+    "test_split": "Test split", "seed": "Seed",
 }
+METRICS_PER_ROW = 4  # wide enough for "4 min 02 s" beside a 1440 px page's sidebar
 
 
 # --- labels ------------------------------------------------------------------------------
@@ -50,6 +53,9 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
     return f"{secs} s" if not minutes else f"{minutes} min {secs:02d} s"
 
 
@@ -86,6 +92,32 @@ def strategy_text(spec: tle.RunSpec) -> str:
 
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
+
+
+def top_k_of(run: tle.RunRecord) -> int | None:
+    """The k of the run's top-k accuracy (1 with two classes: then it is plain accuracy),
+    None while the run has no classes recorded."""
+    classes = run.summary.get("classes")
+    return top_k_for(len(classes)) if classes else None
+
+
+def top_k_accuracy(run: tle.RunRecord) -> float | None:
+    """The run's top-k accuracy when it says more than its accuracy (k > 1), else None."""
+    k = top_k_of(run)
+    return run.summary.get("val_top_k_accuracy") if k and k > 1 else None
+
+
+def weights_kept_text(run: tle.RunRecord, short: bool = False) -> str | None:
+    """Which epoch's weights the run's model holds: "best epoch 3 of 10 (restored)" or
+    "last epoch (10)"; None for runs that did not record it. `short` says "best 3" or
+    "last", for the runs table, where the epochs are in the column beside."""
+    restored = run.summary.get("restored_best")
+    if restored is None:
+        return None
+    best = run.summary.get("best_epoch")
+    if restored and best is not None:
+        return f"best {best}" if short else f"best epoch {best} of {run.epochs_run} (restored)"
+    return "last" if short else f"last epoch ({run.epochs_run})"
 
 
 def run_choice_label(run: tle.RunRecord) -> str:
@@ -272,6 +304,8 @@ def paged(items: Sequence[Any], key: str, per_page: int) -> Sequence[Any]:
 
 
 def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
+    """One row per run. The columns no run has a value for (test accuracy without test
+    splits, top-k with two classes, ...) are left out."""
     rows = []
     for run in runs:
         summary = run.summary
@@ -282,29 +316,70 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
             "strategy": strategy_text(run.spec),
             "epochs": run.epochs_run if run.status == "completed" else None,
             "val acc": run.val_accuracy,
-            "top-k acc": summary.get("val_top_k_accuracy"),
-            "time (s)": run.seconds,
+            "weights kept": weights_kept_text(run, short=True),
+            "last val acc": summary.get("final_val_accuracy"),
+            "test acc": summary.get("test_accuracy"),
+            "top-k acc": top_k_accuracy(run),
+            "time": duration(run.seconds) if run.seconds is not None else None,
             "status": run.status,
             "started by": run.started_by or "",
             "created": datetime.fromtimestamp(run.created_at),
         })
     table = pd.DataFrame(rows, columns=[
-        "run", "backbone", "weights", "strategy", "epochs", "val acc", "top-k acc",
-        "time (s)", "status", "started by", "created"])
-    numbers = ["epochs", "val acc", "top-k acc", "time (s)"]
+        "run", "backbone", "weights", "strategy", "epochs", "val acc", "weights kept",
+        "last val acc", "test acc", "top-k acc", "time", "status", "started by",
+        "created"])
+    numbers = ["epochs", "val acc", "last val acc", "test acc", "top-k acc"]
     table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
-    return table
+    optional = ["weights kept", "last val acc", "test acc", "top-k acc"]
+    return table.drop(columns=[c for c in optional if table[c].isna().all()])
 
 
 RUNS_COLUMNS = {
-    "status": st.column_config.TextColumn("status", width="small"),
-    "started by": st.column_config.TextColumn("started by", width="small"),
-    "epochs": st.column_config.NumberColumn("epochs", format="%d", width="small"),
-    "val acc": st.column_config.NumberColumn("val acc", format="percent", width="small"),
-    "top-k acc": st.column_config.NumberColumn("top-k acc", format="percent", width="small"),
-    "time (s)": st.column_config.NumberColumn("time (s)", format="%.1f", width="small"),
+    "run": st.column_config.TextColumn("run", pinned=True),  # stays in view when scrolled
+    "epochs": st.column_config.NumberColumn("epochs", format="%d"),
+    "val acc": st.column_config.NumberColumn(
+        "val acc", format="percent", help="Validation accuracy of the weights the model keeps"),
+    "weights kept": st.column_config.TextColumn(
+        "weights kept", help="The epoch whose weights the model holds: the best one by "
+        "validation accuracy (restored after training), or the last one"),
+    "last val acc": st.column_config.NumberColumn(
+        "last val acc", format="percent",
+        help="Validation accuracy at the last epoch trained"),
+    "test acc": st.column_config.NumberColumn("test acc", format="percent"),
+    "top-k acc": st.column_config.NumberColumn("top-k acc", format="percent"),
+    "time": st.column_config.TextColumn("time"),
     "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
 }
+# What the grid needs per character of its 14 px font, and around the text (padding, the
+# sort arrow): enough that no cell or header is cut short with an ellipsis.
+PIXELS_PER_CHARACTER = 7
+CELL_PADDING = 28
+
+
+def runs_columns(table: pd.DataFrame) -> dict[str, Any]:
+    """RUNS_COLUMNS for the columns of `table`, each as wide as its longest header or cell."""
+    config = {}
+    for name in table.columns:
+        column = dict(RUNS_COLUMNS.get(name) or st.column_config.TextColumn(name))
+        column["width"] = fitted_width([name, *map(_shown, table[name])])
+        config[name] = column
+    return config
+
+
+def fitted_width(texts: Sequence[str]) -> int:
+    return CELL_PADDING + PIXELS_PER_CHARACTER * max(map(len, texts), default=0)
+
+
+def _shown(value: Any) -> str:
+    """A cell as the runs table shows it (percentages, whole epochs, minutes)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if value.is_integer() else f"{value:.2%}"
+    return str(value)
 
 
 def comparison_table(runs: Sequence[tle.RunRecord],
@@ -318,9 +393,14 @@ def comparison_table(runs: Sequence[tle.RunRecord],
             rows[title] = values
     metrics = {
         "Val accuracy": lambda r, e: percent(r.val_accuracy),
-        "Top-k accuracy": lambda r, e: percent(r.summary.get("val_top_k_accuracy")),
-        "Macro F1": lambda r, e: "–" if not e else f"{e['macro_f1']:.3f}",
+        "Weights kept": lambda r, e: weights_kept_text(r) or "–",
+        "Val accuracy, last epoch": lambda r, e: percent(r.summary.get("final_val_accuracy")),
+        "Val accuracy after the head phase":
+            lambda r, e: percent(r.summary.get("head_val_accuracy")),
         "Test accuracy": lambda r, e: percent(r.summary.get("test_accuracy")),
+        # With two classes top-k is top-1, the accuracy again: "–", and the row goes.
+        "Top-k accuracy": lambda r, e: percent(top_k_accuracy(r)),
+        "Macro F1": lambda r, e: "–" if not e else f"{e['macro_f1']:.3f}",
         "Epochs run": lambda r, e: str(r.epochs_run) if r.status == "completed" else "–",
         "Time": lambda r, e: duration(r.seconds),
         "Trainable params": lambda r, e: count(r.summary.get("trainable_params")),
@@ -335,8 +415,73 @@ def comparison_table(runs: Sequence[tle.RunRecord],
 
 def spec_table(spec: tle.RunSpec) -> pd.DataFrame:
     values = spec.to_dict()
-    return pd.DataFrame({"setting": list(COMPARED_FIELDS.values()),
-                         "value": [_cell(values.get(name)) for name in COMPARED_FIELDS]})
+    names = [name for name in COMPARED_FIELDS if name in values]
+    return pd.DataFrame({"setting": [COMPARED_FIELDS[name] for name in names],
+                         "value": [_cell(values[name]) for name in names]})
+
+
+def detail_metrics(run: tle.RunRecord, val: dict[str, Any]) -> dict[str, str]:
+    """The headline numbers of a completed run, label -> value, leaving out what it lacks
+    (test accuracy without a test split, top-k with two classes, ...)."""
+    items = {"Val accuracy": percent(run.val_accuracy)}
+    if run.summary.get("final_val_accuracy") is not None:
+        items["Val accuracy, last epoch"] = percent(run.summary["final_val_accuracy"])
+    if run.summary.get("test_accuracy") is not None:
+        items["Test accuracy"] = percent(run.summary["test_accuracy"])
+    if val.get("top_k", 1) > 1:
+        items[f"Top-{val['top_k']} accuracy"] = percent(val["top_k_accuracy"])
+    items["Macro F1"] = f"{val['macro_f1']:.3f}"
+    items["Epochs"] = str(run.epochs_run)
+    items["Training time"] = duration(run.seconds)
+    items["Trainable params"] = count(run.summary.get("trainable_params"))
+    return items
+
+
+def show_metrics(items: dict[str, str]) -> None:
+    """Metrics in rows of METRICS_PER_ROW, so no value is cut short."""
+    labels = list(items)
+    for start in range(0, len(labels), METRICS_PER_ROW):
+        for column, label in zip(st.columns(METRICS_PER_ROW),
+                                 labels[start:start + METRICS_PER_ROW], strict=False):
+            column.metric(label, items[label])
+
+
+def weights_caption(run: tle.RunRecord) -> str | None:
+    """What the val accuracy was measured on, and the last epoch's figure beside it."""
+    kept = weights_kept_text(run)
+    if kept is None:
+        return None
+    text = f"Val accuracy with the weights of the {kept}"
+    final = run.summary.get("final_val_accuracy")
+    if final is not None:
+        text += f"; the last epoch reached {percent(final)}"
+    head = run.summary.get("head_val_accuracy")
+    if head is not None:
+        text += f"; the head phase alone reached {percent(head)}"
+    return text + "."
+
+
+def identical_curves_text(curves: dict[str, list[dict[str, Any]]]) -> str | None:
+    """Markdown naming the compared runs whose curves lie on top of each other: whole runs,
+    or single curves (say, two untrained runs both stuck at 50 % val accuracy)."""
+    whole = charts.identical_groups(curves)
+    found: dict[frozenset[str], list[str]] = {}
+    for run, twins in whole.items():
+        found.setdefault(frozenset([run, *twins]), ["all curves"])
+    for key in charts.CURVE_METRICS:
+        for run, twins in charts.identical_groups(curves, (key,)).items():
+            members = frozenset([run, *twins])
+            if not any(members <= group for group, what in found.items()
+                       if what == ["all curves"]):
+                what = found.setdefault(members, [])
+                if (name := key.replace("_", " ")) not in what:
+                    what.append(name)
+    if not found:
+        return None
+    parts = [" and ".join(md_escape(run) for run in curves if run in members)
+             + f" ({', '.join(what)})" for members, what in found.items()]
+    return ("Identical curves: " + "; ".join(parts) + ". They lie on top of each other; "
+            "the later ones are dotted, with other markers.")
 
 
 def _cell(value: Any) -> str:
@@ -354,7 +499,8 @@ def per_class_table(val: dict[str, Any]) -> pd.DataFrame:
 def per_class_bar(table: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for i, metric in enumerate(("precision", "recall", "f1")):
-        fig.add_trace(go.Bar(name=metric, x=list(table.index), y=table[metric],
+        fig.add_trace(go.Bar(name=metric, x=[plotly_text(c) for c in table.index],
+                             y=table[metric],
                              marker_color=charts.PALETTE[i],
                              hovertemplate="%{x}: %{y:.1%}<extra>" + metric + "</extra>"))
     fig.update_layout(barmode="group", height=300, yaxis={"range": [0, 1.05],
@@ -370,7 +516,7 @@ def mistake_card(ws: tle.Workspace, mistake: dict[str, Any]) -> None:
             st.image(str(path), width="stretch")
         else:
             st.caption("(image no longer stored)")
-        st.markdown(f"**{mistake['true']}** → :red[{mistake['predicted']}] "
-                    f"({mistake['confidence']:.0%})")
+        st.markdown(f"**{md_escape(mistake['true'])}** → :red[{md_escape(mistake['predicted'])}]"
+                    f" ({mistake['confidence']:.0%})")
         top = list(mistake.get("probabilities", {}).items())[:3]
-        st.caption(f"{mistake.get('filename', '')}  \n{top_k_text(top)}")
+        st.caption(f"{md_escape(mistake.get('filename', ''))}  \n{md_escape(top_k_text(top))}")

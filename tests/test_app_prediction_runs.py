@@ -105,7 +105,7 @@ def test_runs_table_comparison_and_evaluation(monkeypatch, demo_root):
     table = at.dataframe[0].value
     assert set(table["run"]) == {random.id, learned.id}
     assert list(table.columns) == ["run", "backbone", "weights", "strategy", "epochs",
-                                   "val acc", "top-k acc", "time (s)", "status", "started by",
+                                   "val acc", "top-k acc", "time", "status", "started by",
                                    "created"]
     row = table.set_index("run").loc[learned.id]
     assert row["status"] == "completed" and row["epochs"] == 8

@@ -4,10 +4,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import charts, run_views, state
-
-# Not tle.evaluation: once tl_engine.training is imported in this process, the submodule
-# tl_engine.evaluation replaces that attribute (engine bug, reported).
-from tl_engine.runs import evaluation as run_evaluation
+from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
     "keras": ("Keras (.keras)", "The complete model for Python and Keras 3."),
@@ -38,12 +35,13 @@ active = [r for r in runs if r.is_active]
 if active:
     with st.container(border=True):
         st.markdown(f"**{len(active)} run{'s' if len(active) > 1 else ''} queued or training:** "
-                    + ", ".join(f"{r.id} ({r.status})" for r in active))
+                    + ", ".join(md_escape(f"{r.id} ({r.status})") for r in active))
         st.page_link("views/training.py", label="Follow progress on Training",
                      icon=":material/model_training:", query_params={"project": project})
 
-st.dataframe(run_views.runs_table(runs), hide_index=True, width="stretch",
-             column_config=run_views.RUNS_COLUMNS, placeholder="–")
+runs_table = run_views.runs_table(runs)
+st.dataframe(runs_table, hide_index=True, width="stretch",
+             column_config=run_views.runs_columns(runs_table), placeholder="–")
 
 # --- compare ---------------------------------------------------------------------------------
 st.header("Compare")
@@ -58,11 +56,14 @@ compared = st.multiselect(
 with state.engine_errors():
     chosen = [by_id[run_id] for run_id in compared]
     if chosen:
-        st.plotly_chart(charts.training_curves({r.id: tle.run_metrics(ws, r.id) for r in chosen}),
-                        width="stretch")
-        evaluations = {r.id: run_evaluation(ws, r.id).get("val", {}) for r in chosen
+        curves = {r.id: tle.run_metrics(ws, r.id) for r in chosen}
+        st.plotly_chart(charts.training_curves(curves), width="stretch")
+        if note := run_views.identical_curves_text(curves):
+            st.caption(note)
+        evaluations = {r.id: tle.evaluation(ws, r.id).get("val", {}) for r in chosen
                        if r.status == "completed"}
-        st.table(run_views.comparison_table(chosen, evaluations))
+        # st.table renders cells as Markdown; file and class names must read as typed.
+        st.table(md_escape_frame(run_views.comparison_table(chosen, evaluations)))
         if len(chosen) > 1:
             st.caption("Only the settings that differ among these runs are listed.")
 
@@ -73,12 +74,13 @@ run = run_views.pick_run(
     format_func=lambda r: f"{run_views.run_choice_label(r)} · {r.status}")
 
 with state.engine_errors():
-    st.markdown(f"#### {run.id} &nbsp; {run_views.status_badge(run)}")
-    st.caption(f"{run.spec.backbone} · {run_views.weights_text(run.spec.weights)} weights · "
-               f"{run_views.strategy_text(run.spec)} · started by "
-               f"{run.started_by or 'unknown'} · {run_views.created_text(run)}")
+    st.markdown(f"#### {md_escape(run.id)} &nbsp; {run_views.status_badge(run)}")
+    st.caption(md_escape(
+        f"{run.spec.backbone} · {run_views.weights_text(run.spec.weights)} weights · "
+        f"{run_views.strategy_text(run.spec)} · started by {run.started_by or 'unknown'} · "
+        f"{run_views.created_text(run)}"))
     if run.error:
-        st.error(run.error)
+        st.error(md_escape(run.error))
     if run.is_active:
         st.info("This run is still "
                 + ("waiting in the queue." if run.status == "queued" else "training."))
@@ -87,14 +89,10 @@ with state.engine_errors():
                      query_params={"project": project, "run": run.id})
 
     if run.status == "completed":
-        val = run_evaluation(ws, run.id)["val"]
-        cols = st.columns(6)
-        cols[0].metric("Val accuracy", run_views.percent(run.val_accuracy))
-        cols[1].metric(f"Top-{val['top_k']} accuracy", run_views.percent(val["top_k_accuracy"]))
-        cols[2].metric("Macro F1", f"{val['macro_f1']:.3f}")
-        cols[3].metric("Epochs", run.epochs_run)
-        cols[4].metric("Training time", run_views.duration(run.seconds))
-        cols[5].metric("Trainable params", run_views.count(run.summary.get("trainable_params")))
+        val = tle.evaluation(ws, run.id)["val"]
+        run_views.show_metrics(run_views.detail_metrics(run, val))
+        if kept := run_views.weights_caption(run):
+            st.caption(kept)
 
         quality, mistakes, export, settings = st.tabs(
             ["Confusion & per class", f"Misclassified ({val['n_misclassified']})",
@@ -158,12 +156,12 @@ with state.engine_errors():
 
         with settings:
             st.dataframe(run_views.spec_table(run.spec), hide_index=True)
-            st.caption(f"Dataset {run.dataset_id} · {run.summary.get('n_train')} train / "
-                       f"{run.summary.get('n_val')} val images · device "
-                       f"{run.summary.get('device', '?')}")
+            st.caption(md_escape(f"Dataset {run.dataset_id} · {run.summary.get('n_train')} "
+                                 f"train / {run.summary.get('n_val')} val images · device "
+                                 f"{run.summary.get('device', '?')}"))
 
     with st.expander("Delete this run"):
-        sure = st.checkbox(f"Yes, delete run {run.id}, its model and exports",
+        sure = st.checkbox(f"Yes, delete run {md_escape(run.id)}, its model and exports",
                            key=f"confirm_delete_{run.id}")
         if st.button("Delete run", type="primary", disabled=not sure, key="delete_run"):
             tle.delete_run(ws, run.id)
