@@ -156,3 +156,13 @@ def test_md_escape_keeps_typed_text_literal():
     assert md_escape("1. first") == r"1\. first" and md_escape("- item") == r"\- item"
     assert md_escape("go to www.example.com") == r"go to www\.example.com"
     assert md_escape("two\nlines") == "two lines"
+
+
+def test_any_run_on_the_runs_page_can_load_its_settings(monkeypatch, trained_workspace):
+    ws, _, run = trained_workspace
+    at = open_tab(monkeypatch, ws.root, "views/runs.py", project="demo", user="carla")
+    assert tle.load_draft(ws, "demo", "carla") is None
+    at.button(key=f"load_{run.id}").click().run()
+    assert not at.exception
+    assert at.session_state["spec_draft"] == run.spec.to_dict()
+    assert tle.load_draft(ws, "demo", "carla") == run.spec.to_dict()

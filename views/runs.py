@@ -79,6 +79,15 @@ with state.engine_errors():
         f"{run.spec.backbone} · {run_views.weights_text(run.spec.weights)} weights · "
         f"{run_views.strategy_text(run.spec)} · started by {run.started_by or 'unknown'} · "
         f"{run_views.created_text(run)}"))
+    cols = st.columns([0.25, 0.75], vertical_alignment="center")
+    if cols[0].button("Load these settings", key=f"load_{run.id}", icon=":material/replay:",
+                      help="Make this run's settings the ones the Model, Freeze strategy and "
+                      "Training pages show, to train it again or vary it."):
+        state.load_run_settings(run.spec)
+        st.session_state["runs_loaded"] = run.id
+    if st.session_state.get("runs_loaded") == run.id:
+        cols[1].page_link("views/training.py", label="Settings loaded — go to Training",
+                          icon=":material/arrow_forward:")
     if run.error:
         st.error(md_escape(run.error))
     if run.is_active:
