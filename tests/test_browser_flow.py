@@ -108,6 +108,28 @@ def _goto(page, title: str) -> None:
     _idle(page)
 
 
+class ServerMessages:
+    """Counts the messages the server sends each page over its WebSocket: an idle page
+    must receive none (no refresh loop running on the server for it)."""
+
+    def __init__(self, page) -> None:
+        self.count = 0
+        page.on("websocket", lambda ws: ws.on("framereceived", self._received))
+
+    def _received(self, _payload) -> None:
+        self.count += 1
+
+    def during(self, page, milliseconds: int) -> int:
+        before = self.count
+        page.wait_for_timeout(milliseconds)  # an observation window, not a synchronisation
+        return self.count - before
+
+
+def _selected_run(page) -> str:
+    """The run the Training page's "Run" picker shows ("" when none is chosen)."""
+    return page.get_by_role("combobox", name="Run", exact=True).input_value()
+
+
 def test_main_flow_in_chromium(studio, hymenoptera):
     from playwright.sync_api import expect, sync_playwright
 
@@ -115,21 +137,29 @@ def test_main_flow_in_chromium(studio, hymenoptera):
     url, tmp_path = studio
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     photos, held_back = _subset(hymenoptera, tmp_path)
+    renamed_copy = tmp_path / "same_ant_other_name.jpg"
+    shutil.copyfile(held_back, renamed_copy)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 2000})
         page.set_default_timeout(UI_TIMEOUT_MS)
+        messages = ServerMessages(page)
         page.goto(url)
         page.get_by_role("heading", name="Create your first project").wait_for()
         _idle(page)
         _shot(page, "01-home-empty")
 
-        # Create a project from the sidebar.
-        page.get_by_test_id("stSidebar").get_by_text("New project").click()
+        # Create a project from the sidebar: the dialog closes once it is created.
+        page.get_by_test_id("stSidebar").get_by_role("button", name="New project").click()
         page.get_by_label("New project name").last.fill("Insects")
         page.get_by_role("button", name="Create project").last.click()
         expect(page).to_have_url(re.compile(r"project=Insects"))
         expect(page.get_by_text("What to do next")).to_be_visible()
+        expect(page.get_by_label("New project name")).to_have_count(0)
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_label("Your name").fill("Ann")
+        sidebar.get_by_label("Your name").press("Enter")
+        expect(page).to_have_url(re.compile(r"user=Ann"))
         _idle(page)
         _shot(page, "02-home-project")
 
@@ -151,37 +181,89 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         _shot(page, "03-dataset")
 
         _goto(page, "Model")
-        chosen = page.get_by_test_id("stMain").get_by_text("MobileNetV2-0.35")
-        expect(chosen.filter(visible=True).first).to_be_visible()
+        expect(page.get_by_role("combobox", name="Backbone")).to_have_value(
+            "MobileNetV2-0.35 · weights here")
         _shot(page, "04-model")
 
         _goto(page, "Freeze strategy")
         expect(page.get_by_text("Frozen backbone").first).to_be_visible()
         _shot(page, "05-freeze")
 
+        # A setting survives a reload (the draft is stored per project and person).
         _goto(page, "Training")
         epochs = page.get_by_label("Epochs")
-        epochs.fill("2")
+        epochs.fill("3")
         epochs.press("Tab")
+        _idle(page)
         page.get_by_role("button", name="Start training").click()
         expect(page.get_by_text("Completed — validation accuracy")).to_be_visible(
             timeout=TRAIN_TIMEOUT_MS)
+        expect(page.get_by_text(re.compile(r"best epoch \d of 3|last epoch"))).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         _idle(page)
+        ann_run = re.search(r"run=(r[0-9a-f]+)", page.url).group(1)
         _shot(page, "06-training")
+        page.reload()
+        page.get_by_role("heading", name="Training").first.wait_for()
+        _idle(page)
+        expect(page.get_by_label("Epochs")).to_have_value("3")
+        assert ann_run in _selected_run(page)
+        # Nothing is queued or running: the idle page costs the server nothing.
+        assert messages.during(page, 4500) == 0
 
+        # A second person, in another browser, trains in turn.
+        bob = browser.new_context(viewport={"width": 1440, "height": 2000}).new_page()
+        bob.set_default_timeout(UI_TIMEOUT_MS)
+        bob.goto(f"{url}/training?project=Insects&user=Bob")
+        bob.get_by_role("heading", name="Training").first.wait_for()
+        _idle(bob)
+        assert ann_run not in _selected_run(bob)  # Ann's run is not shown as Bob's
+        expect(bob.get_by_text("Completed — validation accuracy")).to_have_count(0)
+        bob_epochs = bob.get_by_label("Epochs")
+        expect(bob_epochs).to_have_value("10")  # Bob's own draft, not Ann's
+        bob_epochs.fill("2")
+        bob_epochs.press("Tab")
+        _idle(bob)
+        bob.get_by_role("button", name="Start training").click()
+        bob_run = None
+        try:
+            expect(bob).to_have_url(re.compile(r"run=r[0-9a-f]+"))
+            bob_run = re.search(r"run=(r[0-9a-f]+)", bob.url).group(1)
+            # Ann's tab keeps her run; Bob's appears in her queue list while it is active.
+            _goto(page, "Training")
+            assert ann_run in _selected_run(page)
+            if "Completed" not in bob.inner_text("body"):
+                expect(page.get_by_text(re.compile(r"started by Bob"))).to_be_visible()
+            expect(bob.get_by_text("Completed — validation accuracy")).to_be_visible(
+                timeout=TRAIN_TIMEOUT_MS)
+            _shot(bob, "07-training-second-user")
+        finally:
+            bob.context.close()
+        page.reload()
+        page.get_by_role("heading", name="Training").first.wait_for()
+        _idle(page)
+        assert ann_run in _selected_run(page) and bob_run not in _selected_run(page)
+
+        # Prediction: the same photo twice, and once more under another name.
         _goto(page, "Prediction")
         page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(
-            str(held_back))
+            [str(held_back), str(held_back), str(renamed_copy)])
         prediction = page.get_by_test_id("stMetric").filter(has_text="Prediction")
-        expect(prediction.get_by_test_id("stMetricValue")).to_have_text(re.compile("ants|bees"))
+        expect(prediction).to_have_count(3)
+        for value in prediction.get_by_test_id("stMetricValue").all():
+            expect(value).to_have_text(re.compile("ants|bees"))
+        expect(page.get_by_test_id("stException")).to_have_count(0)
         _idle(page)
-        _shot(page, "07-prediction")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download CSV").click()
+        header, *rows = Path(download.value.path()).read_text().splitlines()
+        assert "p(ants)" in header and "p(bees)" in header and len(rows) == 3
+        _shot(page, "08-prediction")
 
         _goto(page, "Runs")
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
-        _shot(page, "08-runs")
+        _shot(page, "09-runs")
         browser.close()
     print(f"\nscreenshots: {SCREENSHOTS}")
-    assert len(list(SCREENSHOTS.glob("*.png"))) >= 8
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= 9
