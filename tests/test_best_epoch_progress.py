@@ -306,7 +306,7 @@ def test_worse_fine_tuning_keeps_head_weights_and_switching_to_them(
         workspace, tiny_dataset, keras_home):
     # A fine-tune rate of 1.0 wrecks what the head phase learned.
     run = train_tiny_run(workspace, tiny_dataset, **PRETRAINED, strategy="two-phase",
-                         unfreeze=2, head_epochs=3, epochs=1, fine_tune_lr_factor=100.0)
+                         unfreeze=20, head_epochs=3, epochs=2, fine_tune_lr_factor=100.0)
     assert run.status == "completed", run.error
     summary, folder = run.summary, workspace.run_dir(run.id)
     head_metrics = [m for m in runs.run_metrics(workspace, run.id) if m["phase"] == "head"]
