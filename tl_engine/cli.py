@@ -132,6 +132,8 @@ class _ProgressBar:
             phase = progress.get("phase", run.status)
             epoch = progress.get("epoch")
             label = f"{phase} epoch {epoch}/{progress.get('epochs')}" if epoch else phase
+            if progress.get("pass_name"):
+                label += f": {progress['pass_name']}"
             acc = (progress.get("logs") or {}).get("accuracy")
             self.bar.set_description_str(label + (f" acc {acc:.3f}" if acc is not None else ""))
         target = int(1000 * float(progress.get("fraction") or 0))
@@ -181,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run.status == "completed":
             print(f"val accuracy {result['val_accuracy']:.4f} after {result['epochs_run']} "
                   f"epochs, model at {result['model_path']}")
-            if run.summary.get("restored_best"):
+            if run.summary.get("restored_best") and result["final_val_accuracy"] is not None:
                 print(f"the model holds epoch {result['best_epoch']}'s weights (best validation "
                       f"accuracy); the last epoch validated at "
                       f"{result['final_val_accuracy']:.4f}")

@@ -431,7 +431,13 @@ class RunTrainer:
         head = [m for m in runs.run_metrics(self.ws, self.run.id) if m["phase"] == "head"]
         last_epoch = max((m["epoch"] for m in head), default=head_epochs)
         tag = weights_tag(phase1_done)
-        kept_epoch = tag[0] if tag else last_epoch
+        if tag:
+            kept_epoch = tag[0]
+        elif self.spec.keep_weights == "best":  # untagged file of an older version
+            kept_epoch = max(head, key=lambda m: m.get("val_accuracy", 0.0),
+                             default={"epoch": last_epoch})["epoch"]
+        else:
+            kept_epoch = last_epoch
         kept_val = next((m.get("val_accuracy") for m in head if m["epoch"] == kept_epoch),
                         tag[1] if tag else None)
         return PhaseResult(last_epoch, kept_epoch, kept_val, last_epoch)
