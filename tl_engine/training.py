@@ -8,6 +8,7 @@ run continues from Keras's BackupAndRestore state of the phase it was in.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -582,7 +583,10 @@ class RunTrainer:
         # Accuracies are counts over the same images; the margin only absorbs float32.
         better = head_val is not None and head_val > kept_val_accuracy + 1e-6
         if better:
-            clf.model.load_weights(str(phase1_done))
+            with warnings.catch_warnings():
+                # Saved before the fine-tune optimizer existed; only the weights matter here.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                clf.model.load_weights(str(phase1_done))
             evaluation = self._evaluate(clf, None, None)
             tmp = self.dir / ".model-head.tmp.keras"
             clf.model.save(str(tmp))
