@@ -347,7 +347,8 @@ def test_hymenoptera_keeps_its_train_val_split(workspace, hymenoptera) -> None:
     assert dataset.classes == ("ants", "bees")
     assert dataset.has_given_split and dataset.report["given_split"]
     parts = split_records(dataset, val_split=0.5, test_split=0.1)
-    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (245, 153, 0)
+    # The given val stays; the test split is carved out of the given train part.
+    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (221, 153, 24)
     assert dataset.report["classes"]["ants"] == {"count": 194, "train": 124, "val": 70, "test": 0}
     assert {r.split for r in parts["val"]} == {"val"}
 

@@ -25,6 +25,7 @@ from .errors import DatasetError, NotFound, RunNotReady, SpecError, TLError, Wei
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
 from .freeze import STRATEGY_HELP, FreezePlan, describe_freeze
+from .hints import Hint, run_hints, spec_hints
 from .jobs import (
     Submission,
     cancel_run,
@@ -34,6 +35,7 @@ from .jobs import (
     submit_run,
     wait_for_run,
 )
+from .phase_weights import use_head_phase_weights
 from .predict import (
     BatchItem,
     Prediction,
@@ -57,7 +59,7 @@ from .runs import (
 )
 from .samples import synthetic_shapes
 from .scoring import top_k_for
-from .spec import AUGMENTATIONS, STRATEGIES, RunSpec
+from .spec import AUGMENTATIONS, KEEP_WEIGHTS, STRATEGIES, RunSpec
 from .store import Workspace
 from .weights import (
     WeightsFile,
@@ -77,7 +79,9 @@ __all__ = [
     "DeviceInfo",
     "EXPORT_FORMATS",
     "FreezePlan",
+    "Hint",
     "ImageRecord",
+    "KEEP_WEIGHTS",
     "NotFound",
     "Prediction",
     "Refused",
@@ -125,13 +129,16 @@ __all__ = [
     "queue_position",
     "recover_interrupted",
     "resume_run",
+    "run_hints",
     "run_metrics",
     "running_run",
     "save_draft",
+    "spec_hints",
     "split_records",
     "submit_run",
     "synthetic_shapes",
     "top_k_for",
+    "use_head_phase_weights",
     "wait_for_run",
     "weights_dir",
     "weights_status",

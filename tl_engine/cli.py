@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TLError
-from .spec import DEFAULT_AUGMENTATION, STRATEGIES, RunSpec
+from .spec import DEFAULT_AUGMENTATION, KEEP_WEIGHTS, STRATEGIES, RunSpec
 from .store import Workspace
 
 
@@ -108,7 +108,7 @@ def _spec_from_args(args: argparse.Namespace) -> RunSpec:
         label_smoothing=args.label_smoothing, augment=augment,
         class_weights=args.class_weights, early_stopping=args.early_stopping,
         reduce_lr=args.reduce_lr, val_split=args.val_split, test_split=args.test_split,
-        seed=args.seed,
+        seed=args.seed, keep_weights=args.keep,
     )
 
 
@@ -133,6 +133,8 @@ class _ProgressBar:
             phase = progress.get("phase", run.status)
             epoch = progress.get("epoch")
             label = f"{phase} epoch {epoch}/{progress.get('epochs')}" if epoch else phase
+            if progress.get("pass_name"):
+                label += f": {progress['pass_name']}"
             acc = (progress.get("logs") or {}).get("accuracy")
             self.bar.set_description_str(label + (f" acc {acc:.3f}" if acc is not None else ""))
         target = int(1000 * float(progress.get("fraction") or 0))
@@ -166,6 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "dataset_id": dataset.id,
         "val_accuracy": run.summary.get("val_accuracy"),
         "epochs_run": run.summary.get("epochs_run"),
+        "best_epoch": run.summary.get("best_epoch"),
+        "final_val_accuracy": run.summary.get("final_val_accuracy"),
         "seconds": run.summary.get("seconds"),
         "model_path": run.summary.get("model_path"),
         "features_computed": run.summary.get("features_computed"),
@@ -180,6 +184,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run.status == "completed":
             print(f"val accuracy {result['val_accuracy']:.4f} after {result['epochs_run']} "
                   f"epochs, model at {result['model_path']}")
+            if run.summary.get("restored_best") and result["final_val_accuracy"] is not None:
+                print(f"the model holds epoch {result['best_epoch']}'s weights (best validation "
+                      f"accuracy); the last epoch validated at "
+                      f"{result['final_val_accuracy']:.4f}")
         elif run.error:
             print(f"error: {run.error}", file=sys.stderr)
     return 0 if run.status == "completed" else 1
@@ -310,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", type=float, default=0.2)
     p.add_argument("--test-split", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--keep", default="best", choices=KEEP_WEIGHTS,
+                   help="which weights the model keeps: the best validation epoch of the "
+                        "last phase, or the last epoch")
     p.add_argument("--force", action="store_true", help="train again even if identical")
     p.add_argument("--started-by", default=None)
     p.add_argument("--no-progress", action="store_true")

@@ -240,6 +240,8 @@ def split_records(
 
     A given split is used as is. If it has train (and maybe test) but no val folder, val
     is carved out of train as below, so training always has something to validate on.
+    Without a test folder, `test_split > 0` carves a test split out of train the same way
+    (a fraction of the train part); the given val images stay as they are.
     """
     if not 0.0 <= val_split < 1.0 or not 0.0 <= test_split < 1.0:
         raise SpecError("val_split and test_split must each be at least 0 and below 1.")
@@ -249,9 +251,15 @@ def split_records(
     if dataset.has_given_split:
         for record in dataset.records:
             parts[record.split or "train"].append(record)
-        if not parts["val"]:
-            carved = _stratified(parts["train"], val_split, 0.0, seed)
-            parts["train"], parts["val"] = carved["train"], carved["val"]
+        carve_val = 0.0 if parts["val"] else val_split
+        carve_test = 0.0 if parts["test"] else test_split
+        if carve_val or carve_test:
+            carved = _stratified(parts["train"], carve_val, carve_test, seed)
+            parts["train"] = carved["train"]
+            if carve_val:
+                parts["val"] = carved["val"]
+            if carve_test:
+                parts["test"] = carved["test"]
     else:
         parts = _stratified(list(dataset.records), val_split, test_split, seed)
     return {split: sorted(parts[split], key=_record_order) for split in SPLITS}

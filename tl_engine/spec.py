@@ -16,6 +16,8 @@ UNFREEZE_UNITS = ("layers", "blocks")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "translation")
 DEFAULT_AUGMENTATION = ("flip", "rotation", "zoom")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# "best": the epoch of the last phase with the best validation accuracy; "last": its final one.
+KEEP_WEIGHTS = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,10 @@ class RunSpec:
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     reduce_lr: bool = False
     val_split: float = 0.2  # ignored when the dataset brings its own train/val split
+    # With a given split, carved out of its train part (ignored when it has a test folder).
     test_split: float = 0.0
     seed: int = 42
+    keep_weights: str = "best"  # which epoch's weights the saved model holds: KEEP_WEIGHTS
 
     def normalized(self) -> RunSpec:
         """Validated, with defaults resolved, so equal work has equal specs."""
@@ -77,6 +81,10 @@ class RunSpec:
             raise SpecError("Validation split must be in (0, 0.9) and test split in [0, 0.9).")
         if self.val_split + self.test_split >= 0.9:
             raise SpecError("Validation and test splits together must leave 10% to train on.")
+        if self.keep_weights not in KEEP_WEIGHTS:
+            raise SpecError(
+                f"Unknown keep_weights {self.keep_weights!r}: use one of {KEEP_WEIGHTS}."
+            )
         weights = self.weights if self.weights in ("imagenet", "none") else str(self.weights)
         fine_tunes_top = self.strategy in ("partial", "two-phase")
         return dataclasses.replace(
