@@ -133,11 +133,13 @@ def spec_summary(spec: Mapping[str, Any], given_split: bool = False) -> dict[str
         "Freeze": strategy,
         "Training": (
             f"{spec['epochs']} epochs · batch {spec['batch_size']} · {spec['optimizer']} "
-            f"LR {spec['learning_rate']:g}"
+            f"LR {spec['learning_rate']:g} · keeps the "
+            f"{'best' if spec.get('keep_weights', 'best') == 'best' else 'last'} epoch"
         ),
         "Data": (
-            ("the dataset's own train/val split" if given_split else
-             f"val {spec['val_split']:.0%} · test {spec['test_split']:.0%}")
+            (("the dataset's own train/val split" + (
+                f" · test {spec['test_split']:.0%} of train" if spec["test_split"] else ""))
+             if given_split else f"val {spec['val_split']:.0%} · test {spec['test_split']:.0%}")
             + f" · seed {spec['seed']} · augmentation: {augment}"
         ),
         "Extras": ", ".join(extras) or "none",
@@ -162,6 +164,13 @@ def curves(run_id: str, metrics: list[dict[str, Any]]) -> go.Figure:
                           annotation_text="fine-tune →", annotation_position="top right",
                           annotation_font_size=10, row=1, col=col)
     return fig
+
+
+def show_hints(hints: list[tle.Hint]) -> None:
+    """Hints where a setting or a result is likely to hurt (engine text, no user input)."""
+    for hint in hints:
+        show = st.warning if hint.level == "warning" else st.info
+        show(hint.text, icon=":material/lightbulb:")
 
 
 # --- widget state --------------------------------------------------------------------

@@ -84,6 +84,14 @@ class Dataset:
     def has_given_split(self) -> bool:
         return any(record.split for record in self.records)
 
+    @property
+    def has_given_val(self) -> bool:
+        return any(record.split == "val" for record in self.records)
+
+    @property
+    def has_given_test(self) -> bool:
+        return any(record.split == "test" for record in self.records)
+
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(self.classes, 0)
         for record in self.records:

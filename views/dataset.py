@@ -281,7 +281,10 @@ with right:
             table = table.drop(columns="test")
         st.dataframe(table, width="stretch")
         if dataset.has_given_split:
-            st.caption("The dataset brings its own train/val split; it is used as is.")
+            st.caption("The dataset brings its own split; it is used as is"
+                       + (f", with {draft['test_split']:.0%} of its training part held out "
+                          "as a test split" if draft["test_split"] and not
+                          dataset.has_given_test else "") + " (set on the Training page).")
         else:
             st.caption(f"Stratified per class: {draft['val_split']:.0%} validation, "
                        f"{draft['test_split']:.0%} test, seed {draft['seed']} (set on the "

@@ -89,14 +89,8 @@ with left:
         st.caption("On the Training page, *epochs* are the fine-tuning epochs of phase 2.")
     state.update_spec(**updates)
 
-    if draft["weights"] == "none" and strategy != "full":
-        st.info("The backbone starts from random weights: frozen layers then only pass on "
-                "noise. Fine for a from-scratch baseline; otherwise use ImageNet weights "
-                "or Full fine-tune.", icon=":material/lightbulb:")
-    elif strategy == "full" and draft["weights"] != "none":
-        st.info("Fine-tuning everything from pretrained weights: use a low learning rate "
-                "(about 1e-4) so the ImageNet features are not washed away.",
-                icon=":material/lightbulb:")
+    # The learning rate is set on the Training page; the hints read the whole draft.
+    widgets.show_hints(tle.spec_hints(tle.RunSpec.from_dict(state.spec_draft())))
 
 with right:
     plan = plan_or_stop(strategy, unfreeze, unit)

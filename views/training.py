@@ -9,11 +9,12 @@ from typing import Any
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import state, widgets
+from dashboard import run_views, state, widgets
 from dashboard.text import md_escape
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1]
 RECENT_RUNS = 30
+KEEP_WEIGHTS_NAMES = {"best": "the best epoch (restored at the end)", "last": "the last epoch"}
 
 ws = state.workspace()
 project = state.require_project()
@@ -42,6 +43,7 @@ def settings_form(dataset: tle.Dataset) -> None:
         "train_class_weights": bool(draft["class_weights"]),
         "train_smoothing": float(draft["label_smoothing"]), "train_val": float(draft["val_split"]),
         "train_test": float(draft["test_split"]), "train_seed": int(draft["seed"]),
+        "train_keep": draft["keep_weights"],
     }.items():
         widgets.seed(key, value)
 
@@ -64,13 +66,23 @@ def settings_form(dataset: tle.Dataset) -> None:
         cols[2].slider("Label smoothing", 0.0, 0.3, step=0.05, key="train_smoothing")
         cols = st.columns([0.375, 0.375, 0.25])
         cols[0].slider("Validation split", 0.05, 0.5, step=0.05, key="train_val",
-                       disabled=given_split)
-        cols[1].slider("Test split", 0.0, 0.4, step=0.05, key="train_test", disabled=given_split)
+                       disabled=dataset.has_given_val)
+        cols[1].slider("Test split", 0.0, 0.4, step=0.05, key="train_test",
+                       disabled=dataset.has_given_test,
+                       help="Images held back from training and validation: an untouched "
+                       "check of the final model." + (" Taken out of the dataset's own "
+                                                      "training part." if given_split else ""))
         cols[2].number_input("Seed", 0, 2**31 - 1, key="train_seed",
                              help="Same seed, same split and same starting point.")
-        if given_split:
-            st.caption("This dataset brings its own train/val split, so the split sliders "
-                       "do not apply.")
+        if dataset.has_given_test:
+            st.caption("This dataset brings its own train/val/test split: it is used as is.")
+        elif dataset.has_given_val:
+            st.caption("This dataset brings its own train/val split: its validation part is "
+                       "used as is; a test split is carved out of its training part.")
+        st.radio("Keep the weights of", tle.KEEP_WEIGHTS, key="train_keep", horizontal=True,
+                 format_func=KEEP_WEIGHTS_NAMES.get,
+                 help="The best epoch is chosen on the validation images, so its validation "
+                 "accuracy is optimistic: a test split tells the truth.")
         cols = st.columns(3)
         cols[0].checkbox("Reduce LR on plateau", key="train_reduce_lr")
         cols[1].checkbox("Class weights", key="train_class_weights",
@@ -88,7 +100,7 @@ def settings_form(dataset: tle.Dataset) -> None:
         augment=list(s.train_augment), early_stopping=int(s.train_patience),
         reduce_lr=bool(s.train_reduce_lr), class_weights=bool(s.train_class_weights),
         label_smoothing=float(s.train_smoothing), val_split=float(s.train_val),
-        test_split=float(s.train_test), seed=int(s.train_seed),
+        test_split=float(s.train_test), seed=int(s.train_seed), keep_weights=s.train_keep,
     )
     with state.engine_errors():
         spec = tle.RunSpec.from_dict(state.spec_draft())
@@ -118,6 +130,7 @@ with right, st.container(border=True):
     st.markdown(f"**Dataset** &nbsp; {md_escape(dataset.name)} · {len(dataset.records)} images · "
                 f"{len(dataset.classes)} classes")
     widgets.show_spec(state.spec_draft(), dataset.has_given_split)
+    widgets.show_hints(tle.spec_hints(tle.RunSpec.from_dict(state.spec_draft())))
     if tle.RunSpec.from_dict(state.spec_draft()).uses_feature_cache:
         st.caption(":material/bolt: Frozen backbone without augmentation: each image's "
                    "features are computed once and cached, so epochs take seconds.")
@@ -175,7 +188,8 @@ def eta_text(progress: dict[str, Any]) -> str:
     if progress.get("images_per_s"):
         parts.append(f"{progress['images_per_s']:.0f} images/s")
     if progress.get("eta_s") is not None:
-        parts.append(f"about {widgets.format_duration(progress['eta_s'])} left")
+        scope = " in this phase" if progress.get("eta_scope") == "phase" else ""
+        parts.append(f"about {widgets.format_duration(progress['eta_s'])} left{scope}")
     return " · ".join(parts)
 
 
@@ -267,26 +281,51 @@ def live_panel(shown_id: str | None, shown_status: str | None,
                         key=f"live_curves_{run.id}")
 
 
+def use_head_weights(run_id: str) -> None:
+    with state.engine_errors():
+        tle.use_head_phase_weights(ws, run_id)
+        st.session_state["training_flash"] = ("success", "The model now holds the head-phase "
+                                              "weights; predictions and exports use them.")
+
+
 def final_panel(run: tle.RunRecord) -> None:
     who = md_escape(run.started_by or "anonymous")
     if run.status == "completed":
         summary = run.summary
-        st.success(f"Completed — validation accuracy **{run.val_accuracy:.1%}** · "
-                   f"{md_escape(run.spec.backbone)} · started by {who}",
+        kept = run_views.weights_kept_text(run)
+        st.success(f"Completed — validation accuracy **{run.val_accuracy:.1%}**"
+                   + (f" · {kept}" if kept else "")
+                   + f" · {md_escape(run.spec.backbone)} · started by {who}",
                    icon=":material/check_circle:")
         cols = st.columns(5)
-        cols[0].metric("Val accuracy", f"{run.val_accuracy:.1%}")
+        cols[0].metric("Val accuracy", f"{run.val_accuracy:.1%}", help=kept)
+        final = summary.get("final_val_accuracy")
+        cols[1].metric("Val accuracy, last epoch", "–" if final is None else f"{final:.1%}")
         test = summary.get("test_accuracy")
-        cols[1].metric("Test accuracy", "–" if test is None else f"{test:.1%}")
-        cols[2].metric("Epochs", run.epochs_run)
-        cols[3].metric("Time", widgets.format_duration(run.seconds))
+        cols[2].metric("Test accuracy", "–" if test is None else f"{test:.1%}",
+                       help=None if test is not None else "No test split: set one in the "
+                       "form above for an untouched holdout.")
+        cols[3].metric("Epochs · time", f"{run.epochs_run} · "
+                       f"{widgets.format_duration(run.seconds)}")
         cols[4].metric("Trainable params", widgets.format_params(summary.get("trainable_params")))
+        if caption := run_views.weights_caption(run):
+            st.caption(caption)
     elif run.status == "failed":
         st.error(f"The run failed: {md_escape(run.error)}", icon=":material/error:")
     else:
         st.warning(f"The run was {run.status}." + (f" {md_escape(run.error)}" if run.error
                                                    else ""), icon="⏸️")
     metrics = tle.run_metrics(ws, run.id)
+    if run.status == "completed":
+        widgets.show_hints(tle.run_hints(run, metrics))
+        if run.summary.get("head_model_available") and run.summary.get("weights_from") != "head":
+            st.button("Use the head-phase weights", key=f"use_head_{run.id}",
+                      icon=":material/undo:", on_click=use_head_weights, args=(run.id,),
+                      help="Make the model the one from the end of the head phase (the "
+                      "fine-tuned one is kept beside it).")
+        elif run.summary.get("weights_from") == "head":
+            st.caption("This run's model holds the head-phase weights; the fine-tuned model "
+                       f"reached {run.summary.get('finetuned_val_accuracy', 0):.1%}.")
     if metrics:
         st.plotly_chart(widgets.curves(run.id, metrics), width="stretch",
                         key=f"curves_{run.id}")

@@ -1,0 +1,107 @@
+"""The Training page says which weights a run kept, shows hints where a setting or a
+result hurts, offers the head-phase weights of a two-phase run that fine-tuning made
+worse, and lets a dataset with its own split hold out a test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, TINY_CLASSES, train_tiny_run, write_color_classes
+from streamlit.testing.v1 import AppTest
+
+import tl_engine as tle
+
+
+def open_training(monkeypatch: pytest.MonkeyPatch, root: Path, **query: str) -> AppTest:
+    monkeypatch.setenv("TL_WORKSPACE", str(root))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    for name, value in query.items():
+        at.query_params[name] = value
+    at.run()
+    at.switch_page("views/training.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_completed_run_says_which_epoch_it_kept(monkeypatch, trained_workspace):
+    ws, _, run = trained_workspace
+    at = open_training(monkeypatch, ws.root, project="demo", run=run.id)
+    summary = run.summary
+    kept = (f"best epoch {summary['best_epoch']} of {run.epochs_run} (restored)"
+            if summary["restored_best"] else f"last epoch ({run.epochs_run})")
+    assert kept in shown(at.success)
+    last = next(m for m in at.metric if m.label == "Val accuracy, last epoch")
+    assert last.value == f"{summary['final_val_accuracy']:.1%}"
+    assert "the last epoch reached" in shown(at.caption)
+
+
+def test_keep_weights_choice_goes_into_the_run(monkeypatch, tmp_path):
+    ws = tle.Workspace(tmp_path / "ws")
+    tle.ingest_folder(ws, write_color_classes(tmp_path / "d", TINY_CLASSES), project="demo")
+    monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.query_params["project"] = "demo"
+    at.session_state["spec_draft"] = tle.RunSpec(
+        backbone="MobileNetV2-0.35", weights="none", image_size=32, epochs=1).to_dict()
+    at.run()
+    at.switch_page("views/training.py").run()
+    at.radio(key="train_keep").set_value("last")
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    (run,) = tle.list_runs(ws, "demo")
+    try:
+        assert run.spec.keep_weights == "last"
+    finally:
+        tle.cancel_run(ws, run.id)
+        tle.wait_for_run(ws, run.id, timeout_s=180)
+
+
+def test_a_given_split_can_hold_out_a_test_split(monkeypatch, tmp_path):
+    root = tmp_path / "split"
+    write_color_classes(root / "train", TINY_CLASSES, per_class=10)
+    write_color_classes(root / "val", TINY_CLASSES, per_class=4, seed=1)
+    ws = tle.Workspace(tmp_path / "ws")
+    tle.ingest_folder(ws, root, project="demo")
+    at = open_training(monkeypatch, ws.root, project="demo")
+    assert at.slider(key="train_val").disabled  # the dataset's own val is used
+    assert not at.slider(key="train_test").disabled
+    assert "test split is carved out of its training part" in shown(at.caption)
+    at.slider(key="train_test").set_value(0.2).run()
+
+
+def test_harsh_fine_tuning_is_hinted_on_freeze_and_training(monkeypatch, tmp_path):
+    ws = tle.Workspace(tmp_path / "ws")
+    tle.ingest_folder(ws, write_color_classes(tmp_path / "d", TINY_CLASSES), project="demo")
+    monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.query_params["project"] = "demo"
+    at.session_state["spec_draft"] = tle.RunSpec(strategy="partial", unfreeze=20,
+                                                 learning_rate=1e-3).to_dict()
+    at.run()
+    at.switch_page("views/freeze.py").run()
+    assert "0.856" in shown(at.warning) and "1e-4" in shown(at.warning)
+    at.switch_page("views/training.py").run()
+    assert "0.856" in shown(at.warning)
+    gentle = tle.RunSpec(strategy="partial", unfreeze=20, learning_rate=1e-4)
+    assert tle.spec_hints(gentle) == []
+
+
+def test_worse_fine_tuning_offers_the_head_phase_weights(monkeypatch, workspace, tiny_dataset,
+                                                         keras_home):
+    # A fine-tune rate of 1.0 wrecks what the head phase learned.
+    run = train_tiny_run(workspace, tiny_dataset, weights="imagenet", image_size=32,
+                         learning_rate=0.01, strategy="two-phase", unfreeze=20, head_epochs=3,
+                         epochs=2, fine_tune_lr_factor=100.0)
+    assert run.summary["head_model_available"], run.summary
+    at = open_training(monkeypatch, workspace.root, project="test", run=run.id)
+    assert "Fine-tuning made it worse" in shown(at.warning) + shown(at.info)
+    at.button(key=f"use_head_{run.id}").click().run()
+    assert not at.exception
+    switched = tle.get_run(workspace, run.id)
+    assert switched.summary["weights_from"] == "head"
+    assert f"{switched.val_accuracy:.1%}" in shown(at.success)
+    assert "holds the head-phase weights" in shown(at.caption)
