@@ -154,8 +154,10 @@ def show_spec(spec: Mapping[str, Any], given_split: bool = False) -> None:
     st.markdown("  \n".join(lines))
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
 def curves(run_id: str, metrics: list[dict[str, Any]]) -> go.Figure:
-    """The shared training curves, with a line where two-phase training starts fine-tuning."""
+    """The shared training curves, with a line where two-phase training starts fine-tuning.
+    Cached by content: a live page redraws every 2 s and the figure changes once an epoch."""
     fig = charts.training_curves({run_id: metrics})
     first_fine_tune = next((m["epoch"] for m in metrics if m.get("phase") == "fine-tune"), None)
     if first_fine_tune is not None and first_fine_tune > metrics[0]["epoch"]:
