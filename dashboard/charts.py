@@ -58,12 +58,46 @@ def _same_value(x: Any, y: Any) -> bool:
     return x == y or abs(float(x) - float(y)) <= SAME_WITHIN
 
 
-def _places_among_twins(twins: Mapping[str, Sequence[str]], runs: Sequence[str]) -> dict:
-    """0 for a run drawn first among identical ones, 1 for the next, ..."""
-    places: dict[str, int] = {}
-    for run in runs:
-        places[run] = sum(1 for t in twins.get(run, []) if t in places)
-    return places
+def overlaps(metrics_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
+             keys: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+    """Each run whose curves coincide with an EARLIER listed run's over all the epochs of
+    the shorter of the two (the same settings trained for fewer epochs, say), mapped to
+    those runs and how many epochs they share. A line that coincides is drawn on top of
+    the earlier one, so it must look different."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    runs = list(metrics_by_run)
+    for i, run in enumerate(runs):
+        for other in runs[:i]:
+            shared = _shared_prefix(metrics_by_run[run], metrics_by_run[other], keys)
+            if shared:
+                found.setdefault(run, []).append((other, shared))
+    return found
+
+
+def _shared_prefix(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]],
+                   keys: Sequence[str]) -> int:
+    """How many epochs a and b share when one is the other's beginning; 0 when they differ
+    anywhere in the shorter one (or hold no value for `keys`)."""
+    n = min(len(a), len(b))
+    if not n or [m["epoch"] for m in a[:n]] != [m["epoch"] for m in b[:n]]:
+        return 0
+    if not any(m.get(key) is not None for m in a[:n] for key in keys):
+        return 0
+    same = all(_same_value(x.get(key), y.get(key))
+               for x, y in zip(a[:n], b[:n], strict=True) for key in keys)
+    return n if same else 0
+
+
+def _overlap_note(run: str, shared_with: Sequence[tuple[str, int]],
+                  metrics_by_run: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    parts = []
+    for other, shared in shared_with:
+        if shared == len(metrics_by_run[run]) == len(metrics_by_run[other]):
+            parts.append(f"identical to {other}")
+        else:
+            last = metrics_by_run[run][shared - 1]["epoch"]
+            parts.append(f"same as {other} up to epoch {last}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def training_curves(metrics_by_run: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
@@ -72,21 +106,21 @@ def training_curves(metrics_by_run: Mapping[str, Sequence[Mapping[str, Any]]]) -
     identical to an earlier run's is drawn dotted on top, with smaller markers, and the
     legend says which run's lines it repeats."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    runs = list(metrics_by_run)
-    places = {key: _places_among_twins(identical_groups(metrics_by_run, (key,)), runs)
-              for key in CURVE_METRICS}
+    # How many earlier lines each line lies on: 0 is drawn plain, 1 dotted on top, ...
+    places = {key: {run: len(shared) for run, shared in
+                    overlaps(metrics_by_run, (key,)).items()} for key in CURVE_METRICS}
     for i, (run_label, metrics) in enumerate(metrics_by_run.items()):
         colour = PALETTE[i % len(PALETTE)]
         symbol = SYMBOLS[i % len(SYMBOLS)]
         epochs = [m["epoch"] for m in metrics]
         for prefix, split, split_index in (("", "train", 0), ("val_", "val", 1)):
-            twins = identical_groups(metrics_by_run, (prefix + "loss", prefix + "accuracy"))
-            note = f" (identical to {', '.join(twins[run_label])})" if run_label in twins else ""
+            shared = overlaps(metrics_by_run, (prefix + "loss", prefix + "accuracy"))
+            note = _overlap_note(run_label, shared.get(run_label, []), metrics_by_run)
             for col, metric in ((1, "loss"), (2, "accuracy")):
                 values = [m.get(prefix + metric) for m in metrics]
                 if not any(v is not None for v in values):
                     continue
-                place = places[prefix + metric][run_label]
+                place = places[prefix + metric].get(run_label, 0)
                 value_format = "%{y:.2%}" if metric == "accuracy" else "%{y:.4f}"
                 fig.add_trace(
                     go.Scatter(

@@ -309,14 +309,14 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
     rows = []
     for run in runs:
         summary = run.summary
+        kept = weights_kept_text(run, short=True)
+        epochs = run.epochs_run if run.status == "completed" else None
         rows.append({
             "run": run.id,
-            "backbone": run.spec.backbone,
-            "weights": weights_text(run.spec.weights),
+            "model": f"{run.spec.backbone} · {weights_text(run.spec.weights)}",
             "strategy": strategy_text(run.spec),
-            "epochs": run.epochs_run if run.status == "completed" else None,
+            "epochs": None if epochs is None else f"{epochs}" + (f" · {kept}" if kept else ""),
             "val acc": run.val_accuracy,
-            "weights kept": weights_kept_text(run, short=True),
             "last val acc": summary.get("final_val_accuracy"),
             "test acc": summary.get("test_accuracy"),
             "top-k acc": top_k_accuracy(run),
@@ -326,30 +326,29 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
             "created": datetime.fromtimestamp(run.created_at),
         })
     table = pd.DataFrame(rows, columns=[
-        "run", "backbone", "weights", "strategy", "epochs", "val acc", "weights kept",
-        "last val acc", "test acc", "top-k acc", "time", "status", "started by",
-        "created"])
-    numbers = ["epochs", "val acc", "last val acc", "test acc", "top-k acc"]
+        "run", "model", "strategy", "epochs", "val acc", "last val acc", "test acc",
+        "top-k acc", "time", "status", "started by", "created"])
+    numbers = ["val acc", "last val acc", "test acc", "top-k acc"]
     table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
-    optional = ["weights kept", "last val acc", "test acc", "top-k acc"]
+    optional = ["last val acc", "test acc", "top-k acc"]
     return table.drop(columns=[c for c in optional if table[c].isna().all()])
 
 
 RUNS_COLUMNS = {
     "run": st.column_config.TextColumn("run", pinned=True),  # stays in view when scrolled
-    "epochs": st.column_config.NumberColumn("epochs", format="%d"),
+    "model": st.column_config.TextColumn("model", help="Backbone · starting weights"),
+    "epochs": st.column_config.TextColumn(
+        "epochs", help="Epochs trained · the epoch whose weights the model keeps: the best "
+        "one by validation accuracy (restored after training), or the last one"),
     "val acc": st.column_config.NumberColumn(
         "val acc", format="percent", help="Validation accuracy of the weights the model keeps"),
-    "weights kept": st.column_config.TextColumn(
-        "weights kept", help="The epoch whose weights the model holds: the best one by "
-        "validation accuracy (restored after training), or the last one"),
     "last val acc": st.column_config.NumberColumn(
         "last val acc", format="percent",
         help="Validation accuracy at the last epoch trained"),
     "test acc": st.column_config.NumberColumn("test acc", format="percent"),
     "top-k acc": st.column_config.NumberColumn("top-k acc", format="percent"),
     "time": st.column_config.TextColumn("time"),
-    "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+    "created": st.column_config.DatetimeColumn("created", format="MMM D HH:mm"),
 }
 # What the grid needs per character of its 14 px font, and around the text (padding, the
 # sort arrow): enough that no cell or header is cut short with an ellipsis.
@@ -376,7 +375,7 @@ def _shown(value: Any) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "–"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
+        return value.strftime("%b %d %H:%M")
     if isinstance(value, (float, np.floating)):
         return str(int(value)) if value.is_integer() else f"{value:.2%}"
     return str(value)

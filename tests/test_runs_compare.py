@@ -113,12 +113,25 @@ def test_identical_curves_differ_in_dash_and_symbol_and_say_so():
     same = metrics([0.5, 0.9], [0.6, 0.968])
     fig = charts.training_curves({"r1": same, "r2": same, "r3": metrics([0.4, 0.8], [0.5, 0.9])})
     by_name = traces(fig.to_plotly_json())
-    first, twin = by_name["r1 val (identical to r2)"], by_name["r2 val (identical to r1)"]
+    # The line drawn on top of an identical one says so, and looks different.
+    first, twin = by_name["r1 val"], by_name["r2 val (identical to r1)"]
     assert first["line"]["dash"] != twin["line"]["dash"]
     assert first["marker"]["symbol"] != twin["marker"]["symbol"]
-    assert by_name["r1 train (identical to r2)"]["line"]["dash"] != (
+    assert by_name["r1 train"]["line"]["dash"] != (
         by_name["r2 train (identical to r1)"]["line"]["dash"])
     assert "r3 val" in by_name and "r3 train" in by_name  # no twin, no note
+
+
+def test_a_run_cut_short_is_drawn_apart_and_named():
+    """The same settings trained for fewer epochs lie on the longer run's first epochs."""
+    longer = metrics([0.5, 0.9, 0.95], [0.6, 0.968, 0.97])
+    shorter = longer[:2]
+    by_name = traces(charts.training_curves({"short": shorter, "long": longer})
+                     .to_plotly_json())
+    on_top = by_name["long val (same as short up to epoch 2)"]
+    assert on_top["line"]["dash"] != by_name["short val"]["line"]["dash"]
+    assert charts.overlaps({"a": longer, "b": metrics([0.1, 0.2], [0.3, 0.4])},
+                           ("val_accuracy",)) == {}
 
 
 def test_a_single_identical_curve_is_drawn_apart_and_named():
@@ -150,7 +163,7 @@ def test_runs_table_time_is_text_and_columns_fit(pair_root):
     assert table["time"].iloc[0] == "4 min 02 s"
     config = run_views.runs_columns(table)
     assert set(config) == set(table.columns)
-    shown = {"started by": long_name, "time": "4 min 02 s", "created": "2025-01-01 12:00",
+    shown = {"started by": long_name, "time": "4 min 02 s", "created": "Jan 01 12:00",
              "strategy": run_views.strategy_text(run.spec), "val acc": "96.80%"}
     for column, text in shown.items():
         assert config[column]["width"] >= run_views.fitted_width([text, column]), column
@@ -211,11 +224,13 @@ def test_identical_runs_are_told_apart_on_the_page(monkeypatch, pair_ws):
 
     at = open_runs(monkeypatch, pair_ws.root)
     names = set(traces(curves_spec(at)))
-    assert f"{newer.id} val (identical to {older.id})" in names
-    assert f"{older.id} val (identical to {newer.id})" in names
+    # Drawn in the compare box's order; the one on top says which run it repeats.
+    top, under = (newer.id, older.id) if f"{newer.id} val (identical to {older.id})" in (
+        names) else (older.id, newer.id)
+    assert f"{top} val (identical to {under})" in names and f"{under} val" in names
     by_name = traces(curves_spec(at))
-    assert (by_name[f"{newer.id} val (identical to {older.id})"]["line"]["dash"]
-            != by_name[f"{older.id} val (identical to {newer.id})"]["line"]["dash"])
+    assert (by_name[f"{top} val (identical to {under})"]["line"]["dash"]
+            != by_name[f"{under} val"]["line"]["dash"])
     assert f"Identical curves: {newer.id} and {older.id} (all curves)." in texts(at.caption)
 
 
@@ -239,8 +254,8 @@ def test_weights_kept_last_epoch_and_test_accuracy(monkeypatch, pair_ws):
 
     at = open_runs(monkeypatch, pair_ws.root, run=best.id)
     table = at.dataframe[0].value.set_index("run")
-    assert table.loc[best.id, "weights kept"] == "best 1"
-    assert table.loc[last.id, "weights kept"] == "last"
+    assert table.loc[best.id, "epochs"].endswith(" · best 1")
+    assert table.loc[last.id, "epochs"].endswith(" · last")
     assert table.loc[best.id, "last val acc"] == pytest.approx(0.25)
     assert table.loc[best.id, "test acc"] == pytest.approx(0.75)
 
