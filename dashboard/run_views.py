@@ -126,11 +126,13 @@ def run_choice_label(run: tle.RunRecord) -> str:
             f" · {run.id}")
 
 
-def default_run(runs: Sequence[tle.RunRecord], current: str | None) -> tle.RunRecord:
-    """The run `current` when it is among `runs`, else the best by validation accuracy
-    (the newest among equals: `runs` come newest first)."""
+def default_run(runs: Sequence[tle.RunRecord], current: str | None,
+                me: str | None = None) -> tle.RunRecord:
+    """The run `current` when it is among `runs`, else the newest one `me` started, else
+    the best by validation accuracy (the newest among equals: `runs` come newest first)."""
     chosen = next((r for r in runs if r.id == current), None)
-    return chosen or max(runs, key=lambda r: r.val_accuracy or 0.0)
+    mine = next((r for r in runs if me and r.started_by == me), None)
+    return chosen or mine or max(runs, key=lambda r: r.val_accuracy or 0.0)
 
 
 def pick_run(runs: Sequence[tle.RunRecord], label: str, key: str, best_default: bool = True,
@@ -143,7 +145,8 @@ def pick_run(runs: Sequence[tle.RunRecord], label: str, key: str, best_default: 
     if current in by_id:
         st.session_state[key] = current
     elif st.session_state.get(key) not in by_id:
-        st.session_state[key] = (default_run(runs, None) if best_default else runs[0]).id
+        st.session_state[key] = (default_run(runs, None, state.user_name()) if best_default
+                                 else runs[0]).id
     st.selectbox(label, list(by_id), key=key,
                  format_func=lambda run_id: format_func(by_id[run_id]),
                  on_change=lambda: state.set_run(st.session_state[key]))

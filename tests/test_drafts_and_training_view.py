@@ -166,3 +166,20 @@ def test_any_run_on_the_runs_page_can_load_its_settings(monkeypatch, trained_wor
     assert not at.exception
     assert at.session_state["spec_draft"] == run.spec.to_dict()
     assert tle.load_draft(ws, "demo", "carla") == run.spec.to_dict()
+
+
+def test_prediction_starts_on_my_newest_model(monkeypatch, demo_ws):
+    from tl_engine.jobs import worker_main
+
+    (dataset,) = tle.list_datasets(demo_ws, "demo")
+    mine = tle.submit_run(demo_ws, "demo", dataset.id, tle.RunSpec(**TINY_SPEC),
+                          start_worker=False, started_by="ann").run_id
+    theirs = tle.submit_run(demo_ws, "demo", dataset.id,
+                            tle.RunSpec(**{**TINY_SPEC, "epochs": 2}), start_worker=False,
+                            started_by="bob").run_id
+    worker_main(demo_ws)
+    assert {tle.get_run(demo_ws, r).status for r in (mine, theirs)} == {"completed"}
+    for user, expected in (("ann", mine), ("bob", theirs)):
+        at = open_tab(monkeypatch, demo_ws.root, "views/prediction.py", project="demo",
+                      user=user)
+        assert at.selectbox(key="prediction_run").value == expected
