@@ -105,3 +105,30 @@ def test_worse_fine_tuning_offers_the_head_phase_weights(monkeypatch, workspace,
     assert switched.summary["weights_from"] == "head"
     assert f"{switched.val_accuracy:.1%}" in shown(at.success)
     assert "holds the head-phase weights" in shown(at.caption)
+
+
+def test_live_progress_names_the_pass_and_has_an_eta(monkeypatch, tmp_path):
+    from tl_engine import jobs, runs
+
+    ws = tle.Workspace(tmp_path / "ws")
+    dataset = tle.ingest_folder(ws, write_color_classes(tmp_path / "d", TINY_CLASSES),
+                                project="demo")
+    run_id = tle.submit_run(ws, "demo", dataset.id, tle.RunSpec(
+        backbone="MobileNetV2-0.35", weights="none", image_size=32), start_worker=False,
+        started_by="ann").run_id
+    # This process holds the training slot: the run is alive as far as any reader knows.
+    with jobs._slot(ws) as held:
+        assert held
+        runs.update_run(ws, run_id, status="running")
+        runs.heartbeat(ws, run_id, {
+            "phase": "features", "pass_name": "validation images", "pass_index": 2,
+            "passes": 2, "images_done": 32, "images_total": 64, "images_per_s": 41.5,
+            "fraction": 0.8, "eta_s": 12.0, "elapsed_s": 30.0, "step": 1, "steps": 2})
+        at = open_training(monkeypatch, ws.root, project="demo", user="ann")
+        progress = at.get("progress")[0].proto.text
+        assert "validation images (2 of 2)" in progress
+        assert "32 / 64 images" in progress and "42 images/s" in progress
+        assert "about 12 s left" in progress
+        left = next(m for m in at.metric if m.label == "Time left")
+        assert left.value == "12 s"
+        runs.update_run(ws, run_id, status="cancelled")
