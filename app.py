@@ -4,7 +4,7 @@ old folder-based mode for the first request of a deep link)."""
 
 import streamlit as st
 
-from dashboard import state, widgets
+from dashboard import runtime, state, widgets
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧪", layout="wide")
 
@@ -33,3 +33,4 @@ with st.sidebar:
 
 
 page.run()
+runtime.skip_garbage_collection_on_keras_clear_session()

@@ -57,6 +57,12 @@ def _start_server(workspace: Path, keras_home: Path) -> tuple[subprocess.Popen, 
     raise SystemExit("streamlit did not start")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _idle(page) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
@@ -78,6 +84,8 @@ def _switch_times(page, rounds: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--watchers", type=int, default=2,
+                        help="other tabs following the training live")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -113,11 +121,15 @@ def main() -> None:
                     ws, run_id).progress.get("epochs"):
                 time.sleep(0.5)
             watchers = []
-            for name in ("watcher-1", "watcher-2"):
+            for name in [f"watcher-{i + 1}" for i in range(args.watchers)]:
                 watcher = browser.new_context().new_page()
                 watcher.goto(f"{url}/training?project=bench&user={name}&run={run_id}")
                 watcher.get_by_text("Running").first.wait_for(timeout=TIMEOUT_MS)
                 watchers.append(watcher)
+            cpu_before, wall_before = _cpu_seconds(server.pid), time.perf_counter()
+            viewer.wait_for_timeout(10_000)  # the watchers alone, for the server's CPU share
+            watch_cpu = (_cpu_seconds(server.pid) - cpu_before) / (
+                time.perf_counter() - wall_before)
             busy = _switch_times(viewer, args.rounds)
             browser.close()
     finally:
@@ -132,6 +144,8 @@ def main() -> None:
         "page_switch_training_median_s": round(statistics.median(busy), 3),
         "ratio": round(statistics.median(busy) / statistics.median(idle), 2),
         "switches_per_condition": len(idle),
+        "watchers": args.watchers,
+        "server_cpu_share_while_watched": round(watch_cpu, 3),
         "cpu": os.cpu_count(),
     }
     if args.json:
