@@ -99,6 +99,9 @@ def test_worse_fine_tuning_offers_the_head_phase_weights(monkeypatch, workspace,
     assert run.summary["head_model_available"], run.summary
     at = open_training(monkeypatch, workspace.root, project="test", run=run.id)
     assert "Fine-tuning made it worse" in shown(at.warning) + shown(at.info)
+    runs_page = open_training(monkeypatch, workspace.root, project="test", run=run.id)
+    runs_page.switch_page("views/runs.py").run()
+    assert "Fine-tuning made it worse" in shown(runs_page.warning) + shown(runs_page.info)
     at.button(key=f"use_head_{run.id}").click().run()
     assert not at.exception
     switched = tle.get_run(workspace, run.id)

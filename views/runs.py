@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import charts, run_views, state
+from dashboard import charts, run_views, state, widgets
 from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
@@ -102,6 +102,7 @@ with state.engine_errors():
         run_views.show_metrics(run_views.detail_metrics(run, val))
         if kept := run_views.weights_caption(run):
             st.caption(kept)
+        widgets.show_hints(tle.run_hints(run, tle.run_metrics(ws, run.id)))
 
         quality, mistakes, export, settings = st.tabs(
             ["Confusion & per class", f"Misclassified ({val['n_misclassified']})",
