@@ -413,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # a read-only workspace or --out folder
+        print(f"error: cannot write {exc.filename or ''}: permission denied", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: a started run keeps training in its worker", file=sys.stderr)
         return 130

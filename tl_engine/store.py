@@ -31,6 +31,7 @@ PROJECTS_FILE = "projects.json"
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Without these the index holds nothing worth opening; newer tables are simply added.
 REQUIRED_TABLES = ("projects", "datasets", "runs", "metrics")
+_CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS)
 WORKSPACE_FOLDERS = ("images", "datasets", "runs", "features", "locks", "logs", "tmp")
 
 SCHEMA = """
@@ -151,15 +152,20 @@ class Workspace:
         records = folder_records(self.root)
         if records:
             raise damaged_error(self.root, f"the file is missing while {records}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        for sub in WORKSPACE_FOLDERS:
-            (self.root / sub).mkdir(exist_ok=True)
         fresh = self.root / f".{INDEX_FILE}.new-{uuid.uuid4().hex}"
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in WORKSPACE_FOLDERS:
+                (self.root / sub).mkdir(exist_ok=True)
             create_index_file(fresh)
             install_index_file(fresh, self.db_path)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) or exc.errno in _CANNOT_WRITE:
+                raise read_only_error(self.root, self.db_path) from exc
+            raise
         finally:
-            fresh.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                fresh.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -281,7 +287,7 @@ class Workspace:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
         except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if exc.errno in _CANNOT_WRITE:
                 raise read_only_error(self.root, path) from exc
             raise
         try:
