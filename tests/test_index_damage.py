@@ -198,6 +198,9 @@ def test_doctor_finds_missing_files_and_repairs_what_it_can(trained_workspace, t
     model = copy.run_dir(run.id) / "model.keras"
     model.write_bytes(model.read_bytes()[:1000])
     (copy.run_dir(run.id) / "run.json").unlink()
+    metrics_file = copy.run_dir(run.id) / "metrics.jsonl"
+    metrics_lines = metrics_file.read_text()
+    metrics_file.unlink()  # as a run made before the folders kept their records
     stray = root / "runs" / "rstray000000"
     stray.mkdir()
     (root / "features").mkdir(exist_ok=True)
@@ -214,6 +217,7 @@ def test_doctor_finds_missing_files_and_repairs_what_it_can(trained_workspace, t
     # The torn model and the stray folder need a person; the rest is repaired.
     assert sorted(p.kind for p in report.problems) == ["model", "run"]
     assert (copy.run_dir(run.id) / "run.json").is_file()
+    assert metrics_file.read_text() == metrics_lines
     assert list((root / "features").glob("features.sqlite.damaged-*"))
     assert "no run.json to restore it from" in next(
         p.message for p in report.problems if p.kind == "run")

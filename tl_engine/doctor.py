@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TLError
-from .runs import METRICS_FILE, RUN_FILE, write_run_file
+from .runs import METRICS_FILE, RUN_FILE, write_metrics_file, write_run_file
 from .spec import canonical_json
 from .store import (
     INDEX_FILE,
@@ -118,16 +118,17 @@ def _row_problems(ws: Workspace) -> list[Problem]:
     problems: list[Problem] = []
     run_rows = ws.query("SELECT id, status FROM runs ORDER BY created_at")
     slot_free = bool(run_rows) and not ws.read_only and not slot_busy(ws)
+    unrecorded = set(_runs_without_files(ws))
     for row in run_rows:
         folder = ws.run_dir(row["id"])
         if not folder.is_dir():
             problems.append(Problem("run", str(folder),
                                     f"run {row['id']} has no folder {folder}"))
-        elif not (folder / RUN_FILE).is_file():
+        elif row["id"] in unrecorded:
             problems.append(Problem(
-                "run", str(folder / RUN_FILE),
-                f"run {row['id']} has no {RUN_FILE}: a rebuilt index would lose it "
-                "(--repair writes it)"))
+                "run", str(folder),
+                f"run {row['id']} lacks {RUN_FILE} or {METRICS_FILE}: a rebuilt index would "
+                "lose what is missing (--repair writes them)"))
         if row["status"] == "running" and slot_free:
             problems.append(Problem(
                 "run", str(folder),
@@ -168,6 +169,17 @@ def _row_problems(ws: Workspace) -> list[Problem]:
             f"{PROJECTS_FILE} does not list {len(missing)} project(s): a rebuilt index would "
             "lose those without datasets or runs (--repair writes it)"))
     return problems
+
+
+def _runs_without_files(ws: Workspace) -> list[str]:
+    """Runs whose folder lacks run.json, or metrics.jsonl while the index holds metrics
+    (runs made before the folders kept them)."""
+    with_metrics = {row[0] for row in ws.query("SELECT DISTINCT run_id FROM metrics")}
+    return [row["id"] for row in ws.query("SELECT id FROM runs ORDER BY created_at")
+            if ws.run_dir(row["id"]).is_dir() and (
+                not (ws.run_dir(row["id"]) / RUN_FILE).is_file()
+                or (row["id"] in with_metrics
+                    and not (ws.run_dir(row["id"]) / METRICS_FILE).is_file()))]
 
 
 def _model_problem(path: Path, run_id: str) -> Problem | None:
@@ -233,13 +245,12 @@ def repair_workspace(root: str | os.PathLike[str] | None = None) -> DoctorReport
     with ws.transaction() as db:
         if not damaged:
             repairs += restore_from_folders(root, db)
-        rows_without_file = [row["id"] for row in db.execute("SELECT id FROM runs")
-                             if not (ws.run_dir(row["id"]) / RUN_FILE).is_file()
-                             and ws.run_dir(row["id"]).is_dir()]
-        for run_id in rows_without_file:
+        unrecorded = _runs_without_files(ws)
+        for run_id in unrecorded:
             write_run_file(ws, db, run_id)
-        if rows_without_file:
-            repairs.append(f"wrote {RUN_FILE} for {len(rows_without_file)} run(s)")
+            write_metrics_file(ws, db, run_id)
+        if unrecorded:
+            repairs.append(f"wrote {RUN_FILE} and {METRICS_FILE} for {len(unrecorded)} run(s)")
         ws.write_projects_file(db)
     interrupted = interrupt_orphans(ws)
     if interrupted:

@@ -213,10 +213,15 @@ class Workspace:
                 db = sqlite3.connect(self._uri, uri=True, timeout=30, isolation_level=None)
             else:
                 db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=30000")
+            try:
+                if self._uri is None:
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute("PRAGMA busy_timeout=30000")
+            except BaseException:
+                db.close()
+                raise
         return db
 
     @contextlib.contextmanager
