@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 import tl_engine as tle
+from dashboard.text import md_escape
 
 SPEC_KEY = "spec_draft"
 DRAFT_OWNER_KEY = "spec_draft_owner"
@@ -27,9 +28,14 @@ def _workspace(root: str) -> tle.Workspace:
 
 def workspace() -> tle.Workspace:
     """The shared workspace. Every page starts here, so a run whose worker died is marked
-    interrupted (with Resume offered) on any page anyone opens."""
-    ws = _workspace(str(tle.store.resolve_workspace(os.environ.get("TL_WORKSPACE"))))
-    tle.recover_interrupted(ws)
+    interrupted (with Resume offered) on any page anyone opens, and a damaged index stops
+    every page with the command that repairs it."""
+    try:
+        ws = _workspace(str(tle.store.resolve_workspace(os.environ.get("TL_WORKSPACE"))))
+        tle.recover_interrupted(ws)
+    except tle.WorkspaceDamaged as exc:
+        st.error(md_escape(exc), icon=":material/report:")
+        st.stop()
     return ws
 
 

@@ -21,7 +21,16 @@ from .datasets import (
 from .device import DeviceInfo
 from .device import describe as describe_device
 from .drafts import load_draft, save_draft
-from .errors import DatasetError, NotFound, RunNotReady, SpecError, TLError, WeightsUnavailable
+from .errors import (
+    DatasetError,
+    NotFound,
+    RunNotReady,
+    SpecError,
+    TLError,
+    WeightsUnavailable,
+    WorkspaceDamaged,
+    WorkspaceReadOnly,
+)
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
 from .freeze import STRATEGY_HELP, FreezePlan, describe_freeze
@@ -97,6 +106,8 @@ __all__ = [
     "WeightsFile",
     "WeightsUnavailable",
     "Workspace",
+    "WorkspaceDamaged",
+    "WorkspaceReadOnly",
     "active_runs",
     "cancel_run",
     "check_data",

@@ -275,6 +275,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import DoctorReport, check_workspace, repair_workspace
+    from .store import repair_command, resolve_workspace
+
+    root = resolve_workspace(args.workspace)
+    report = repair_workspace(root) if args.repair else DoctorReport(root, check_workspace(root))
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.repairs:
+            print(f"repaired: {line}")
+        for problem in report.problems:
+            print(f"problem: {problem.message}")
+        if report.healthy:
+            print(f"workspace {report.root} is healthy")
+        elif not args.repair:
+            print(f"{len(report.problems)} problem(s); repair with: {repair_command(root)}")
+        else:
+            print(f"{len(report.problems)} problem(s) remain after the repair")
+    return 0 if report.healthy else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .doctor import backup_index
+
+    print(backup_index(Workspace(args.workspace), args.out, force=args.force))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", default=argparse.SUPPRESS,
@@ -355,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("doctor", parents=[common],
+                       help="check the workspace; --repair rebuilds a damaged index")
+    p.add_argument("--repair", action="store_true",
+                   help="move a damaged index aside and rebuild it from the folders, add "
+                        "missing rows, mark runs without a worker interrupted")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("backup", parents=[common],
+                       help="a consistent copy of the index, safe while a worker trains")
+    p.add_argument("--out", required=True, help="the backup file, outside the workspace")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_backup)
+
     p = sub.add_parser("worker", parents=[common], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
     return parser
@@ -369,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except TLError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # a read-only workspace or --out folder
+        print(f"error: cannot write {exc.filename or ''}: permission denied", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: a started run keeps training in its worker", file=sys.stderr)

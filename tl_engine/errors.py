@@ -23,3 +23,16 @@ class NotFound(TLError):
 
 class RunNotReady(TLError):
     """The run has not completed, so it has no model yet."""
+
+
+class WorkspaceDamaged(TLError):
+    """The workspace index cannot be used as it is; `doctor --repair` rebuilds it."""
+
+    def __init__(self, message: str, path: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class WorkspaceReadOnly(TLError):
+    """Something had to be written to a workspace that cannot be written."""

@@ -33,6 +33,7 @@ SLOT_LOCK = "training-slot.lock"
 WORKER_STARTUP_GRACE_S = 120.0
 WORKER_NICENESS = 10
 AUTO_RESUMED_MARKER = "auto-resumed"
+INTERRUPTED_ERROR = "The worker process stopped before the run finished; resume it."
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,11 @@ def recover_interrupted(ws: Workspace) -> list[str]:
     """Mark runs whose worker died as interrupted (they can be resumed). Cheap: any reader
     of a running run calls it, so a killed worker is noticed within one poll.
 
-    With TL_AUTO_RESUME=1 each such run is queued again once, automatically."""
-    if not ws.query("SELECT 1 FROM runs WHERE status = 'running' LIMIT 1"):
+    With TL_AUTO_RESUME=1 each such run is queued again once, automatically. A read-only
+    workspace is only read: nothing can be marked there."""
+    if ws.read_only or not ws.query("SELECT 1 FROM runs WHERE status = 'running' LIMIT 1"):
         return []
-    with _slot(ws) as held:
-        interrupted = _mark_orphans_interrupted(ws) if held else []
+    interrupted = interrupt_orphans(ws)
     if interrupted and os.environ.get("TL_AUTO_RESUME") == "1":
         for run_id in interrupted:
             marker = ws.run_dir(run_id) / AUTO_RESUMED_MARKER
@@ -92,16 +93,23 @@ def recover_interrupted(ws: Workspace) -> list[str]:
     return interrupted
 
 
+def interrupt_orphans(ws: Workspace) -> list[str]:
+    """Mark 'running' runs interrupted when no worker holds the training slot; their ids."""
+    with _slot(ws) as held:
+        return _mark_orphans_interrupted(ws) if held else []
+
+
 def _mark_orphans_interrupted(ws: Workspace) -> list[str]:
     """Only call with the slot held: then every 'running' run belongs to a dead worker."""
     with ws.transaction() as db:
         rows = db.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()
         db.execute(
-            "UPDATE runs SET status = 'interrupted', finished_at = ?, "
-            "error = 'The worker process stopped before the run finished; resume it.' "
+            "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
             "WHERE status = 'running'",
-            (time.time(),),
+            (time.time(), INTERRUPTED_ERROR),
         )
+        for row in rows:
+            runs.write_run_file(ws, db, row["id"])
     return [row["id"] for row in rows]
 
 
@@ -142,6 +150,7 @@ def submit_run(
             (run_id, project, dataset_id, canonical_json(spec.to_dict()), key, started_by,
              time.time()),
         )
+        runs.write_run_file(ws, db, run_id)
     if start_worker:
         ensure_worker(ws)
     return Submission(run_id, False, "queued")
@@ -160,6 +169,7 @@ def cancel_run(ws: Workspace, run_id: str) -> str:
             "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
             (run_id,),
         )
+        runs.write_run_file(ws, db, run_id)
     return runs.get_run(ws, run_id).status
 
 
@@ -238,6 +248,7 @@ def _claim_next(ws: Workspace) -> str | None:
             "worker_pid = ?, cancel_requested = 0 WHERE id = ?",
             (time.time(), time.time(), os.getpid(), row["id"]),
         )
+        runs.write_run_file(ws, db, row["id"])
         return row["id"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,12 @@ from .errors import NotFound, RunNotReady, TLError
 from .spec import RunSpec
 from .store import Workspace
 
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+RUN_FILE_FORMAT = 1
+# The runs columns a run folder keeps in run.json: enough to rebuild its index row.
+RUN_FILE_FIELDS = ("id", "project", "dataset_id", "cache_key", "status", "started_by",
+                   "created_at", "started_at", "finished_at", "error")
 ACTIVE = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
 STATUSES = ACTIVE + FINISHED
@@ -174,6 +181,8 @@ def delete_run(ws: Workspace, run_id: str) -> None:
         raise TLError(f"Run {run_id} is {run.status}: cancel it before deleting it.")
     with ws.transaction() as db:
         db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        # Before the commit: a folder left by a crash below can never be restored as a run.
+        (ws.run_dir(run_id) / RUN_FILE).unlink(missing_ok=True)
     shutil.rmtree(ws.run_dir(run_id), ignore_errors=True)
 
 
@@ -185,6 +194,7 @@ def update_run(ws: Workspace, run_id: str, **columns: Any) -> None:
     assignments = ", ".join(f"{name} = ?" for name in columns)
     with ws.transaction() as db:
         db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))
+        write_run_file(ws, db, run_id)
 
 
 def heartbeat(ws: Workspace, run_id: str, progress: dict[str, Any]) -> bool:
@@ -205,8 +215,44 @@ def record_epoch(ws: Workspace, run_id: str, epoch: int, phase: str, values: dic
             "VALUES (?, ?, ?, ?, ?)",
             (run_id, epoch, phase, json.dumps(values), time.time()),
         )
+        write_metrics_file(ws, db, run_id)
 
 
 def clear_metrics_after(ws: Workspace, run_id: str, epoch: int) -> None:
     with ws.transaction() as db:
         db.execute("DELETE FROM metrics WHERE run_id = ? AND epoch > ?", (run_id, epoch))
+        write_metrics_file(ws, db, run_id)
+
+
+# --- the run folder's own record, from which doctor rebuilds a lost index ------------
+# Both files are written inside the transaction that changed the row, so writers queue
+# on SQLite's lock and a file is never older than a committed change.
+def write_run_file(ws: Workspace, db: sqlite3.Connection, run_id: str) -> None:
+    """runs/<id>/run.json: the run's row (spec, summary and progress as JSON values)."""
+    row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        return
+    record: dict[str, Any] = {"format": RUN_FILE_FORMAT}
+    record.update({name: row[name] for name in RUN_FILE_FIELDS})
+    record["spec"] = json.loads(row["spec_json"])
+    record["summary"] = json.loads(row["summary_json"] or "{}")
+    record["progress"] = json.loads(row["progress_json"] or "{}")
+    ws.write_json_atomic(ws.run_dir(run_id) / RUN_FILE, record)
+
+
+def write_metrics_file(ws: Workspace, db: sqlite3.Connection, run_id: str) -> None:
+    """runs/<id>/metrics.jsonl: one JSON object per epoch, oldest first, rewritten whole
+    (atomically) so that a resumed phase's dropped epochs leave it too."""
+    rows = db.execute(
+        "SELECT epoch, phase, values_json, recorded_at FROM metrics WHERE run_id = ? "
+        "ORDER BY epoch",
+        (run_id,),
+    ).fetchall()
+    lines = [
+        json.dumps({"epoch": r["epoch"], "phase": r["phase"],
+                    "values": json.loads(r["values_json"]), "recorded_at": r["recorded_at"]},
+                   sort_keys=True)
+        for r in rows
+    ]
+    ws.write_bytes_atomic(ws.run_dir(run_id) / METRICS_FILE,
+                          "".join(line + "\n" for line in lines).encode())
