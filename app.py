@@ -32,5 +32,7 @@ with st.sidebar:
                f"TensorFlow {device.tensorflow} · Keras {device.keras}")
 
 
-page.run()
-runtime.skip_garbage_collection_on_keras_clear_session()
+try:
+    page.run()
+finally:  # also after st.stop() and st.rerun(), which end a page early
+    runtime.skip_garbage_collection_on_keras_clear_session()

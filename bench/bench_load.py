@@ -1,10 +1,12 @@
-"""Load benchmark: several people using one instance at once while a training runs.
+"""Load benchmark: several people using one running instance at once while it trains.
 
-N sessions (Streamlit AppTest instances, one per thread, all in this one process: they
-share the engine's caches and the loaded models the way browser sessions share one
-server) load pages and predict for a fixed time against one workspace, while the worker
-trains a long run in the background. Reported: pages and predictions served, their p50
-and p95 latency, and errors (which must be 0). No figure is asserted.
+`streamlit run app.py` serves a workspace holding the ants-vs-bees photos and a trained
+model, while its worker trains a long run. N browser-free sessions speak Streamlit's own
+protocol to it (WebSocket + protobuf, and the HTTP upload route for photos, exactly as a
+browser tab does) for a fixed time: each loads pages and predicts an uploaded photo in
+random turn. Reported: pages and predictions served, p50/p95 latency (request to the
+end of the script run), and errors (exceptions on a page, failed uploads, dropped
+connections), which must be 0. No figure is asserted.
 
     python bench/bench_load.py [--sessions 4] [--seconds 60] [--json]
 """
@@ -12,65 +14,152 @@ and p95 latency, and errors (which must be 0). No figure is asserted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
+import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("TL_SHARED", ROOT.parent / "shared"))
-PAGES = ["views/home.py", "views/dataset.py", "views/model.py", "views/freeze.py",
-         "views/training.py", "views/runs.py"]
+PAGES = ["", "dataset", "model", "freeze", "training", "runs"]  # url paths; "" is Home
+XSRF_COOKIE = "_streamlit_xsrf"
+
+
+@dataclass
+class Tally:
+    pages: list[float] = field(default_factory=list)
+    predictions: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Session:
+    """One browser tab's conversation with the server, without the browser."""
+
+    def __init__(self, url: str, query: str) -> None:
+        self.url, self.query = url, query
+        self.session_id = ""
+        self.widgets: dict[str, str] = {}  # label -> widget id, from the last page drawn
+
+    async def __aenter__(self) -> Session:
+        import httpx
+        import websockets
+
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=120)
+        health = await self.http.get("/_stcore/health")  # sets the XSRF cookie
+        self.xsrf = health.cookies.get(XSRF_COOKIE, "")
+        host = self.url.split("//", 1)[1]
+        self.ws = await websockets.connect(
+            f"ws://{host}/_stcore/stream", subprotocols=["streamlit", self.xsrf],
+            additional_headers={"Cookie": f"{XSRF_COOKIE}={self.xsrf}", "Origin": self.url},
+            max_size=None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.ws.close()
+        await self.http.aclose()
+
+    async def _receive(self):
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        message = ForwardMsg()
+        message.ParseFromString(await self.ws.recv())
+        return message
+
+    async def run(self, page: str, widget_states: list | None = None) -> list[str]:
+        """Load `page` (with these widget states) and wait for the script run to end.
+        Returns the exception messages the page showed."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        request = BackMsg()
+        request.rerun_script.query_string = self.query
+        request.rerun_script.page_name = page
+        for state in widget_states or []:
+            request.rerun_script.widget_states.widgets.append(state)
+        await self.ws.send(request.SerializeToString())
+        exceptions, self.widgets = [], {}
+        while True:
+            message = await self._receive()
+            kind = message.WhichOneof("type")
+            if kind == "new_session":
+                self.session_id = message.new_session.initialize.session_id
+            elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
+                element = message.delta.new_element
+                if element.WhichOneof("type") == "exception":
+                    exceptions.append(element.exception.message)
+                elif element.WhichOneof("type") == "file_uploader":
+                    self.widgets[element.file_uploader.label] = element.file_uploader.id
+            elif kind == "script_finished":
+                return exceptions
+
+    async def upload(self, label: str, name: str, data: bytes):
+        """Upload one file to the uploader `label` the way the browser does; returns the
+        widget state that tells the next run about it."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+        request = BackMsg()
+        request.file_urls_request.request_id = f"upload-{time.monotonic_ns()}"
+        request.file_urls_request.file_names.append(name)
+        request.file_urls_request.session_id = self.session_id
+        await self.ws.send(request.SerializeToString())
+        while True:
+            message = await self._receive()
+            if message.WhichOneof("type") == "file_urls_response":
+                break
+        urls = message.file_urls_response.file_urls[0]
+        response = await self.http.put(
+            urls.upload_url, files={"file": (name, data, "image/jpeg")},
+            headers={"X-Xsrftoken": self.xsrf}, cookies={XSRF_COOKIE: self.xsrf})
+        response.raise_for_status()
+        state = WidgetState(id=self.widgets[label])
+        info = state.file_uploader_state_value.uploaded_file_info.add()
+        info.name, info.size, info.file_id = name, len(data), urls.file_id
+        info.file_urls.CopyFrom(urls)
+        return state
+
+
+async def _person(number: int, url: str, photos: list[Path], until: float,
+                  tally: Tally) -> None:
+    rng = random.Random(number)
+    try:
+        async with Session(url, f"project=load&user=person-{number}") as tab:
+            await tab.run("")
+            while time.monotonic() < until:
+                started = time.perf_counter()
+                if rng.random() < 0.3:
+                    shown = await tab.run("prediction")
+                    photo = rng.choice(photos)
+                    state = await tab.upload("Images", photo.name, photo.read_bytes())
+                    shown += await tab.run("prediction", [state])
+                    tally.predictions.append(time.perf_counter() - started)
+                else:
+                    shown = await tab.run(rng.choice(PAGES))
+                    tally.pages.append(time.perf_counter() - started)
+                tally.errors += [f"person {number}: {text}" for text in shown]
+    except Exception as exc:  # a dropped session is an error to report, not a crashed bench
+        tally.errors.append(f"person {number}: {type(exc).__name__}: {exc}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _percentile(values: list[float], share: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
-
-
-def _session(number: int, root: Path, photos: list[Path], until: float, results: dict,
-             lock: threading.Lock) -> None:
-    from streamlit.testing.v1 import AppTest
-
-    rng = random.Random(number)
-    pages: list[float] = []
-    predictions: list[float] = []
-    errors: list[str] = []
-    try:
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-        at.query_params["project"] = "load"
-        at.query_params["user"] = f"user-{number}"
-        at.run()
-        while time.monotonic() < until:
-            if rng.random() < 0.3:
-                started = time.perf_counter()
-                at.switch_page("views/prediction.py").run()
-                photo = rng.choice(photos)
-                at.file_uploader(key="predict_uploads").set_value(
-                    [(photo.name, photo.read_bytes(), "image/jpeg")]).run()
-                took, kind = time.perf_counter() - started, predictions
-                if not any(m.label == "Prediction" for m in at.metric):
-                    errors.append(f"session {number}: no prediction for {photo.name}")
-            else:
-                started = time.perf_counter()
-                at.switch_page(rng.choice(PAGES)).run()
-                took, kind = time.perf_counter() - started, pages
-            if at.exception:
-                errors.append(f"session {number}: {at.exception[0].value}")
-            kind.append(took)
-    except Exception as exc:  # a crashed session is an error to report, not a crashed bench
-        errors.append(f"session {number}: {type(exc).__name__}: {exc}")
-    with lock:
-        results["pages"] += pages
-        results["predictions"] += predictions
-        results["errors"] += errors
+    return round(ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))], 3)
 
 
 def main() -> None:
@@ -82,59 +171,74 @@ def main() -> None:
 
     os.environ.setdefault("KERAS_HOME", str(SHARED / "weights" / "keras_home"))
     os.environ.setdefault("TL_OFFLINE", "1")
-    root = Path(tempfile.mkdtemp(prefix="tl-bench-load-")) / "ws"
-    os.environ["TL_WORKSPACE"] = str(root)
     import tl_engine as tle
 
-    ws = tle.Workspace(root)
+    ws = tle.Workspace(Path(tempfile.mkdtemp(prefix="tl-bench-load-")) / "ws")
     data = SHARED / "data" / "hymenoptera"
     dataset = tle.ingest_folder(ws, data, project="load")
     first = tle.submit_run(ws, "load", dataset.id, tle.RunSpec(epochs=3), started_by="setup")
     assert tle.wait_for_run(ws, first.run_id).status == "completed"
-    # A long training keeps the worker busy for the whole measurement.
-    busy = tle.submit_run(ws, "load", dataset.id,
-                          tle.RunSpec(epochs=500, augment=("flip",), batch_size=16),
-                          started_by="trainer").run_id
-    photos = sorted((data / "val").rglob("*.jpg"))
-    results: dict = {"pages": [], "predictions": [], "errors": []}
-    lock = threading.Lock()
-    until = time.monotonic() + args.seconds
-    threads = [threading.Thread(target=_session, args=(i, root, photos, until, results, lock))
-               for i in range(args.sessions)]
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=dict(os.environ, TL_WORKSPACE=str(ws.root)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    busy = None
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        for _ in range(400):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)  # the server is starting
+        # Warm up once (TensorFlow import, model load), as a server in use already is.
+        warm = Tally()
+        asyncio.run(_person(-1, url, sorted((data / "val").rglob("*.jpg"))[:1],
+                            time.monotonic() + 1, warm))
+        # A long training keeps the worker busy for the whole measurement.
+        busy = tle.submit_run(ws, "load", dataset.id,
+                              tle.RunSpec(epochs=500, augment=("flip",), batch_size=16),
+                              started_by="trainer").run_id
+        photos = sorted((data / "val").rglob("*.jpg"))
+        tally = Tally()
+        until = time.monotonic() + args.seconds
+
+        async def everyone() -> None:
+            await asyncio.gather(*(_person(i, url, photos, until, tally)
+                                   for i in range(args.sessions)))
+
+        asyncio.run(everyone())
         training = tle.get_run(ws, busy)
     finally:
-        tle.cancel_run(ws, busy)
-        tle.wait_for_run(ws, busy, timeout_s=120)
-
-    def seconds(value: float | None) -> float | None:
-        return None if value is None else round(value, 3)
+        if busy:
+            tle.cancel_run(ws, busy)
+            tle.wait_for_run(ws, busy, timeout_s=120)
+        server.terminate()
+        server.wait(timeout=30)
 
     report = {
         "sessions": args.sessions,
         "seconds": args.seconds,
-        "pages_served": len(results["pages"]),
-        "page_p50_s": seconds(_percentile(results["pages"], 0.5)),
-        "page_p95_s": seconds(_percentile(results["pages"], 0.95)),
-        "predictions_served": len(results["predictions"]),
-        "prediction_p50_s": seconds(_percentile(results["predictions"], 0.5)),
-        "prediction_p95_s": seconds(_percentile(results["predictions"], 0.95)),
-        "errors": len(results["errors"]),
-        "training_status_during": training.status,
-        "training_epochs_meanwhile": training.progress.get("epoch"),
+        "pages_served": len(tally.pages),
+        "page_p50_s": _percentile(tally.pages, 0.5),
+        "page_p95_s": _percentile(tally.pages, 0.95),
+        "predictions_served": len(tally.predictions),
+        "prediction_p50_s": _percentile(tally.predictions, 0.5),
+        "prediction_p95_s": _percentile(tally.predictions, 0.95),
+        "errors": len(tally.errors) + len(warm.errors),
+        "training_while_measured": training.status,
         "cpu": os.cpu_count(),
     }
-    for error in results["errors"][:10]:
+    for error in (warm.errors + tally.errors)[:10]:
         print(f"error: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps(report))
     else:
         for name, value in report.items():
-            print(f"{name:28s} {value}")
+            print(f"{name:26s} {value}")
 
 
 if __name__ == "__main__":
