@@ -183,3 +183,29 @@ def test_prediction_starts_on_my_newest_model(monkeypatch, demo_ws):
         at = open_tab(monkeypatch, demo_ws.root, "views/prediction.py", project="demo",
                       user=user)
         assert at.selectbox(key="prediction_run").value == expected
+
+
+def test_hostile_names_are_text_in_every_banner(monkeypatch, tmp_path):
+    """Home's "is training" banner and the Training page's live panel, with a Markdown
+    project name and user name: no link, no image, no HTML reaches the page."""
+    from tl_engine import jobs, runs
+
+    ws = tle.Workspace(tmp_path / "ws")
+    project = ws.ensure_project("[p](http://127.0.0.1:9/) ![i](http://127.0.0.1:9/i.png)")
+    dataset = tle.ingest_folder(ws, write_color_classes(tmp_path / "d", TINY_CLASSES),
+                                project=project)
+    run_id = tle.submit_run(ws, project, dataset.id, tle.RunSpec(**TINY_SPEC),
+                            start_worker=False, started_by=HOSTILE).run_id
+    with jobs._slot(ws) as held:  # this process "is" the worker: the run is alive
+        assert held
+        runs.update_run(ws, run_id, status="running")
+        home = open_tab(monkeypatch, ws.root, project=project, user="viewer")
+        training = open_tab(monkeypatch, ws.root, "views/training.py", project=project,
+                            user="viewer", run=run_id)
+        runs.update_run(ws, run_id, status="cancelled")
+    for at in (home, training):
+        text = all_markdown(at)
+        assert "started by" in text or "by" in text
+        assert "](http" not in text and "<b>" not in text and "![" not in text
+    assert "is training" in all_markdown(home)
+    assert "Running" in all_markdown(training)
