@@ -27,7 +27,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import DatasetError, NotFound, SpecError
-from .images import ImageRejected, env_int, max_image_pixels, prepare, to_jpeg_bytes
+from .images import (
+    ImageRejected,
+    MemoryBudget,
+    env_int,
+    max_image_pixels,
+    prepare,
+    to_jpeg_bytes,
+)
 from .store import Workspace, validate_project_name
 
 MANIFEST_FORMAT = 1
@@ -37,6 +44,10 @@ MAX_ARCHIVE_MEMBERS = 100_000
 # bounds the memory one ingest thread can take.
 MAX_FILE_BYTES = 256 * 1024**2
 BOMB_RATIO = 200
+# File bytes read and not yet decoded, across the ingest threads: a folder or archive of
+# large files is read a few at a time, whatever the thread count. A file larger than
+# this is read alone.
+READ_BUDGET_BYTES = 256 * 1024**2
 BOMB_MIN_BYTES = 10 * 1024**2
 
 RECOMMENDED_PER_CLASS = 20
@@ -286,6 +297,7 @@ class _Candidate:
     label: str
     split: str
     read: Callable[[], bytes] = field(repr=False, compare=False)
+    size: int = 0  # bytes `read` will take into memory (0: already in memory)
 
 
 @dataclass
@@ -306,6 +318,7 @@ class _Entry:
     parts: tuple[str, ...]
     filename: str
     read: Callable[[], bytes]
+    size: int = 0  # bytes `read` will take into memory (0: already in memory)
 
 
 def _is_junk(parts: Iterable[str]) -> bool:
@@ -348,7 +361,7 @@ def _collect_folder(root: Path) -> _Source:
             if problem:
                 unreadable.append({"file": rel, "reason": problem})
                 continue
-            entries.append(_Entry(parts, rel, _file_reader(full)))
+            entries.append(_Entry(parts, rel, _file_reader(full), _file_size(full)))
     return _layout(entries, dirs, str(root), unreadable)
 
 
@@ -366,6 +379,13 @@ def _folder_file_problem(full: Path, real_root: Path) -> str | None:
     if info.st_size > MAX_FILE_BYTES:
         return f"file is {info.st_size / 1024**2:,.0f} MB, over the {_mb(MAX_FILE_BYTES)} limit"
     return None
+
+
+def _file_size(full: Path) -> int:
+    try:
+        return full.stat().st_size
+    except OSError:
+        return 0  # reading it will say why
 
 
 def _file_reader(full: Path) -> Callable[[], bytes]:
@@ -467,7 +487,9 @@ def _collect_zip(archive: zipfile.ZipFile, archive_name: str) -> _Source:
         if problem:
             unreadable.append({"file": info.filename, "reason": problem})
             continue
-        entries.append(_Entry(parts, info.filename, _member_reader(archive, info, lock)))
+        entries.append(
+            _Entry(parts, info.filename, _member_reader(archive, info, lock), info.file_size)
+        )
     return _layout(entries, dirs, archive_name, unreadable)
 
 
@@ -581,7 +603,9 @@ def _layout(
                 loose.append(entry)
                 continue
             label, split = rel[0], ""
-        source.candidates.append(_Candidate(entry.filename, label, split, entry.read))
+        source.candidates.append(
+            _Candidate(entry.filename, label, split, entry.read, entry.size)
+        )
     source.warnings += _loose_file_warnings(loose, source, prefix)
     if ignored_dirs:
         folders = [_folder_text((*prefix, d)) for d in sorted(ignored_dirs)]
@@ -685,16 +709,19 @@ def _process(
         workers = min(16, (os.cpu_count() or 2) + 2, total)
         # Pillow and hashlib release the GIL while decoding, resizing, encoding and
         # hashing, so threads scale across cores without pickling images to processes.
+        reading = MemoryBudget()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-            futures = {pool.submit(_decode_one, c, ws): i for i, c in enumerate(candidates)}
+            futures = {
+                pool.submit(_decode_one, c, ws, reading): i for i, c in enumerate(candidates)
+            }
             for done, future in enumerate(as_completed(futures), start=1):
-                index = futures[future]
-                try:
-                    decoded[index] = future.result()
-                except ImageRejected as exc:
-                    unreadable.append({"file": candidates[index].filename, "reason": exc.reason})
-                except _Unreadable as exc:
-                    unreadable.append({"file": candidates[index].filename, "reason": str(exc)})
+                # Dropped as soon as it is read: a finished future keeps its result alive.
+                index = futures.pop(future)
+                outcome = future.result()
+                if isinstance(outcome, _Decoded):
+                    decoded[index] = outcome
+                else:
+                    unreadable.append({"file": candidates[index].filename, "reason": outcome})
                 if progress:
                     progress(done, total)
 
@@ -735,10 +762,24 @@ def _process(
     return records, report
 
 
-def _decode_one(candidate: _Candidate, ws: Workspace | None) -> _Decoded:
-    data = candidate.read()
-    content_hash = hashlib.sha256(data).hexdigest()
-    prepared = prepare(data, candidate.filename)
+def _decode_one(
+    candidate: _Candidate, ws: Workspace | None, reading: MemoryBudget
+) -> _Decoded | str:
+    """The decoded image's facts, or the reason it cannot be used.
+
+    A reason, not an exception: a raised exception would keep the file's bytes alive
+    through its traceback for as long as its future is kept.
+    """
+    try:
+        with reading.hold(candidate.size, READ_BUDGET_BYTES):
+            data = candidate.read()
+            content_hash = hashlib.sha256(data).hexdigest()
+            prepared = prepare(data, candidate.filename)
+            del data
+    except ImageRejected as exc:
+        return exc.reason
+    except _Unreadable as exc:
+        return str(exc)
     if ws is not None:
         target = ws.image_path(content_hash)
         # Content-addressed: the same bytes always give the same stored pixels.
