@@ -9,6 +9,7 @@ outside the workspace.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import stat
 import statistics
 import threading
 import time
+import unicodedata
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -66,6 +68,11 @@ IMAGE_SUFFIXES = frozenset({
 SPLITS = ("train", "val", "test")
 _SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _JUNK_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+# Characters a file or class name may not hold: control characters (line breaks, tabs),
+# line and paragraph separators, and the stand-ins Python uses for bytes that are not
+# UTF-8. A class name holding one would break labels.txt (one class per line) and
+# the UTF-8 text every store and export is written in.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 Progress = Callable[[int, int], None]
 
@@ -327,6 +334,11 @@ def _is_junk(parts: Iterable[str]) -> bool:
 
 def _collect_folder(root: Path) -> _Source:
     if not root.exists():
+        if root.is_symlink():
+            raise DatasetError(
+                f"{root} is a link that leads nowhere or loops back on itself: "
+                "give the real folder's path"
+            )
         raise DatasetError(f"folder {root} does not exist: check the path")
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder (for a .zip archive, use ingest_zip)")
@@ -372,13 +384,20 @@ def _folder_file_problem(full: Path, real_root: Path) -> str | None:
             if target != real_root and real_root not in target.parents:
                 return "a link pointing outside the folder: not followed"
         info = full.stat()
+    except RuntimeError:  # Python 3.11's resolve() on a cycle of links
+        return _LINK_LOOP
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return _LINK_LOOP
         return f"cannot read the file ({exc.strerror or exc})"
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
     if info.st_size > MAX_FILE_BYTES:
         return f"file is {info.st_size / 1024**2:,.0f} MB, over the {_mb(MAX_FILE_BYTES)} limit"
     return None
+
+
+_LINK_LOOP = "a link that loops back on itself: remove the link"
 
 
 def _file_size(full: Path) -> int:
@@ -536,9 +555,16 @@ def _collect_uploads(uploads: Iterable[Upload]) -> _Source:
         if not label:
             source.unreadable.append(
                 {
-                    "file": upload.name,
+                    "file": shown_name(upload.name),
                     "reason": "no label given: choose the class this image belongs to",
                 }
+            )
+            continue
+        problem = _name_problem(label) or _name_problem(upload.name)
+        if problem:
+            what = "label" if _name_problem(label) else "file name"
+            source.unreadable.append(
+                {"file": shown_name(upload.name), "reason": f"its {what} {problem}"}
             )
             continue
         source.classes.setdefault(label, set())
@@ -554,6 +580,8 @@ def _layout(
     for entry in entries:  # zips need not list a member's folders
         for depth in range(1, len(entry.parts)):
             dirs.add(entry.parts[:depth])
+    unreadable = [{**item, "file": shown_name(item["file"])} for item in unreadable]
+    entries, dirs = _plain_names_only(entries, dirs, unreadable)
     prefix: tuple[str, ...] = ()
     while True:
         children = _child_dirs(dirs, prefix)
@@ -615,6 +643,63 @@ def _layout(
             f"class folders in {source.split_folders['train']}"
         )
     return source
+
+
+def shown_name(name: str) -> str:
+    """A file or folder name as plain one-line text: bytes that are not UTF-8 as \\xNN,
+    control characters and line breaks as their escapes (\\n, \\t)."""
+    return "".join(_shown_char(char) for char in name)
+
+
+def _shown_char(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+        return ascii(char)[1:-1]
+    return char
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a name cannot be used as it is, or None."""
+    categories = {unicodedata.category(char) for char in name}
+    if "Cs" in categories:
+        return "is not valid UTF-8 text"
+    if categories & _UNPRINTABLE_CATEGORIES:
+        return "contains a line break, tab or other control character"
+    return None
+
+
+def _plain_names_only(
+    entries: list[_Entry], dirs: set[tuple[str, ...]], unreadable: list[dict[str, str]]
+) -> tuple[list[_Entry], set[tuple[str, ...]]]:
+    """Skip each folder and file whose name is not plain text, naming it once in
+    `unreadable`: a folder's files go with it, whether or not it would be a class."""
+    for folder in sorted(dirs):
+        problem = _name_problem(folder[-1])
+        if problem and not any(_name_problem(part) for part in folder[:-1]):
+            unreadable.append(
+                {
+                    "file": _folder_text(tuple(shown_name(part) for part in folder)),
+                    "reason": f"the folder name {problem}: rename the folder to use it",
+                }
+            )
+    kept: list[_Entry] = []
+    for entry in entries:
+        if any(_name_problem(part) for part in entry.parts[:-1]):
+            continue  # its folder is named above
+        problem = _name_problem(entry.parts[-1])
+        if problem:
+            unreadable.append(
+                {
+                    "file": shown_name(entry.filename),
+                    "reason": f"the file name {problem}: rename the file to use it",
+                }
+            )
+            continue
+        kept.append(entry)
+    plain_dirs = {folder for folder in dirs if not any(_name_problem(p) for p in folder)}
+    return kept, plain_dirs
 
 
 def _loose_file_warnings(

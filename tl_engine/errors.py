@@ -23,3 +23,7 @@ class NotFound(TLError):
 
 class RunNotReady(TLError):
     """The run has not completed, so it has no model yet."""
+
+
+class ModelDamaged(TLError):
+    """A completed run's saved model file cannot be read: cut short, overwritten or corrupt."""
