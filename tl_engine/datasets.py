@@ -203,6 +203,8 @@ def check_data(source: str | os.PathLike[str]) -> dict[str, Any]:
     """The health report of a folder or .zip, writing nothing; problems go in "errors"."""
     path = Path(source).expanduser()
     try:
+        if not path.exists():
+            _refuse_broken_link(path)
         if path.is_dir():
             _, report = _process(_collect_folder(path), None, None)
             return report
@@ -334,11 +336,7 @@ def _is_junk(parts: Iterable[str]) -> bool:
 
 def _collect_folder(root: Path) -> _Source:
     if not root.exists():
-        if root.is_symlink():
-            raise DatasetError(
-                f"{root} is a link that leads nowhere or loops back on itself: "
-                "give the real folder's path"
-            )
+        _refuse_broken_link(root)
         raise DatasetError(f"folder {root} does not exist: check the path")
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder (for a .zip archive, use ingest_zip)")
@@ -375,6 +373,14 @@ def _collect_folder(root: Path) -> _Source:
                 continue
             entries.append(_Entry(parts, rel, _file_reader(full), _file_size(full)))
     return _layout(entries, dirs, str(root), unreadable)
+
+
+def _refuse_broken_link(path: Path) -> None:
+    if path.is_symlink():
+        raise DatasetError(
+            f"{path} is a link that leads nowhere or loops back on itself: give the real "
+            "folder's or archive's path"
+        )
 
 
 def _folder_file_problem(full: Path, real_root: Path) -> str | None:
