@@ -21,7 +21,15 @@ from .datasets import (
 from .device import DeviceInfo
 from .device import describe as describe_device
 from .drafts import load_draft, save_draft
-from .errors import DatasetError, NotFound, RunNotReady, SpecError, TLError, WeightsUnavailable
+from .errors import (
+    DatasetError,
+    ModelDamaged,
+    NotFound,
+    RunNotReady,
+    SpecError,
+    TLError,
+    WeightsUnavailable,
+)
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
 from .freeze import STRATEGY_HELP, FreezePlan, describe_freeze
@@ -76,6 +84,7 @@ __all__ = [
     "BatchItem",
     "Dataset",
     "DatasetError",
+    "ModelDamaged",
     "DeviceInfo",
     "EXPORT_FORMATS",
     "FreezePlan",

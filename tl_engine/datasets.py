@@ -32,6 +32,7 @@ from .errors import DatasetError, NotFound, SpecError
 from .images import (
     ImageRejected,
     MemoryBudget,
+    decode_budget_bytes,
     env_int,
     max_image_pixels,
     prepare,
@@ -790,6 +791,7 @@ def _process(
 ) -> tuple[list[ImageRecord], dict[str, Any]]:
     """Decode every candidate (storing it when `ws` is given) and build the report."""
     max_image_pixels()  # a mistyped limit fails once, here, not once per image
+    decode_budget_bytes()
     candidates = source.candidates
     unreadable = list(source.unreadable)
     decoded: dict[int, _Decoded] = {}
