@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,103 @@ def trained_workspace(tmp_path_factory):
     run = train_tiny_run(ws, dataset, epochs=3)
     assert run.status == "completed", run.error
     return ws, dataset, run
+
+
+# --- the hostile-input tally -----------------------------------------------------------------
+# Tests that feed the engine bad input or inject a fault say so, and say when the outcome was
+# right; the run ends with one line of totals. Whole tests are counted with the markers
+# `@pytest.mark.bad_input` / `@pytest.mark.fault` (one each, counted as handled or survived
+# when the test passes); single provocations inside a test with the `hostile` fixture.
+
+
+class HostileTally:
+    """Counts of bad inputs tried and handled, faults injected and survived, this session."""
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+        self.handled: list[str] = []
+        self.injected: list[str] = []
+        self.survived: list[str] = []
+
+    def line(self) -> str:
+        return (f"bad inputs tried: {len(self.tried)}, handled: {len(self.handled)}; "
+                f"faults injected: {len(self.injected)}, survived: {len(self.survived)}")
+
+
+_TALLY = HostileTally()
+
+
+class Hostile:
+    """The `hostile` fixture: `bad_input(name)` when a test provokes a bad input and
+    `handled(name)` once the outcome is checked right; `fault(name)` / `survived(name)` the
+    same for injected faults. `with hostile.input(name):` and `with hostile.injected(name):`
+    count the first on entry and the second on a clean exit."""
+
+    def __init__(self, tally: HostileTally) -> None:
+        self._tally = tally
+
+    def bad_input(self, name: str) -> None:
+        self._tally.tried.append(name)
+
+    def handled(self, name: str) -> None:
+        if name not in self._tally.tried:
+            raise ValueError(f"handled({name!r}) without bad_input({name!r})")
+        self._tally.handled.append(name)
+
+    def fault(self, name: str) -> None:
+        self._tally.injected.append(name)
+
+    def survived(self, name: str) -> None:
+        if name not in self._tally.injected:
+            raise ValueError(f"survived({name!r}) without fault({name!r})")
+        self._tally.survived.append(name)
+
+    @contextmanager
+    def input(self, name: str) -> Iterator[None]:
+        self.bad_input(name)
+        yield
+        self.handled(name)
+
+    @contextmanager
+    def injected(self, name: str) -> Iterator[None]:
+        self.fault(name)
+        yield
+        self.survived(name)
+
+
+@pytest.fixture
+def hostile() -> Hostile:
+    return Hostile(_TALLY)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bad_input: the test feeds a bad input (counted)")
+    config.addinivalue_line("markers", "fault: the test injects a fault (counted)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    counted = report.when == "call" or (report.when == "setup" and report.failed)
+    if counted:
+        name = item.nodeid
+        if item.get_closest_marker("bad_input"):
+            _TALLY.tried.append(name)
+            if report.passed:
+                _TALLY.handled.append(name)
+        if item.get_closest_marker("fault"):
+            _TALLY.injected.append(name)
+            if report.passed:
+                _TALLY.survived.append(name)
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    # The outermost wrapper: the terminal reporter's summary ("N passed in ...") is written
+    # by the time this runs, so the tally is the run's last line, with -q too.
+    result = yield
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(_TALLY.line())
+    return result

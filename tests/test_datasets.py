@@ -140,6 +140,7 @@ def test_large_images_are_stored_shrunk_with_original_size_recorded(workspace, t
     assert dataset.report["sizes"]["max_width"] == 1024
 
 
+@pytest.mark.bad_input
 def test_unreadable_files_are_reported_and_the_rest_ingested(workspace, tmp_path) -> None:
     root = make_classes(tmp_path / "src", {"ants": 3, "bees": 3})
     good = image_bytes("JPEG", size=(120, 90))
@@ -156,6 +157,7 @@ def test_unreadable_files_are_reported_and_the_rest_ingested(workspace, tmp_path
     assert any("2 file(s) could not be used" in w for w in dataset.report["warnings"])
 
 
+@pytest.mark.bad_input
 def test_decompression_bomb_is_rejected_with_pixel_counts(workspace, tmp_path, monkeypatch) -> None:
     root = make_classes(tmp_path / "src", {"a": 2, "b": 2})
     write(root / "a" / "huge.png", image_bytes("PNG", size=(300, 200)))
@@ -220,6 +222,7 @@ def test_zip_with_a_top_folder_and_mac_junk(workspace, tmp_path) -> None:
     assert again.id == dataset.id
 
 
+@pytest.mark.bad_input
 def test_zip_slip_members_are_skipped_and_nothing_lands_outside(workspace, tmp_path) -> None:
     members = {f"{label}/{i}.jpg": image_bytes() for label in ("a", "b") for i in range(2)}
     members["../evil.jpg"] = image_bytes()
@@ -241,6 +244,7 @@ def test_zip_slip_members_are_skipped_and_nothing_lands_outside(workspace, tmp_p
     assert unsafe == {"../evil.jpg", "/abs.jpg", "a/../../evil2.jpg", "..\\evil3.jpg"}
 
 
+@pytest.mark.bad_input
 def test_zip_over_the_declared_size_limit_is_refused(workspace, tmp_path, monkeypatch) -> None:
     members = {f"{label}/{i}.jpg": image_bytes() for label in ("a", "b") for i in range(2)}
     archive = write(tmp_path / "big.zip", make_zip(members))
@@ -250,6 +254,7 @@ def test_zip_over_the_declared_size_limit_is_refused(workspace, tmp_path, monkey
     assert dataset_rows(workspace) == 0
 
 
+@pytest.mark.bad_input
 def test_compression_bomb_member_is_skipped(workspace, tmp_path) -> None:
     members = {f"{label}/{i}.jpg": image_bytes() for label in ("a", "b") for i in range(2)}
     members["a/bomb.bmp"] = bytes(11 * 1024 * 1024)
@@ -259,6 +264,7 @@ def test_compression_bomb_member_is_skipped(workspace, tmp_path) -> None:
     assert dataset.counts() == {"a": 2, "b": 2}
 
 
+@pytest.mark.bad_input
 def test_not_a_zip_is_a_dataset_error_naming_the_file(workspace, tmp_path) -> None:
     fake = write(tmp_path / "holiday.zip", b"PK but not really a zip archive")
     with pytest.raises(DatasetError, match=r"holiday\.zip is not a readable \.zip"):

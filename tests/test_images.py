@@ -54,6 +54,7 @@ def test_every_accepted_format_decodes_to_rgb(fmt: str) -> None:
     assert close(decoded.getpixel((10, 10)), RED)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(("fmt", "options"), [("PPM", {}), ("ICO", {}), ("PCX", {})])
 def test_formats_outside_the_list_are_rejected_by_name(fmt: str, options: dict) -> None:
     data = encode(Image.new("RGB", (16, 16), RED), fmt, **options)
@@ -64,12 +65,14 @@ def test_formats_outside_the_list_are_rejected_by_name(fmt: str, options: dict) 
     assert "JPEG or PNG" in caught.value.reason
 
 
+@pytest.mark.bad_input
 def test_heic_is_named_in_the_reason() -> None:
     data = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
     with pytest.raises(ImageRejected, match="HEIC files are not accepted"):
         open_rgb(data, "IMG_0001.HEIC")
 
 
+@pytest.mark.bad_input
 def test_text_file_named_jpg_is_rejected_with_a_plain_message() -> None:
     with pytest.raises(ImageRejected) as caught:
         open_rgb(b"just some notes, not a picture\n", "bees/x.jpg")
@@ -79,11 +82,13 @@ def test_text_file_named_jpg_is_rejected_with_a_plain_message() -> None:
     assert isinstance(caught.value, DatasetError)
 
 
+@pytest.mark.bad_input
 def test_empty_file_is_rejected() -> None:
     with pytest.raises(ImageRejected, match="empty"):
         open_rgb(b"", "zero.png")
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_file_is_rejected(fmt: str) -> None:
     noise = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
@@ -183,6 +188,7 @@ def test_animated_gif_uses_the_first_frame() -> None:
     assert close(decoded.getpixel((8, 8)), RED)
 
 
+@pytest.mark.bad_input
 def test_pixel_limit_names_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TL_MAX_IMAGE_PIXELS", "10000")
     data = encode(Image.new("RGB", (200, 100), RED), "PNG")
@@ -198,6 +204,7 @@ def test_a_mistyped_pixel_limit_is_a_setting_error(monkeypatch: pytest.MonkeyPat
         open_rgb(encode(Image.new("RGB", (4, 4)), "PNG"), "fine.png")
 
 
+@pytest.mark.bad_input
 def test_declared_size_is_checked_before_decoding() -> None:
     # 9000 x 9000 = 81M pixels: above our 50M default, below Pillow's own warning level.
     # The file holds 8 x 8 pixels, so a decode attempt would report truncation instead.
@@ -207,6 +214,7 @@ def test_declared_size_is_checked_before_decoding() -> None:
     assert "50,000,000" in caught.value.reason
 
 
+@pytest.mark.bad_input
 def test_pillow_decompression_bomb_error_becomes_rejection() -> None:
     with pytest.raises(ImageRejected) as caught:
         open_rgb(png_with_declared_size(100_000, 100_000), "huge.png")

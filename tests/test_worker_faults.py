@@ -38,6 +38,7 @@ def _running_with_progress(ws: tle.Workspace, run_id: str, timeout_s: float) -> 
     raise AssertionError(f"run {run_id} did not start training within {timeout_s} s")
 
 
+@pytest.mark.fault
 def test_a_killed_worker_is_noticed_by_a_reader_and_reaped(workspace, tiny_dataset):
     ws = workspace
     run_id = tle.submit_run(ws, "test", tiny_dataset.id, tle.RunSpec(**LONG_TINY)).run_id
@@ -65,6 +66,7 @@ def test_a_killed_worker_is_noticed_by_a_reader_and_reaped(workspace, tiny_datas
     assert tle.wait_for_run(ws, run_id, timeout_s=180).status in ("cancelled", "interrupted")
 
 
+@pytest.mark.fault
 def test_auto_resume_queues_an_interrupted_run_once(workspace, tiny_dataset, monkeypatch):
     ws = workspace
     monkeypatch.setenv("TL_AUTO_RESUME", "1")

@@ -23,6 +23,7 @@ from .device import describe as describe_device
 from .drafts import load_draft, save_draft
 from .errors import (
     DatasetError,
+    ModelDamaged,
     NotFound,
     RunNotReady,
     SpecError,
@@ -91,6 +92,7 @@ __all__ = [
     "Hint",
     "ImageRecord",
     "KEEP_WEIGHTS",
+    "ModelDamaged",
     "NotFound",
     "Prediction",
     "Refused",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import TLError
+from .errors import SpecError, TLError
 from .spec import DEFAULT_AUGMENTATION, KEEP_WEIGHTS, STRATEGIES, RunSpec
 from .store import Workspace
 
@@ -216,11 +216,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .model_file import checked_model_path
     from .predict import predict_images
-    from .runs import model_path
 
+    if args.top_k < 1:
+        raise SpecError(f"--top-k must be at least 1 (classes shown per image), not {args.top_k}.")
     ws = Workspace(args.workspace)
-    model_path(ws, args.run)  # a wrong run id fails before TensorFlow loads
+    # A wrong run id or a damaged model file fails before TensorFlow loads.
+    checked_model_path(ws, args.run)
     _import_tensorflow_quietly()
     predictions = predict_images(ws, args.run, args.images, top_k=args.top_k)
     if args.json:
@@ -242,7 +245,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     model_path(ws, args.run)
     _import_tensorflow_quietly()
-    path = export_run(ws, args.run, args.format, args.out)
+    path = export_run(ws, args.run, args.format, args.out, overwrite=args.force)
     print(path)
     return 0
 
@@ -372,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--format", required=True,
                    choices=("keras", "savedmodel", "tflite", "tflite-quant", "labels", "card"))
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="where to write it, outside the workspace")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")

@@ -9,6 +9,7 @@ outside the workspace.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import stat
 import statistics
 import threading
 import time
+import unicodedata
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -27,7 +29,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import DatasetError, NotFound, SpecError
-from .images import ImageRejected, env_int, max_image_pixels, prepare, to_jpeg_bytes
+from .images import (
+    ImageRejected,
+    MemoryBudget,
+    decode_budget_bytes,
+    env_int,
+    max_image_pixels,
+    prepare,
+    to_jpeg_bytes,
+)
 from .store import Workspace, validate_project_name
 
 MANIFEST_FORMAT = 1
@@ -37,6 +47,10 @@ MAX_ARCHIVE_MEMBERS = 100_000
 # bounds the memory one ingest thread can take.
 MAX_FILE_BYTES = 256 * 1024**2
 BOMB_RATIO = 200
+# File bytes read and not yet decoded, across the ingest threads: a folder or archive of
+# large files is read a few at a time, whatever the thread count. A file larger than
+# this is read alone.
+READ_BUDGET_BYTES = 256 * 1024**2
 BOMB_MIN_BYTES = 10 * 1024**2
 
 RECOMMENDED_PER_CLASS = 20
@@ -55,6 +69,11 @@ IMAGE_SUFFIXES = frozenset({
 SPLITS = ("train", "val", "test")
 _SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _JUNK_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+# Characters a file or class name may not hold: control characters (line breaks, tabs),
+# line and paragraph separators, and the stand-ins Python uses for bytes that are not
+# UTF-8. A class name holding one would break labels.txt (one class per line) and
+# the UTF-8 text every store and export is written in.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 Progress = Callable[[int, int], None]
 
@@ -185,6 +204,8 @@ def check_data(source: str | os.PathLike[str]) -> dict[str, Any]:
     """The health report of a folder or .zip, writing nothing; problems go in "errors"."""
     path = Path(source).expanduser()
     try:
+        if not path.exists():
+            _refuse_broken_link(path)
         if path.is_dir():
             _, report = _process(_collect_folder(path), None, None)
             return report
@@ -286,6 +307,7 @@ class _Candidate:
     label: str
     split: str
     read: Callable[[], bytes] = field(repr=False, compare=False)
+    size: int = 0  # bytes `read` will take into memory (0: already in memory)
 
 
 @dataclass
@@ -306,6 +328,7 @@ class _Entry:
     parts: tuple[str, ...]
     filename: str
     read: Callable[[], bytes]
+    size: int = 0  # bytes `read` will take into memory (0: already in memory)
 
 
 def _is_junk(parts: Iterable[str]) -> bool:
@@ -314,6 +337,7 @@ def _is_junk(parts: Iterable[str]) -> bool:
 
 def _collect_folder(root: Path) -> _Source:
     if not root.exists():
+        _refuse_broken_link(root)
         raise DatasetError(f"folder {root} does not exist: check the path")
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder (for a .zip archive, use ingest_zip)")
@@ -348,8 +372,16 @@ def _collect_folder(root: Path) -> _Source:
             if problem:
                 unreadable.append({"file": rel, "reason": problem})
                 continue
-            entries.append(_Entry(parts, rel, _file_reader(full)))
+            entries.append(_Entry(parts, rel, _file_reader(full), _file_size(full)))
     return _layout(entries, dirs, str(root), unreadable)
+
+
+def _refuse_broken_link(path: Path) -> None:
+    if path.is_symlink():
+        raise DatasetError(
+            f"{path} is a link that leads nowhere or loops back on itself: give the real "
+            "folder's or archive's path"
+        )
 
 
 def _folder_file_problem(full: Path, real_root: Path) -> str | None:
@@ -359,13 +391,27 @@ def _folder_file_problem(full: Path, real_root: Path) -> str | None:
             if target != real_root and real_root not in target.parents:
                 return "a link pointing outside the folder: not followed"
         info = full.stat()
+    except RuntimeError:  # Python 3.11's resolve() on a cycle of links
+        return _LINK_LOOP
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return _LINK_LOOP
         return f"cannot read the file ({exc.strerror or exc})"
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
     if info.st_size > MAX_FILE_BYTES:
         return f"file is {info.st_size / 1024**2:,.0f} MB, over the {_mb(MAX_FILE_BYTES)} limit"
     return None
+
+
+_LINK_LOOP = "a link that loops back on itself: remove the link"
+
+
+def _file_size(full: Path) -> int:
+    try:
+        return full.stat().st_size
+    except OSError:
+        return 0  # reading it will say why
 
 
 def _file_reader(full: Path) -> Callable[[], bytes]:
@@ -467,7 +513,9 @@ def _collect_zip(archive: zipfile.ZipFile, archive_name: str) -> _Source:
         if problem:
             unreadable.append({"file": info.filename, "reason": problem})
             continue
-        entries.append(_Entry(parts, info.filename, _member_reader(archive, info, lock)))
+        entries.append(
+            _Entry(parts, info.filename, _member_reader(archive, info, lock), info.file_size)
+        )
     return _layout(entries, dirs, archive_name, unreadable)
 
 
@@ -514,9 +562,16 @@ def _collect_uploads(uploads: Iterable[Upload]) -> _Source:
         if not label:
             source.unreadable.append(
                 {
-                    "file": upload.name,
+                    "file": shown_name(upload.name),
                     "reason": "no label given: choose the class this image belongs to",
                 }
+            )
+            continue
+        problem = _name_problem(label) or _name_problem(upload.name)
+        if problem:
+            what = "label" if _name_problem(label) else "file name"
+            source.unreadable.append(
+                {"file": shown_name(upload.name), "reason": f"its {what} {problem}"}
             )
             continue
         source.classes.setdefault(label, set())
@@ -532,6 +587,8 @@ def _layout(
     for entry in entries:  # zips need not list a member's folders
         for depth in range(1, len(entry.parts)):
             dirs.add(entry.parts[:depth])
+    unreadable = [{**item, "file": shown_name(item["file"])} for item in unreadable]
+    entries, dirs = _plain_names_only(entries, dirs, unreadable)
     prefix: tuple[str, ...] = ()
     while True:
         children = _child_dirs(dirs, prefix)
@@ -581,7 +638,9 @@ def _layout(
                 loose.append(entry)
                 continue
             label, split = rel[0], ""
-        source.candidates.append(_Candidate(entry.filename, label, split, entry.read))
+        source.candidates.append(
+            _Candidate(entry.filename, label, split, entry.read, entry.size)
+        )
     source.warnings += _loose_file_warnings(loose, source, prefix)
     if ignored_dirs:
         folders = [_folder_text((*prefix, d)) for d in sorted(ignored_dirs)]
@@ -591,6 +650,63 @@ def _layout(
             f"class folders in {source.split_folders['train']}"
         )
     return source
+
+
+def shown_name(name: str) -> str:
+    """A file or folder name as plain one-line text: bytes that are not UTF-8 as \\xNN,
+    control characters and line breaks as their escapes (\\n, \\t)."""
+    return "".join(_shown_char(char) for char in name)
+
+
+def _shown_char(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+        return ascii(char)[1:-1]
+    return char
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a name cannot be used as it is, or None."""
+    categories = {unicodedata.category(char) for char in name}
+    if "Cs" in categories:
+        return "is not valid UTF-8 text"
+    if categories & _UNPRINTABLE_CATEGORIES:
+        return "contains a line break, tab or other control character"
+    return None
+
+
+def _plain_names_only(
+    entries: list[_Entry], dirs: set[tuple[str, ...]], unreadable: list[dict[str, str]]
+) -> tuple[list[_Entry], set[tuple[str, ...]]]:
+    """Skip each folder and file whose name is not plain text, naming it once in
+    `unreadable`: a folder's files go with it, whether or not it would be a class."""
+    for folder in sorted(dirs):
+        problem = _name_problem(folder[-1])
+        if problem and not any(_name_problem(part) for part in folder[:-1]):
+            unreadable.append(
+                {
+                    "file": _folder_text(tuple(shown_name(part) for part in folder)),
+                    "reason": f"the folder name {problem}: rename the folder to use it",
+                }
+            )
+    kept: list[_Entry] = []
+    for entry in entries:
+        if any(_name_problem(part) for part in entry.parts[:-1]):
+            continue  # its folder is named above
+        problem = _name_problem(entry.parts[-1])
+        if problem:
+            unreadable.append(
+                {
+                    "file": shown_name(entry.filename),
+                    "reason": f"the file name {problem}: rename the file to use it",
+                }
+            )
+            continue
+        kept.append(entry)
+    plain_dirs = {folder for folder in dirs if not any(_name_problem(p) for p in folder)}
+    return kept, plain_dirs
 
 
 def _loose_file_warnings(
@@ -675,6 +791,7 @@ def _process(
 ) -> tuple[list[ImageRecord], dict[str, Any]]:
     """Decode every candidate (storing it when `ws` is given) and build the report."""
     max_image_pixels()  # a mistyped limit fails once, here, not once per image
+    decode_budget_bytes()
     candidates = source.candidates
     unreadable = list(source.unreadable)
     decoded: dict[int, _Decoded] = {}
@@ -685,16 +802,19 @@ def _process(
         workers = min(16, (os.cpu_count() or 2) + 2, total)
         # Pillow and hashlib release the GIL while decoding, resizing, encoding and
         # hashing, so threads scale across cores without pickling images to processes.
+        reading = MemoryBudget()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-            futures = {pool.submit(_decode_one, c, ws): i for i, c in enumerate(candidates)}
+            futures = {
+                pool.submit(_decode_one, c, ws, reading): i for i, c in enumerate(candidates)
+            }
             for done, future in enumerate(as_completed(futures), start=1):
-                index = futures[future]
-                try:
-                    decoded[index] = future.result()
-                except ImageRejected as exc:
-                    unreadable.append({"file": candidates[index].filename, "reason": exc.reason})
-                except _Unreadable as exc:
-                    unreadable.append({"file": candidates[index].filename, "reason": str(exc)})
+                # Dropped as soon as it is read: a finished future keeps its result alive.
+                index = futures.pop(future)
+                outcome = future.result()
+                if isinstance(outcome, _Decoded):
+                    decoded[index] = outcome
+                else:
+                    unreadable.append({"file": candidates[index].filename, "reason": outcome})
                 if progress:
                     progress(done, total)
 
@@ -735,10 +855,24 @@ def _process(
     return records, report
 
 
-def _decode_one(candidate: _Candidate, ws: Workspace | None) -> _Decoded:
-    data = candidate.read()
-    content_hash = hashlib.sha256(data).hexdigest()
-    prepared = prepare(data, candidate.filename)
+def _decode_one(
+    candidate: _Candidate, ws: Workspace | None, reading: MemoryBudget
+) -> _Decoded | str:
+    """The decoded image's facts, or the reason it cannot be used.
+
+    A reason, not an exception: a raised exception would keep the file's bytes alive
+    through its traceback for as long as its future is kept.
+    """
+    try:
+        with reading.hold(candidate.size, READ_BUDGET_BYTES):
+            data = candidate.read()
+            content_hash = hashlib.sha256(data).hexdigest()
+            prepared = prepare(data, candidate.filename)
+            del data
+    except ImageRejected as exc:
+        return exc.reason
+    except _Unreadable as exc:
+        return str(exc)
     if ws is not None:
         target = ws.image_path(content_hash)
         # Content-addressed: the same bytes always give the same stored pixels.

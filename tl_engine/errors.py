@@ -36,3 +36,7 @@ class WorkspaceDamaged(TLError):
 
 class WorkspaceReadOnly(TLError):
     """Something had to be written to a workspace that cannot be written."""
+
+
+class ModelDamaged(TLError):
+    """A completed run's saved model file cannot be read: cut short, overwritten or corrupt."""

@@ -14,6 +14,7 @@ from typing import Any
 from . import runs
 from .datasets import load_dataset
 from .errors import SpecError
+from .model_file import checked_model_path, load_run_model
 from .registry import get_backbone
 from .store import Workspace
 
@@ -69,27 +70,77 @@ def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
     }
 
 
-def export_run(ws: Workspace, run_id: str, fmt: str, out: str | Path | None = None) -> Path:
-    """Write the export (cached under the run's folder) and copy it to `out` when given."""
+def export_run(
+    ws: Workspace, run_id: str, fmt: str, out: str | Path | None = None, *,
+    overwrite: bool = False,
+) -> Path:
+    """Write the export (cached under the run's folder) and copy it to `out` when given.
+
+    `out` must lie outside the workspace (links resolved), whatever `overwrite` says, and
+    must not exist unless `overwrite` is set; a SavedModel goes to a new or empty folder,
+    or with `overwrite` replaces a folder that holds a SavedModel.
+    """
     if fmt not in FORMATS:
         raise SpecError(f"Unknown export format {fmt!r}: use one of {', '.join(FORMATS)}.")
-    model_file = runs.model_path(ws, run_id)
+    destination = None if out is None else _checked_destination(ws, Path(out), fmt, overwrite)
+    # Labels and the card do not read the model; every other format is made from it.
+    if fmt in ("labels", "card"):
+        model_file = runs.model_path(ws, run_id)
+    else:
+        model_file = checked_model_path(ws, run_id)
     folder = ws.run_dir(run_id) / "exports"
     folder.mkdir(exist_ok=True)
     target = folder / _FILE_NAMES[fmt]
     if not target.exists():
         _write_export(ws, run_id, fmt, model_file, target)
-    if out is None:
+    if destination is None:
         return target
-    out = Path(out).expanduser()
     if target.is_dir():
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise SpecError(f"--out {out} already exists and is not an empty folder: "
-                            "give a new folder for the SavedModel.")
-        shutil.copytree(target, out, dirs_exist_ok=True)
+        if destination.exists():
+            shutil.rmtree(destination)  # an empty folder, or a SavedModel `overwrite` allows
+        shutil.copytree(target, destination)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(target, out)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        # A copy next to the destination, then a rename: an existing file is replaced
+        # whole or not at all.
+        staging = destination.with_name(f".{destination.name}.{time.time_ns()}.part")
+        try:
+            shutil.copyfile(target, staging)
+            staging.replace(destination)
+        finally:
+            staging.unlink(missing_ok=True)
+    return destination
+
+
+def _checked_destination(ws: Workspace, out: Path, fmt: str, overwrite: bool) -> Path:
+    """`out` made absolute, once it is a place an export may be written to."""
+    out = out.expanduser().absolute()
+    resolved = out.resolve()
+    root = ws.root.resolve()
+    if resolved == root or root in resolved.parents:
+        raise SpecError(
+            f"--out {out} is inside the workspace {root}: the workspace holds the app's own "
+            "files; export to a path outside it."
+        )
+    if fmt == "savedmodel":
+        if out.is_dir() and not any(out.iterdir()):
+            return out
+        if out.exists() or out.is_symlink():
+            if overwrite and out.is_dir() and not out.is_symlink() and (
+                out / "saved_model.pb"
+            ).is_file():
+                return out
+            raise SpecError(
+                f"--out {out} already exists and is not an empty folder: give a new folder "
+                "for the SavedModel (--force replaces only a folder holding a SavedModel)."
+            )
+        return out
+    if out.is_dir():
+        raise SpecError(f"--out {out} is a folder: give a file path for the {fmt} export.")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise SpecError(
+            f"--out {out} already exists: add --force to replace it, or choose another path."
+        )
     return out
 
 
@@ -101,10 +152,8 @@ def _write_export(ws: Workspace, run_id: str, fmt: str, model_file: Path, target
     elif fmt == "card":
         ws.write_json_atomic(target, model_card(ws, run_id))
     elif fmt == "savedmodel":
-        import keras
-
         staging = target.with_name(f".{target.name}.{time.time_ns()}")
-        keras.saving.load_model(str(model_file), compile=False).export(
+        load_run_model(ws, run_id).export(
             str(staging), format="tf_saved_model", verbose=False
         )
         try:

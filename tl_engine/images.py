@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 from .errors import DatasetError, SpecError
 
@@ -23,6 +26,25 @@ STORED_MAX_SIDE = 512
 # (see `max_image_pixels`), so a server's setting applies without a reload and a typo
 # in it is reported where it matters instead of breaking every import.
 MAX_IMAGE_PIXELS = 50_000_000
+# Decoded pixels held at once by every decode in the process together (ingest threads,
+# predictions, thumbnails); $TL_DECODE_BUDGET_BYTES overrides it. An image's share is its
+# decoded size times the working copies below, so large images decode one at a time and
+# an upload's memory stays bounded whatever it holds. One image larger than the whole
+# budget still decodes, alone.
+DECODE_BUDGET_BYTES = 512 * 1024**2
+# Pillow allocates image memory in blocks, 16 MB by default. glibc serves blocks that
+# size from per-thread arenas that keep the memory once the image is freed, so threads
+# decoding large images one after another would each keep hundreds of MB. Blocks of 64 MB
+# lie above glibc's mmap ceiling (32 MB) and go back to the system when freed. Smaller
+# images still get only the memory they need. $PILLOW_BLOCK_SIZE, when set, wins.
+_PILLOW_BLOCK_BYTES = 64 * 1024**2
+if "PILLOW_BLOCK_SIZE" not in os.environ:
+    Image.core.set_block_size(_PILLOW_BLOCK_BYTES)
+# Working bytes per pixel while shrinking: the decoded image (up to 4 bytes a pixel) and
+# one same-sized copy (premultiplied alpha, a palette expanded, 16 bits widened).
+_SHRINK_BYTES_PER_PIXEL = 8
+# Kept full size, an RGBA image is decoded, composited over white and converted to RGB.
+_FULL_SIZE_BYTES_PER_PIXEL = 16
 
 # Pillow names of the formats we decode. Restricting `Image.open` to these keeps
 # Pillow's rarer (and less battle-tested) parsers away from untrusted bytes.
@@ -44,9 +66,22 @@ _FOREIGN_SIGNATURES = (
     (0, b"<?xml", "SVG/XML"),
 )
 
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_REDUCING_GAP = 3.0
+
 _ORIENTATION_TAG = ExifTags.Base.Orientation
 # Orientations 5-8 include a quarter turn, so width and height trade places.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# What turns each EXIF orientation upright (as ImageOps.exif_transpose does).
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageRejected(DatasetError):
@@ -76,6 +111,44 @@ def max_image_pixels() -> int:
     return env_int("TL_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
 
 
+def decode_budget_bytes() -> int:
+    """The decode memory budget in force: $TL_DECODE_BUDGET_BYTES, else DECODE_BUDGET_BYTES."""
+    return env_int("TL_DECODE_BUDGET_BYTES", DECODE_BUDGET_BYTES)
+
+
+class MemoryBudget:
+    """A semaphore counted in bytes: `hold(n)` waits until n bytes fit under the capacity.
+
+    A request larger than the capacity is granted when nothing else is held, so one huge
+    item still goes through, alone, instead of waiting forever.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    @contextmanager
+    def hold(self, amount: int, capacity: int) -> Iterator[None]:
+        amount = max(0, min(int(amount), int(capacity)))
+        with self._changed:
+            while self._held and self._held + amount > capacity:
+                self._changed.wait()
+            self._held += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= amount
+                self._changed.notify_all()
+
+
+_DECODING = MemoryBudget()
+
+
 def env_int(variable: str, default: int) -> int:
     """A positive whole number from the environment, or `default` when unset."""
     value = os.environ.get(variable, "").strip().replace("_", "")
@@ -92,7 +165,7 @@ def env_int(variable: str, default: int) -> int:
 
 def open_rgb(data: bytes, name: str) -> Image.Image:
     """Decode `data` to a full-size, upright RGB image, or raise ImageRejected."""
-    image, _, _ = _decode(data, name, draft_side=None)
+    image, _, _ = _decode(data, name, max_side=None)
     return image
 
 
@@ -106,7 +179,7 @@ def shrink(img: Image.Image, max_side: int = STORED_MAX_SIDE) -> Image.Image:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # reducing_gap lets Pillow first reduce by an integer factor (cheap box filter), then
     # finish with Lanczos; visually indistinguishable and several times faster on photos.
-    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
 
 
 def to_jpeg_bytes(img: Image.Image, quality: int = 95) -> bytes:
@@ -117,8 +190,8 @@ def to_jpeg_bytes(img: Image.Image, quality: int = 95) -> bytes:
 
 def prepare(data: bytes, name: str, max_side: int = STORED_MAX_SIDE) -> Prepared:
     """Decode, rotate, convert and shrink: exactly the pixels ingest stores."""
-    image, (width, height), fmt = _decode(data, name, draft_side=max_side)
-    return Prepared(shrink(image, max_side), width, height, fmt)
+    image, (width, height), fmt = _decode(data, name, max_side=max_side)
+    return Prepared(image, width, height, fmt)
 
 
 def load_rgb_array(
@@ -145,14 +218,18 @@ def load_rgb_array(
 
 
 def _decode(
-    data: bytes, name: str, draft_side: int | None
+    data: bytes, name: str, max_side: int | None
 ) -> tuple[Image.Image, tuple[int, int], str]:
-    """The upright RGB image, the original (rotated) size and the format.
+    """The upright RGB image (shrunk to `max_side` when given), the original (rotated)
+    size and the format.
 
-    With `draft_side`, JPEGs are decoded with DCT scaling to no less than that size on
-    each side: 4-8x faster for camera photos, and the caller shrinks further anyway.
+    Decoding waits for its share of the process's decode budget, so large images decode
+    one at a time. With `max_side`, JPEGs are decoded with DCT scaling to no less than that
+    size on each side, and other formats are reduced by a whole factor right after decoding,
+    before any mode conversion, so no full-size copy is ever made.
     """
     limit = max_image_pixels()  # outside the try: a bad setting is not a bad image
+    budget = decode_budget_bytes()
     if not data:
         raise ImageRejected(name, "the file is empty")
     try:
@@ -171,28 +248,65 @@ def _decode(
         raise ImageRejected(name, f"not a readable image: the header is damaged ({exc})") from exc
 
     try:
-        if img.format not in _ACCEPTED_REPORTED:
+        fmt = str(img.format or "")
+        if fmt not in _ACCEPTED_REPORTED:
             raise ImageRejected(name, f"{img.format} images are not accepted: {_CONVERT_HINT}")
         width, height = img.size
         _check_pixels(name, width, height, limit)
-        orientation = _orientation(img)
-        if draft_side and img.format in ("JPEG", "MPO"):
-            img.draft(None, (draft_side, draft_side))
-        try:
-            img.load()
-        except Exception as exc:  # truncated data, bad Huffman tables, zlib errors, ...
-            raise ImageRejected(name, _damaged_reason(exc)) from exc
+        if max_side and fmt in ("JPEG", "MPO"):
+            img.draft(None, (max_side, max_side))
+        per_pixel = _SHRINK_BYTES_PER_PIXEL if max_side else _FULL_SIZE_BYTES_PER_PIXEL
+        cost = img.size[0] * img.size[1] * per_pixel  # after draft: what is decoded
+        with _DECODING.hold(cost, budget):
+            try:
+                img.load()
+            except Exception as exc:  # truncated data, bad Huffman tables, zlib errors, ...
+                raise ImageRejected(name, _damaged_reason(exc)) from exc
+            # Only now: a PNG's EXIF may follow its pixels, and asking for it earlier
+            # would make Pillow decode the image outside the budget.
+            orientation = _orientation(img)
+            sixteen_bit = img.mode.startswith("I;16")
+            if max_side:
+                img = _reduced(img, max_side)
+            img = _upright(img, orientation)
+            rgb = _to_rgb(img, name, sixteen_bit)
+            del img  # the decoded original goes before the budget is given back
+            if max_side:
+                rgb = shrink(rgb, max_side)
         if orientation in _QUARTER_TURNS:
             width, height = height, width
-        img = _upright(img, orientation)
-        rgb = _to_rgb(img, name)
-        return rgb, (width, height), str(img.format or "")
+        return rgb, (width, height), fmt
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageRejected(name, f"image is too large to decode safely: {exc}") from exc
     except Exception as exc:  # conversions on hostile data; never crash the whole ingest
         raise ImageRejected(name, f"not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _reduced(img: Image.Image, max_side: int) -> Image.Image:
+    """`img` shrunk by the whole factor `shrink` would first apply (its reducing gap), in a
+    mode that averages correctly; unchanged when it is not much larger than `max_side`."""
+    factor = int(max(img.size) / max_side / _REDUCING_GAP)
+    if factor < 2:
+        return img
+    img = _averageable(img)
+    return img.reduce(factor)
+
+
+def _averageable(img: Image.Image) -> Image.Image:
+    """A mode whose pixels can be averaged: palettes are expanded, one-bit becomes gray,
+    16-bit widens to 32-bit, and a transparent colour key becomes an alpha channel."""
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return img.convert("I")
+    if mode in ("P", "PA"):
+        return img.convert("RGBA" if mode == "PA" or img.has_transparency_data else "RGB")
+    if mode not in _ALPHA_MODES and img.has_transparency_data:
+        return img.convert("RGBA")
+    if mode == "1":
+        return img.convert("L")
+    return img
 
 
 def _check_pixels(name: str, width: int, height: int, limit: int) -> None:
@@ -221,22 +335,19 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _upright(img: Image.Image, orientation: int) -> Image.Image:
-    if orientation == 1:
-        return img
-    try:
-        upright = ImageOps.exif_transpose(img)
-    except Exception:
-        return img
-    return upright if upright is not None else img
+    # By the value read before decoding: a reduced or converted copy has no EXIF block.
+    method = _TRANSPOSES.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
-def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+def _to_rgb(img: Image.Image, name: str, sixteen_bit: bool = False) -> Image.Image:
+    """RGB pixels; `sixteen_bit` says a 32-bit integer image was widened from 16 bits."""
     mode = img.mode
     if mode == "RGB" and not img.has_transparency_data:
         return img
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return _high_depth_to_gray(img).convert("RGB")
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or img.has_transparency_data:
+        return _high_depth_to_gray(img, sixteen_bit).convert("RGB")
+    if mode in _ALPHA_MODES or img.has_transparency_data:
         # Transparent areas become white, not black: a cut-out product photo on white
         # is what the user sees in any viewer, and black would add a spurious signal.
         rgba = img.convert("RGBA")
@@ -252,9 +363,9 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
         ) from exc
 
 
-def _high_depth_to_gray(img: Image.Image) -> Image.Image:
+def _high_depth_to_gray(img: Image.Image, sixteen_bit: bool = False) -> Image.Image:
     pixels = np.asarray(img)
-    if img.mode.startswith("I;16"):
+    if sixteen_bit or img.mode.startswith("I;16"):
         # A 16-bit file declares its full scale, so map 0..65535 onto 0..255 for every
         # image alike. Stretching each image to its own range would erase brightness
         # differences between images (which may be what tells classes apart) and blow

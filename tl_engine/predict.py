@@ -32,6 +32,7 @@ from .datasets import (
 )
 from .errors import DatasetError
 from .images import load_rgb_array
+from .model_file import checked_model_path, load_run_model
 from .pipeline import to_model_input
 from .store import Workspace
 
@@ -41,6 +42,10 @@ _CACHE_SIZE = 4
 # then never holds more than this many decoded inputs in memory.
 _CHUNK = 256
 _UNSAFE_PATH = "unsafe path (absolute or containing '..'): not read"
+# Bytes unpacked from archives into one batch: what the batch holds until it is predicted.
+# Members past it are refused by name, so an archive of large (or hugely compressible)
+# members cannot fill the server's memory.
+MAX_BATCH_UNPACKED_BYTES = 512 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -160,16 +165,15 @@ _loaded_lock = threading.Lock()
 
 def load_predictor(ws: Workspace, run_id: str) -> Predictor:
     """The run's model, loaded once per process and kept (a few, least recently used)."""
-    import keras
-
     path = runs.model_path(ws, run_id)
     key = (str(path), path.stat().st_mtime)
     with _loaded_lock:
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
+    checked_model_path(ws, run_id)
     run = runs.get_run(ws, run_id)
-    model = keras.saving.load_model(str(path), compile=False)
+    model = load_run_model(ws, run_id)
     predictor = Predictor(model, runs.labels(ws, run_id), run.spec.image_size, run_id)
     with _loaded_lock:
         _loaded[key] = predictor
@@ -193,10 +197,11 @@ def prediction_batch(files: Iterable[tuple[str, bytes]]) -> list[BatchItem]:
     is left out. An archive that cannot be opened at all is one Refused item.
     """
     batch: list[BatchItem] = []
+    allowance = [MAX_BATCH_UNPACKED_BYTES]  # shared by every archive of the batch
     for name, data in files:
         if name.lower().endswith(".zip"):
             try:
-                batch.extend(images_in_zip(data, name))
+                batch.extend(_images_in_zip(data, name, allowance))
             except DatasetError as exc:
                 batch.append(Refused(name, str(exc)))
             continue
@@ -214,7 +219,13 @@ def images_in_zip(data: bytes, name: str) -> list[BatchItem]:
     """A .zip's files as a prediction batch, in archive order: (path inside the archive,
     bytes) per image, a `Refused` item for each member not read (unsafe path, encrypted,
     over a size limit, a compression bomb, not an image file). Members are only read once
-    accepted. Raises DatasetError when the archive is unreadable or over its limits."""
+    accepted, and at most MAX_BATCH_UNPACKED_BYTES of them. Raises DatasetError when the
+    archive is unreadable or over its limits."""
+    return _images_in_zip(data, name, [MAX_BATCH_UNPACKED_BYTES])
+
+
+def _images_in_zip(data: bytes, name: str, allowance: list[int]) -> list[BatchItem]:
+    """images_in_zip, drawing the bytes it unpacks from `allowance` (one mutable number)."""
     batch: list[BatchItem] = []
     with _open_zip(data, name) as archive:
         lock = threading.Lock()
@@ -229,8 +240,16 @@ def images_in_zip(data: bytes, name: str) -> list[BatchItem]:
                 continue
             path = "/".join(parts)
             problem = _member_problem(info) or _not_an_image(path)
-            batch.append(Refused(path, problem) if problem
-                         else _read_member(archive, info, path, lock))
+            if not problem and info.file_size > allowance[0]:
+                problem = (f"not read: the batch already holds "
+                           f"{_mb(MAX_BATCH_UNPACKED_BYTES - allowance[0])} of unpacked images "
+                           f"(limit {_mb(MAX_BATCH_UNPACKED_BYTES)}); predict the rest of "
+                           f"{name} in another batch")
+            if problem:
+                batch.append(Refused(path, problem))
+                continue
+            allowance[0] -= info.file_size
+            batch.append(_read_member(archive, info, path, lock))
     return batch
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,20 @@ DEFAULT_AUGMENTATION = ("flip", "rotation", "zoom")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 # "best": the epoch of the last phase with the best validation accuracy; "last": its final one.
 KEEP_WEIGHTS = ("best", "last")
+
+
+MAX_HIDDEN_UNITS = 8192
+MAX_SEED = 2**31 - 1  # TensorFlow's and NumPy's seeds are 32-bit
+
+
+def _check_whole(value: Any, low: int, high: int, setting: str) -> None:
+    """`value` is a whole number from `low` to `high`, or SpecError naming `setting`."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise SpecError(f"{setting} must be a whole number from {low} to {high}, not {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,19 @@ class RunSpec:
             raise SpecError(f"Unknown optimizer {self.optimizer!r}: use one of {OPTIMIZERS}.")
         if not 1 <= self.epochs <= 1000:
             raise SpecError("Epochs must be between 1 and 1000.")
+        _check_whole(self.hidden_units, 0, MAX_HIDDEN_UNITS,
+                     "Hidden units (--hidden-units; 0: no hidden layer)")
+        _check_whole(self.seed, 0, MAX_SEED, "Seed (--seed)")
+        _check_whole(self.early_stopping, 0, 1000,
+                     "Early-stopping patience (--early-stopping; 0: off)")
+        if self.strategy == "two-phase":
+            _check_whole(self.head_epochs, 1, 1000,
+                         "Head epochs (--head-epochs) of the two-phase strategy")
+            if not self.fine_tune_lr_factor > 0:
+                raise SpecError(
+                    "The fine-tuning learning-rate factor must be above 0, "
+                    f"not {self.fine_tune_lr_factor}."
+                )
         if not 1 <= self.batch_size <= 4096:
             raise SpecError("Batch size must be between 1 and 4096.")
         if not 0 < self.learning_rate < 10:
@@ -91,6 +119,9 @@ class RunSpec:
             self,
             image_size=size,
             weights=weights,
+            hidden_units=int(self.hidden_units),
+            seed=int(self.seed),
+            early_stopping=int(self.early_stopping),
             unfreeze=int(self.unfreeze) if fine_tunes_top else 0,
             unfreeze_unit=self.unfreeze_unit if fine_tunes_top else "layers",
             augment=tuple(sorted(set(self.augment))),
