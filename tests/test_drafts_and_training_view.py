@@ -113,6 +113,7 @@ def test_the_name_is_kept_in_the_url(monkeypatch, demo_ws):
     assert at.text_input(key="user_name").value == "Ann Lee"
 
 
+@pytest.mark.bad_input
 def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatch, demo_ws):
     (dataset,) = tle.list_datasets(demo_ws, "demo")
     mine = tle.submit_run(demo_ws, "demo", dataset.id, tle.RunSpec(**TINY_SPEC),
@@ -138,6 +139,7 @@ def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatc
             tle.cancel_run(demo_ws, run_id)
 
 
+@pytest.mark.bad_input
 def test_hostile_project_names_are_text_on_home(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     name = ws.ensure_project("[sign in again](http://127.0.0.1:9/) **x**")
@@ -185,6 +187,7 @@ def test_prediction_starts_on_my_newest_model(monkeypatch, demo_ws):
         assert at.selectbox(key="prediction_run").value == expected
 
 
+@pytest.mark.bad_input
 def test_hostile_names_are_text_in_every_banner(monkeypatch, tmp_path):
     """Home's "is training" banner and the Training page's live panel, with a Markdown
     project name and user name: no link, no image, no HTML reaches the page."""

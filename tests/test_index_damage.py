@@ -97,6 +97,7 @@ def test_run_folder_keeps_its_row_and_metrics(trained_workspace):
 
 # --- a damaged index ---------------------------------------------------------------
 @pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.fault
 def test_a_damaged_index_is_named_and_rebuilt_from_the_folders(
         trained_workspace, tmp_path, damage, capsys):
     ws, dataset, run = trained_workspace
@@ -136,6 +137,7 @@ def test_a_damaged_index_is_named_and_rebuilt_from_the_folders(
     assert check_workspace(root) == []
 
 
+@pytest.mark.fault
 def test_a_lost_index_over_folders_is_not_recreated_empty(trained_workspace, tmp_path):
     ws, dataset, run = trained_workspace
     root = _copy(ws, tmp_path / "ws")
@@ -178,6 +180,7 @@ def test_empty_projects_and_unfinished_runs_survive_a_rebuild(workspace, tiny_da
     assert tle.resume_run(rebuilt, run.id, start_worker=False).status == "queued"
 
 
+@pytest.mark.fault
 def test_damage_after_opening_is_named_too(trained_workspace, tmp_path):
     ws, dataset, run = trained_workspace
     opened = tle.Workspace(_copy(ws, tmp_path / "ws"))
@@ -190,6 +193,7 @@ def test_damage_after_opening_is_named_too(trained_workspace, tmp_path):
 
 
 # --- what doctor finds in a sound index --------------------------------------------
+@pytest.mark.fault
 def test_doctor_finds_missing_files_and_repairs_what_it_can(trained_workspace, tmp_path,
                                                            capsys):
     ws, dataset, run = trained_workspace
@@ -223,6 +227,7 @@ def test_doctor_finds_missing_files_and_repairs_what_it_can(trained_workspace, t
         p.message for p in report.problems if p.kind == "run")
 
 
+@pytest.mark.fault
 def test_doctor_reports_a_run_whose_worker_was_killed(workspace, tiny_dataset, capsys):
     ws = workspace
     run_id = tle.submit_run(ws, "test", tiny_dataset.id, tle.RunSpec(**LONG_TINY)).run_id
@@ -266,6 +271,7 @@ for n in range(1000, 1000 + 2 * int(sys.argv[3]), 2):
 """
 
 
+@pytest.mark.fault
 def test_backup_is_consistent_while_another_process_writes(trained_workspace, tmp_path):
     ws, dataset, run = trained_workspace
     root = _copy(ws, tmp_path / "ws")
@@ -332,6 +338,7 @@ def test_doctor_usage_errors_exit_2(tmp_path):
 
 # --- the dashboard -----------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["empty", "garbage"])
+@pytest.mark.fault
 def test_dashboard_names_a_damaged_index_and_stops(tmp_path, monkeypatch, damage):
     ws = tle.Workspace(tmp_path / "ws")
     ws.ensure_project("demo")
@@ -365,6 +372,7 @@ def _read_only_copy(ws: tle.Workspace, target: Path) -> Path:
     return root
 
 
+@pytest.mark.fault
 def test_a_read_only_workspace_lists_and_predicts(trained_workspace, tmp_path):
     ws, dataset, run = trained_workspace
     root = _read_only_copy(ws, tmp_path / "ro")

@@ -204,6 +204,7 @@ def test_an_empty_weights_folder_says_so_and_keeps_imagenet(monkeypatch, demo_ws
     assert at.session_state["spec_draft"]["weights"] == "imagenet"
 
 
+@pytest.mark.bad_input
 def test_a_draft_path_outside_the_folder_falls_back_to_imagenet_revealing_nothing(
         monkeypatch, demo_ws, weights_folder, coral_weights, tmp_path):
     rendered = []
@@ -231,6 +232,7 @@ def messages(report: dict) -> str:
     return "\n".join(report["errors"] + report["warnings"])
 
 
+@pytest.mark.bad_input
 def test_a_script_at_the_top_of_a_split_folder_is_named_as_not_an_image(workspace, tmp_path):
     root = split_tree(tmp_path / "pets")
 
@@ -242,6 +244,7 @@ def test_a_script_at_the_top_of_a_split_folder_is_named_as_not_an_image(workspac
     assert dataset.counts() == {"cats": 5, "dogs": 5}
 
 
+@pytest.mark.bad_input
 def test_a_stray_non_image_at_the_root_is_named(workspace, tmp_path):
     root = class_folders(tmp_path / "pets", {"cats": 2, "dogs": 2})
     (root / "labels.csv").write_text("file,label\n")
@@ -261,6 +264,7 @@ def test_an_image_at_the_top_of_a_split_folder_is_named_with_where_to_move_it(
     assert "ignored: not an image (train/vectorize.py)" in text
 
 
+@pytest.mark.bad_input
 def test_a_readme_inside_a_class_folder_is_named_with_its_reason(workspace, tmp_path):
     root = class_folders(tmp_path / "pets", {"cats": 2, "dogs": 2})
     (root / "cats" / "README.txt").write_text("photos from the shelter\n")
@@ -272,6 +276,7 @@ def test_a_readme_inside_a_class_folder_is_named_with_its_reason(workspace, tmp_
     assert "1 file(s) could not be used and were skipped — cats/README.txt: not an image" in text
 
 
+@pytest.mark.bad_input
 def test_an_empty_class_folder_is_named(workspace, tmp_path):
     root = split_tree(tmp_path / "pets")
     (root / "train" / "birds").mkdir()
@@ -281,6 +286,7 @@ def test_an_empty_class_folder_is_named(workspace, tmp_path):
             "least 2 images or remove the folder") in str(caught.value)
 
 
+@pytest.mark.bad_input
 def test_a_single_class_says_where_the_others_go(workspace, tmp_path):
     root = class_folders(tmp_path / "pets", {"cats": 3})
     with pytest.raises(DatasetError) as caught:

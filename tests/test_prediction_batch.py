@@ -80,6 +80,7 @@ def shown(elements) -> list[str]:
 
 
 @pytest.mark.parametrize("names", [("red.jpg", "red.jpg"), ("red.jpg", "copy of red.jpg")])
+@pytest.mark.bad_input
 def test_the_same_photo_twice_gets_two_cards(monkeypatch, trained_workspace, names):
     at = open_prediction_page(monkeypatch, trained_workspace)
     upload(at, [(name, RED, "image/jpeg") for name in names])
@@ -181,6 +182,7 @@ def test_a_zip_is_predicted_with_its_relative_paths(monkeypatch, trained_workspa
     assert "shots/bees/deep/b.png" in shown(at.text)
 
 
+@pytest.mark.bad_input
 def test_unsafe_and_non_image_members_are_refused_one_by_one(monkeypatch, trained_workspace):
     archive = zip_of({"../evil.jpg": RED, "notes/readme.txt": b"hello",
                       "photos/red.jpg": RED, "photos/fake.jpg": b"not an image"})
@@ -197,6 +199,7 @@ def test_unsafe_and_non_image_members_are_refused_one_by_one(monkeypatch, traine
     assert card_count(at) == 1 and len(at.error) == 3
 
 
+@pytest.mark.bad_input
 def test_images_in_zip_refuses_members_before_reading_them(monkeypatch):
     bomb = b"\0" * (11 * 1024**2)  # deflates ~1000x: over the bomb ratio, never unpacked
     archive = zip_of({"/abs.jpg": RED, "big.jpg": bomb, "ok/red.jpg": RED, "ok/": b""})
@@ -236,6 +239,7 @@ def test_a_folder_upload_keeps_relative_paths(monkeypatch, trained_workspace):
 # --- names shown as typed ---------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_hostile_file_names_are_shown_literally(monkeypatch, trained_workspace):
     names = ["**bold**.jpg", "<b>x</b>.png", ":red[alarm] $x$.jpg"]
     at = open_prediction_page(monkeypatch, trained_workspace)

@@ -282,6 +282,7 @@ def test_metrics_are_laid_out_wide_enough(monkeypatch, pair_root):
     assert min(c.weight for c in holding_metrics) >= 0.25  # four to a row at most
 
 
+@pytest.mark.bad_input
 def test_names_people_typed_are_shown_as_typed(monkeypatch, pair_ws):
     run = tle.list_runs(pair_ws, "pair")[0]
     hostile = "![x](http://host/p.png) [sign in](http://evil)"
