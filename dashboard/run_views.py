@@ -213,22 +213,13 @@ def predictions_table(predictions: Sequence[tle.Prediction],
     return table
 
 
-def literal_markdown(text: str) -> str:
-    """`text` escaped for Markdown elements (st.error, st.caption…): every ASCII punctuation
-    mark gets a backslash, so file names such as `**x**.jpg` or `<b>x</b>.png` show as typed."""
-    return "".join(f"\\{c}" if c in _MARKDOWN_PUNCTUATION else c for c in text)
-
-
-_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-
-
 def prediction_card(prediction: tle.Prediction, data: bytes | None, position: int) -> None:
     """One image's card; `position` (its place in the batch) keys the card's elements, so
     the same photo twice in a batch gets two cards."""
     with st.container(border=True):
         if prediction.error:
             st.text(prediction.name)
-            st.error(literal_markdown(prediction.error), icon=":material/broken_image:")
+            st.error(md_escape(prediction.error), icon=":material/broken_image:")
             return
         picture, result = st.columns([2, 3], vertical_alignment="center")
         picture.image(thumbnail(data), width="stretch", alt=prediction.name)

@@ -218,12 +218,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
-    # The outermost wrapper: the terminal reporter's summary ("N passed in ...") is written
-    # by the time this runs, so the tally is the run's last line, with -q too.
-    result = yield
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(_TALLY.line())
-    return result
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Written just before pytest's own closing line ("N passed in ..."), which stays last
+    # for whatever reads a test run's outcome from its final line.
+    terminalreporter.write_line(_TALLY.line())

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
 from dashboard import run_views
+from dashboard.text import md_escape
 from tl_engine.runs import evaluation as run_evaluation
 
 
@@ -225,7 +226,7 @@ def test_prediction_of_uploads_with_a_bad_file(monkeypatch, demo_root):
     assert predicted == ["red", "green"]
     assert {m.label: m.value for m in at.metric}["Unreadable"] == "1"
     (error,) = at.error
-    assert run_views.literal_markdown("x.jpg") in error.value
+    assert md_escape("x.jpg") in error.value
     table = at.dataframe[0].value
     assert table["path"].tolist() == ["red.jpg", "x.jpg", "green.jpg"]
     assert table["label"].tolist() == ["red", "", "green"]

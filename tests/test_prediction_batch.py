@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
 from dashboard import run_views
+from dashboard.text import md_escape
 
 CLASSES = ["blue", "green", "red"]
 PROBABILITY_COLUMNS = [f"p({label})" for label in CLASSES]
@@ -253,12 +254,12 @@ def test_hostile_file_names_are_shown_literally(monkeypatch, trained_workspace):
     assert not any(name in value for name in names for value in markdown)
     assert all(not caption for image in at.image for caption in image.captions)
     (error,) = at.error
-    assert error.value.startswith(run_views.literal_markdown(names[1]))
+    assert error.value.startswith(md_escape(names[1]))
 
 
-def test_literal_markdown_escapes_every_markdown_mark():
-    escaped = run_views.literal_markdown("**a** <b>_c_</b> :red[d] $e$ `f` [g](h)")
-    assert escaped == (r"\*\*a\*\* \<b\>\_c\_\<\/b\> \:red\[d\] \$e\$ \`f\` \[g\]\(h\)")
+def test_md_escape_escapes_every_markdown_mark():
+    escaped = md_escape("**a** <b>_c_</b> :red[d] $e$ `f` [g](h)")
+    assert escaped == (r"\*\*a\*\* \<b\>\_c\_\</b\> \:red\[d\] \$e\$ \`f\` \[g\]\(h)")
 
 
 def test_prediction_batch_keeps_order_and_skips_junk():

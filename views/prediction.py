@@ -5,6 +5,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import run_views, state
+from dashboard.text import md_escape
 
 st.title("Prediction")
 project = state.require_project()
@@ -19,7 +20,7 @@ if not completed:
 run = run_views.pick_run(completed, "Model", key="prediction_run")
 with state.engine_errors():
     model = run_views.predictor(str(ws.root), run.id)
-    classes = ", ".join(run_views.literal_markdown(label) for label in model.labels)
+    classes = ", ".join(md_escape(label) for label in model.labels)
     st.caption(f"Classes: {classes} · input {model.image_size} px · "
                f"trained on {run.summary.get('n_train', '?')} images")
 
