@@ -40,6 +40,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 _CACHE_SIZE = 4
 # Images decoded and sent to the model at a time: a batch of thousands (a whole archive)
 # then never holds more than this many decoded inputs in memory.
+_MODEL_BATCH = 64  # images per model call: bounds the activations held at once
 _CHUNK = 256
 _UNSAFE_PATH = "unsafe path (absolute or containing '..'): not read"
 # Bytes unpacked from archives into one batch: what the batch holds until it is predicted.
@@ -117,8 +118,13 @@ class Predictor:
         return name, to_model_input(rgb, self.image_size)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        # predict_on_batch reuses one compiled function: about 15 ms for one photo where
+        # Model.predict spends about 90 ms setting up its input pipeline on every call.
+        batch = batch.astype(np.float32)
         with self._lock:
-            return np.asarray(self.model.predict(batch.astype(np.float32), verbose=0))
+            parts = [np.asarray(self.model.predict_on_batch(batch[start:start + _MODEL_BATCH]))
+                     for start in range(0, len(batch), _MODEL_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
         """One Prediction per image, in order: the top-k classes and every class's
