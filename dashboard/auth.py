@@ -115,19 +115,21 @@ def _write_cookie(token: str) -> None:
 def sign_in_page() -> None:
     """All a visitor who is not signed in sees; the caller stops the script after it."""
     chosen = mode()
-    st.title("Transfer Learning Studio")
-    if chosen not in MODES:
-        st.error(f"TL_AUTH is set to {md_escape(chosen)}, which is not one of "
-                 f"{', '.join(MODES)}: nobody can sign in until the administrator fixes it.",
-                 icon=":material/block:")
-        return
-    _, middle, _ = st.columns([1, 2, 1])
-    with middle, st.container(border=True):
-        st.subheader("Sign in")
-        if chosen == "oidc":
-            _oidc_sign_in()
-        else:
-            _account_sign_in()
+    _, middle, _ = st.columns([1, 2.2, 1])
+    with middle:
+        st.title("Transfer Learning Studio")
+        if chosen not in MODES:
+            st.error(f"TL_AUTH is set to {md_escape(chosen)}, which is not one of "
+                     f"{', '.join(MODES)}: nobody can sign in until the administrator fixes "
+                     "it.", icon=":material/block:")
+            return
+        st.caption("Image classifiers from a few hundred labelled photos, for your team.")
+        with st.container(border=True):
+            st.subheader("Sign in")
+            if chosen == "oidc":
+                _oidc_sign_in()
+            else:
+                _account_sign_in()
     if chosen == "accounts":
         _write_cookie("")  # a stale or signed-out token: the browser forgets it too
 
@@ -186,8 +188,8 @@ def _sign_out() -> None:
 
 def account_box(identity: tle.Identity) -> None:
     """Who is signed in, and Sign out."""
-    badge = " · admin" if identity.admin else ""
-    st.caption(f":material/account_circle: Signed in as **{md_escape(identity.name)}**{badge}")
+    st.caption(":material/account_circle: Signed in as" + (" admin" if identity.admin else ""))
+    st.text(identity.name)  # a name or an e-mail address: text, never a link
     if mode() == "oidc":
         if st.button("Sign out", icon=":material/logout:", key="sign_out", width="stretch"):
             st.logout()
