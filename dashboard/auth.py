@@ -188,7 +188,7 @@ def _sign_out() -> None:
 
 def account_box(identity: tle.Identity) -> None:
     """Who is signed in, and Sign out."""
-    st.caption(":material/account_circle: Signed in as" + (" admin" if identity.admin else ""))
+    st.caption(":material/account_circle: Signed in" + (" · admin" if identity.admin else ""))
     st.text(identity.name)  # a name or an e-mail address: text, never a link
     if mode() == "oidc":
         if st.button("Sign out", icon=":material/logout:", key="sign_out", width="stretch"):

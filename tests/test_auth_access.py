@@ -297,7 +297,7 @@ def test_a_visitor_sees_only_the_sign_in_whatever_the_link(monkeypatch, team_roo
     assert texts(at.subheader) == "Sign in"
     assert at.text_input(key="sign_in_name") and at.text_input(key="sign_in_password")
     shown = all_shown(at)
-    for secret in ("demo", run_id, "secret", "Your name", "Sign out", "Project"):
+    for secret in ("demo", run_id, "secret", "Your name", "Sign out", "Signed in", "Project"):
         assert secret not in shown, secret
     assert not at.sidebar.children or "selectbox" not in str(at.sidebar)
 
@@ -315,7 +315,7 @@ def test_signing_in_through_the_form_then_out(monkeypatch, team_root):
     assert not at.exception
     # The deep link still holds: the Training page of "demo", as vera.
     assert "Training" in texts(at.title)
-    assert "Signed in as" in texts(at.sidebar.caption) and "vera" in texts(at.sidebar.text)
+    assert "Signed in" in texts(at.sidebar.caption) and "vera" in texts(at.sidebar.text)
     assert not [t for t in at.text_input if t.label == "Your name"]
     assert "You are a viewer in this project" in texts(at.info)
     token = at.session_state["auth_token"]
@@ -366,7 +366,7 @@ def test_the_picker_lists_only_the_projects_one_may_open(monkeypatch, team_root)
     assert at.sidebar.selectbox[0].options == ["demo"]
     at = open_as(monkeypatch, team_root, "root")
     assert at.sidebar.selectbox[0].options == ["demo", "secret"]
-    assert "Signed in as admin" in texts(at.sidebar.caption)
+    assert "Signed in · admin" in texts(at.sidebar.caption)
     assert "root" in texts(at.sidebar.text)
 
 

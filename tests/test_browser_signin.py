@@ -29,6 +29,8 @@ from test_browser_flow import (
     _wait_healthy,
 )
 
+from dashboard.auth import SESSION_COOKIE
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 PASSWORD = "correct horse battery"
@@ -67,7 +69,7 @@ def _studio(tmp_path: Path, env: dict[str, str], secrets_file: Path) -> Iterator
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    inherited = {k: v for k, v in os.environ.items() if k != "TL_AUTH"}  # the test decides
+    inherited = {k: v for k, v in os.environ.items() if k not in ("TL_AUTH", "TL_ADMINS")}
     env = {**inherited, "TL_WORKSPACE": str(tmp_path / "ws"), "TL_OFFLINE": "1",
            "TF_CPP_MIN_LOG_LEVEL": "3", **env}
     text = secrets_file.read_text() if secrets_file.exists() else ""
@@ -134,10 +136,12 @@ def test_accounts_sign_in_and_a_project_refused_to_a_non_member(tmp_path):
         expect(ann.get_by_text("Wrong name or password.")).to_be_visible()
         _sign_in(ann, url, "ann")
         sidebar = ann.get_by_test_id("stSidebar")
-        expect(sidebar.get_by_text("Signed in as")).to_be_visible()
+        expect(sidebar.get_by_text("Signed in")).to_be_visible()
         expect(sidebar.get_by_text("ann", exact=True)).to_be_visible()
         expect(sidebar.get_by_role("link", name="ann")).to_have_count(0)
         expect(sidebar.get_by_label("Your name")).to_have_count(0)
+        # The page stores the session in a cookie: a new page load signs in with it.
+        ann.wait_for_function(f"document.cookie.includes('{SESSION_COOKIE}=')")
         ann.goto(url)
         # The first page past the sign-in loads TensorFlow (the sidebar's hardware line).
         ann.get_by_role("heading", name="Create your first project").wait_for(
@@ -158,6 +162,7 @@ def test_accounts_sign_in_and_a_project_refused_to_a_non_member(tmp_path):
         _sign_in(bob, url, "bob")
         expect(bob.get_by_role("heading", name="Create your first project")).to_be_visible()
         expect(bob.get_by_test_id("stSidebar").get_by_label("Project")).to_have_count(0)
+        bob.wait_for_function(f"document.cookie.includes('{SESSION_COOKIE}=')")
         bob.goto(f"{url}/runs?project=Insects")
         expect(bob.get_by_text("You don't have access to project “Insects”; ask its owner")
                ).to_be_visible()
@@ -168,7 +173,7 @@ def test_accounts_sign_in_and_a_project_refused_to_a_non_member(tmp_path):
         # Signing out ends the session: a reload asks again.
         bob.get_by_test_id("stSidebar").get_by_role("button", name="Sign out").click()
         expect(bob.get_by_role("heading", name="Sign in")).to_be_visible()
-        _idle(bob)
+        bob.wait_for_function(f"!document.cookie.includes('{SESSION_COOKIE}=')")
         bob.reload()
         expect(bob.get_by_role("heading", name="Sign in")).to_be_visible()
         browser.close()
@@ -200,7 +205,7 @@ def test_oidc_sign_in_through_the_organisations_provider(tmp_path, oidc_provider
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     secrets_file = tmp_path / "secrets.toml"
     secrets_file.write_text(
-        'TL_AUTH = "oidc"\n\n[auth]\n'
+        'TL_AUTH = "oidc"\nTL_ADMINS = "it@example.org, Alice@Example.org"\n\n[auth]\n'
         'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
         f'cookie_secret = "{secrets.token_hex(32)}"\n'
         'client_id = "transfer-learning-studio"\n'
@@ -225,9 +230,10 @@ def test_oidc_sign_in_through_the_organisations_provider(tmp_path, oidc_provider
         expect(sidebar.get_by_text("alice@example.org")).to_be_visible(
             timeout=FIRST_PAGE_TIMEOUT_MS)
         expect(sidebar.get_by_role("link", name="alice@example.org")).to_have_count(0)
+        expect(sidebar.get_by_text("Signed in · admin")).to_be_visible()  # TL_ADMINS
         expect(sidebar.get_by_label("Your name")).to_have_count(0)
         _create_project(page, "Bolts")
-        expect(page.get_by_text("Your role here: owner")).to_be_visible()
+        expect(page.get_by_text("Your role here: admin")).to_be_visible()
         _shot(page, "signin-05-oidc-signed-in")
 
         # Signing out ends the provider's session too (its end-session page), then back here.
