@@ -4,9 +4,13 @@ old folder-based mode for the first request of a deep link)."""
 
 import streamlit as st
 
-from dashboard import runtime, state, widgets
+from dashboard import access, auth, runtime, state, widgets
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧪", layout="wide")
+
+# Who is there decides what shows: with sign-in on, a visitor sees the sign-in page only,
+# whatever page or project a link names (the link still works once they are signed in).
+identity = auth.current_identity()
 
 # Navigation first: Streamlit then never shows its automatic pages/ listing meanwhile.
 page = st.navigation(
@@ -18,19 +22,30 @@ page = st.navigation(
         st.Page("views/training.py", title="Training", icon=":material/model_training:"),
         st.Page("views/prediction.py", title="Prediction", icon=":material/image_search:"),
         st.Page("views/runs.py", title="Runs", icon=":material/leaderboard:"),
-    ]
+    ],
+    position="sidebar" if identity else "hidden",
 )
+
+if identity is None:
+    auth.sign_in_page()
+    st.stop()
 
 with st.sidebar:
     project = widgets.project_picker()
     if project and st.query_params.get("project") != project:
         # Page switches drop the query string; put the project back so links stay shareable.
         st.query_params["project"] = project
-    widgets.user_name_field()
+    if auth.mode() == "none":
+        widgets.user_name_field()
+    else:
+        auth.account_box(identity)
     device = state.device()
     st.caption(f":material/developer_board: {device.label}  \n"
                f"TensorFlow {device.tensorflow} · Keras {device.keras}")
 
+if (denied := access.denied_project()) is not None:
+    access.refuse_project(denied)
+    st.stop()
 
 try:
     page.run()

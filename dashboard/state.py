@@ -45,8 +45,12 @@ def device() -> tle.DeviceInfo:
 
 
 def current_project() -> str | None:
+    """The project in the URL or chosen in this session, if the signed-in person may open
+    it (in laptop mode: if it exists)."""
+    from dashboard import access  # access builds on this module
+
     name = st.query_params.get("project") or st.session_state.get("project")
-    if name and name in workspace().list_projects():
+    if name and name in access.visible_projects():
         return name
     return None
 
@@ -142,6 +146,11 @@ def load_run_settings(spec: tle.RunSpec) -> None:
 
 def user_name() -> str | None:
     """Who starts a run: the signed-in user when auth is configured, else what they typed."""
+    from dashboard import auth  # auth builds on this module
+
+    if auth.mode() != "none":
+        signed_in = auth.current_identity()
+        return signed_in.name if signed_in else None
     try:
         if st.user.is_logged_in:
             return st.user.get("email") or st.user.get("name")

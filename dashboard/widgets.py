@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import charts, state
+from dashboard import access, charts, state
 from dashboard.text import md_escape
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -196,8 +196,9 @@ def create_project_form(key: str, label: str = "New project name") -> None:
     with st.form(f"{key}_form", clear_on_submit=True, border=False):
         name = st.text_input(label, key=f"{key}_name", placeholder="e.g. bolts-qa")
         if st.form_submit_button("Create project", type="primary"):
-            with state.engine_errors():
-                created = state.workspace().ensure_project(name)
+            with access.shown_errors():
+                created = tle.access.create_project(state.workspace(), access.identity(),
+                                                    name)
                 state.set_project(created)
                 st.rerun()
 
@@ -210,7 +211,7 @@ def new_project_dialog() -> None:
 
 def project_picker() -> str | None:
     """The sidebar's project selector; returns the current project."""
-    projects = state.workspace().list_projects()
+    projects = access.visible_projects()
     current = state.current_project()
     if current and st.session_state.get("project") != current:
         # Arrived through a link: remember the project for when page switches drop the URL.

@@ -4,6 +4,9 @@ evaluation, prediction and export over a persistent workspace. No UI code lives 
 Importing this package does not import TensorFlow; the functions that need it do.
 """
 
+from . import access, accounts
+from .access import AccessDenied, Identity, Role
+from .accounts import SignInRefused
 from .datasets import (
     Dataset,
     ImageRecord,
@@ -80,6 +83,12 @@ from .weights import (
 )
 
 __all__ = [
+    "AccessDenied",
+    "Identity",
+    "Role",
+    "SignInRefused",
+    "access",
+    "accounts",
     "AUGMENTATIONS",
     "BACKBONES",
     "Backbone",

@@ -307,6 +307,69 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# --- accounts (TL_AUTH=accounts) ---------------------------------------------------------
+
+
+def _read_password(name: str) -> str:
+    """One line from stdin, never echoed: typed at a prompt, or piped in."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"Password for {name}: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    from .accounts import add_account
+
+    account = add_account(Workspace(args.workspace), args.name, _read_password(args.name),
+                          admin=args.admin)
+    print(f"added {account.name}" + (" (admin)" if account.admin else ""))
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    import time
+
+    from .accounts import list_accounts
+
+    rows = [{"name": a.name, "admin": "yes" if a.admin else "no",
+             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created_at))}
+            for a in list_accounts(Workspace(args.workspace))]
+    if args.json:
+        _print_json(rows)
+    else:
+        print(_table(rows, ["name", "admin", "created"]) if rows else "no accounts yet")
+    return 0
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    from .accounts import remove_account
+
+    remove_account(Workspace(args.workspace), args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def _add_users_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    users = sub.add_parser("users", parents=[common],
+                           help="accounts for TL_AUTH=accounts: add, list, remove")
+    commands = users.add_subparsers(dest="users_command", required=True)
+    p = commands.add_parser("add", parents=[common],
+                            help="add an account; the password is read from stdin")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="may see and manage every project")
+    p.set_defaults(func=cmd_users_add)
+    p = commands.add_parser("list", parents=[common], help="accounts: name, admin, created")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_users_list)
+    p = commands.add_parser("remove", parents=[common],
+                            help="remove an account, its sessions and its memberships")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_users_remove)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", default=argparse.SUPPRESS,
@@ -401,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the backup file, outside the workspace")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_backup)
+
+    _add_users_parser(sub, common)
 
     p = sub.add_parser("worker", parents=[common], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)

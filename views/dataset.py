@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import charts, state, widgets
+from dashboard import access, charts, state, widgets
 from dashboard.text import md_escape
 
 PER_PAGE = 24
@@ -29,6 +29,7 @@ st.caption("Photos in, one folder (or upload box) per class. Every file is check
 
 if flash := st.session_state.pop("dataset_flash", None):
     st.success(flash, icon=":material/check_circle:")
+access.role_note(project, "upload", "add or delete datasets")
 
 # Bumping the generation gives every uploader a new key: the way to empty them.
 gen = st.session_state.setdefault("upload_gen", 0)
@@ -49,6 +50,8 @@ def show_problems(report: dict[str, Any]) -> None:
 
 def ingest(what: str, make: Callable[[Callable[[int, int], None]], tle.Dataset]) -> None:
     """Run one engine ingest with a progress bar; select the result or show what failed."""
+    if not access.permit("upload", project):
+        return
     bar = st.progress(0.0, text=f"Reading {what}…")
 
     def progress(done: int, total: int) -> None:
@@ -360,7 +363,8 @@ with st.expander("Delete this dataset", icon=":material/delete:"):
     st.caption("Removes the dataset from the project. Runs that use it must be deleted first; "
                "stored images stay for other datasets that share them.")
     confirm = st.checkbox(f"Yes, delete “{dataset.name}”", key=f"confirm_delete_{dataset.id}")
-    if st.button("Delete dataset", disabled=not confirm, key="delete_dataset"):
+    if st.button("Delete dataset", disabled=not confirm, key="delete_dataset") and (
+            access.permit("delete_dataset", project)):
         with state.engine_errors():
             tle.delete_dataset(ws, dataset.id)  # the newest remaining one is shown next
             st.session_state["dataset_flash"] = f"Deleted “{dataset.name}”."

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import state, widgets
+from dashboard import access, state, widgets
 from dashboard.text import md_escape
 
 
@@ -36,9 +36,11 @@ project = state.current_project()
 if project is None:
     with st.container(border=True):
         st.subheader("Create your first project")
-        st.caption("A project holds your datasets and training runs; your team sees it too.")
+        st.caption("A project holds your datasets and training runs; "
+                   + ("you choose who else sees it." if access.checks_apply()
+                      else "your team sees it too."))
         widgets.create_project_form("home_new", label="Project name")
-    if ws.list_projects():
+    if access.visible_projects():
         st.caption("…or pick an existing project in the sidebar.")
     show_hardware()
     st.stop()
@@ -91,4 +93,5 @@ with st.container(border=True):
         st.page_link("views/runs.py", label="Compare runs and export a model",
                      icon=":material/leaderboard:")
 
+access.members_panel(project)
 show_hardware()

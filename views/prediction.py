@@ -4,7 +4,7 @@ a camera shot): a card per image, and a table of every class's probability to do
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import run_views, state
+from dashboard import access, run_views, state
 from dashboard.text import md_escape
 
 st.title("Prediction")
@@ -18,6 +18,8 @@ if not completed:
     st.stop()
 
 run = run_views.pick_run(completed, "Model", key="prediction_run")
+if not access.permit("predict", project, run):
+    st.stop()
 with state.engine_errors():
     model = run_views.predictor(str(ws.root), run.id)
     classes = ", ".join(md_escape(label) for label in model.labels)

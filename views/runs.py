@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import charts, run_views, state, widgets
+from dashboard import access, charts, run_views, state, widgets
 from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
@@ -66,6 +66,41 @@ with state.engine_errors():
         st.table(md_escape_frame(run_views.comparison_table(chosen, evaluations)))
         if len(chosen) > 1:
             st.caption("Only the settings that differ among these runs are listed.")
+
+
+def export_panel(run: tle.RunRecord) -> None:
+    """Every export format of a completed run, prepared on request."""
+    if not access.permit("export", project, run):
+        return
+    st.caption("Every export takes RGB pixels 0–255 at "
+               f"{run.spec.image_size}×{run.spec.image_size} and predicts what this "
+               "app predicts; the model card says so in full.")
+    # Prepared exports are kept for the run on screen only: models can be large.
+    exports = st.session_state.setdefault("exports", {})
+    for other in [k for k in exports if k != run.id]:
+        del exports[other]
+    prepared = exports.setdefault(run.id, {})
+    for fmt, (label, purpose) in EXPORTS.items():
+        name_col, purpose_col, action_col = st.columns([2, 4, 2],
+                                                       vertical_alignment="center")
+        name_col.markdown(f"**{label}**")
+        purpose_col.caption(purpose)
+        with action_col:
+            slot = st.empty()  # the Prepare button, then its spinner, then the download
+            if fmt in INSTANT:
+                prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
+            elif fmt not in prepared and slot.button(
+                    "Prepare", key=f"prep_{fmt}", icon=":material/build:",
+                    help="Converting can take a few seconds."):
+                with slot, st.spinner(f"Preparing {label}…"):
+                    prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
+            if fmt in prepared:
+                name, data = prepared[fmt]
+                slot.download_button(
+                    f"Download · {run_views.file_size(len(data))}", data,
+                    file_name=name, key=f"dl_{fmt}", icon=":material/download:",
+                    type="secondary" if fmt in INSTANT else "primary")
+
 
 # --- one run ---------------------------------------------------------------------------------
 st.header("Run details")
@@ -135,34 +170,7 @@ with state.engine_errors():
                             run_views.mistake_card(ws, mistake)
 
         with export:
-            st.caption("Every export takes RGB pixels 0–255 at "
-                       f"{run.spec.image_size}×{run.spec.image_size} and predicts what this "
-                       "app predicts; the model card says so in full.")
-            # Prepared exports are kept for the run on screen only: models can be large.
-            exports = st.session_state.setdefault("exports", {})
-            for other in [k for k in exports if k != run.id]:
-                del exports[other]
-            prepared = exports.setdefault(run.id, {})
-            for fmt, (label, purpose) in EXPORTS.items():
-                name_col, purpose_col, action_col = st.columns([2, 4, 2],
-                                                               vertical_alignment="center")
-                name_col.markdown(f"**{label}**")
-                purpose_col.caption(purpose)
-                with action_col:
-                    slot = st.empty()  # the Prepare button, then its spinner, then the download
-                    if fmt in INSTANT:
-                        prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
-                    elif fmt not in prepared and slot.button(
-                            "Prepare", key=f"prep_{fmt}", icon=":material/build:",
-                            help="Converting can take a few seconds."):
-                        with slot, st.spinner(f"Preparing {label}…"):
-                            prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
-                    if fmt in prepared:
-                        name, data = prepared[fmt]
-                        slot.download_button(
-                            f"Download · {run_views.file_size(len(data))}", data,
-                            file_name=name, key=f"dl_{fmt}", icon=":material/download:",
-                            type="secondary" if fmt in INSTANT else "primary")
+            export_panel(run)
 
         with settings:
             st.dataframe(run_views.spec_table(run.spec), hide_index=True)
@@ -173,7 +181,8 @@ with state.engine_errors():
     with st.expander("Delete this run"):
         sure = st.checkbox(f"Yes, delete run {md_escape(run.id)}, its model and exports",
                            key=f"confirm_delete_{run.id}")
-        if st.button("Delete run", type="primary", disabled=not sure, key="delete_run"):
+        if st.button("Delete run", type="primary", disabled=not sure, key="delete_run") and (
+                access.permit("delete_run", project, run)):
             tle.delete_run(ws, run.id)
             st.session_state.get("exports", {}).pop(run.id, None)
             state.set_run(None)

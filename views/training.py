@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import run_views, state, widgets
+from dashboard import access, run_views, state, widgets
 from dashboard.text import md_escape
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1]
@@ -27,6 +27,7 @@ st.caption("Runs train in a background worker, one at a time: leave this page, c
 if flash := st.session_state.pop("training_flash", None):
     kind, text = flash
     getattr(st, kind)(text, icon=":material/info:" if kind == "info" else ":material/check_circle:")
+access.role_note(project, "train", "start training runs")
 
 
 # --- the settings form ---------------------------------------------------------------
@@ -91,7 +92,7 @@ def settings_form(dataset: tle.Dataset) -> None:
                                  help="Train again even if an identical run exists.")
         submitted = st.form_submit_button("Start training", type="primary",
                                           icon=":material/play_arrow:")
-    if not submitted:
+    if not submitted or not access.permit("train", project):
         return
     s = st.session_state
     state.update_spec(
@@ -267,7 +268,8 @@ def live_panel(shown_id: str | None, shown_status: str | None,
                          f"{md_escape(run.spec.backbone)} · started by "
                          f"{md_escape(run.started_by or 'anonymous')}")
         if cols[1].button("Cancel run", key=f"cancel_{run.id}", icon=":material/stop:",
-                          disabled=run.cancel_requested):
+                          disabled=run.cancel_requested) and access.permit("cancel_run",
+                                                                           project, run):
             with state.engine_errors():
                 tle.cancel_run(ws, run.id)
                 st.rerun()
@@ -282,6 +284,8 @@ def live_panel(shown_id: str | None, shown_status: str | None,
 
 
 def use_head_weights(run_id: str) -> None:
+    if not access.permit("change_run", project, tle.get_run(ws, run_id)):
+        return
     with state.engine_errors():
         tle.use_head_phase_weights(ws, run_id)
         st.session_state["training_flash"] = ("success", "The model now holds the head-phase "
@@ -335,7 +339,7 @@ def final_panel(run: tle.RunRecord) -> None:
                           icon=":material/image_search:")
         cols[1].page_link("views/runs.py", label="Compare runs", icon=":material/leaderboard:")
     elif cols[0].button("Resume", key=f"resume_{run.id}", icon=":material/play_arrow:",
-                        type="primary"):
+                        type="primary") and access.permit("resume_run", project, run):
         with state.engine_errors():
             tle.resume_run(ws, run.id)
             st.rerun()
