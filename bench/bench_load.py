@@ -8,7 +8,11 @@ random turn. Reported: pages and predictions served, p50/p95 latency (request to
 end of the script run), and errors (exceptions on a page, failed uploads, dropped
 connections), which must be 0. No figure is asserted.
 
-    python bench/bench_load.py [--sessions 4] [--seconds 60] [--json]
+    python bench/bench_load.py [--sessions 4] [--seconds 60] [--auth none|accounts] [--json]
+
+With `--auth accounts` (the default) the app runs with TL_AUTH=accounts and each session
+is a different signed-in person (an account, an editor of the project) whose browser
+holds a session cookie, as after signing in through the form.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ class Tally:
 class Session:
     """One browser tab's conversation with the server, without the browser."""
 
-    def __init__(self, url: str, query: str) -> None:
+    def __init__(self, url: str, query: str, cookies: dict[str, str] | None = None) -> None:
         self.url, self.query = url, query
+        self.cookies = dict(cookies or {})
         self.session_id = ""
         self.widgets: dict[str, str] = {}  # label -> widget id, from the last page drawn
 
@@ -56,11 +61,12 @@ class Session:
         self.http = httpx.AsyncClient(base_url=self.url, timeout=120)
         health = await self.http.get("/_stcore/health")  # sets the XSRF cookie
         self.xsrf = health.cookies.get(XSRF_COOKIE, "")
+        self.cookies[XSRF_COOKIE] = self.xsrf
         host = self.url.split("//", 1)[1]
+        cookie_header = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
         self.ws = await websockets.connect(
             f"ws://{host}/_stcore/stream", subprotocols=["streamlit", self.xsrf],
-            additional_headers={"Cookie": f"{XSRF_COOKIE}={self.xsrf}", "Origin": self.url},
-            max_size=None)
+            additional_headers={"Cookie": cookie_header, "Origin": self.url}, max_size=None)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -95,6 +101,9 @@ class Session:
                 element = message.delta.new_element
                 if element.WhichOneof("type") == "exception":
                     exceptions.append(element.exception.message)
+                elif (element.WhichOneof("type") == "heading"
+                      and element.heading.body == "Sign in"):
+                    exceptions.append("shown the sign-in page: the session cookie was refused")
                 elif element.WhichOneof("type") == "file_uploader":
                     self.widgets[element.file_uploader.label] = element.file_uploader.id
             elif kind == "script_finished":
@@ -128,10 +137,10 @@ class Session:
 
 
 async def _person(number: int, url: str, photos: list[Path], until: float,
-                  tally: Tally) -> None:
+                  tally: Tally, cookies: dict[str, str]) -> None:
     rng = random.Random(number)
     try:
-        async with Session(url, f"project=load&user=person-{number}") as tab:
+        async with Session(url, f"project=load&user=person-{number}", cookies) as tab:
             await tab.run("")
             while time.monotonic() < until:
                 started = time.perf_counter()
@@ -166,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--auth", choices=("none", "accounts"), default="accounts")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -179,12 +189,22 @@ def main() -> None:
     first = tle.submit_run(ws, "load", dataset.id, tle.RunSpec(epochs=3), started_by="setup")
     assert tle.wait_for_run(ws, first.run_id).status == "completed"
 
+    cookies = {i: {} for i in range(-1, args.sessions)}
+    if args.auth == "accounts":
+        from tl_engine import access, accounts
+
+        for number in cookies:
+            name = f"person-{number + 1}"
+            accounts.add_account(ws, name, "a long enough password")
+            access.add_member(ws, tle.Identity("bench", admin=True), "load", name, "editor")
+            cookies[number] = {"tl_session": accounts.start_session(ws, name)}
+
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=dict(os.environ, TL_WORKSPACE=str(ws.root)),
+        cwd=ROOT, env=dict(os.environ, TL_WORKSPACE=str(ws.root), TL_AUTH=args.auth),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     busy = None
     try:
@@ -197,7 +217,7 @@ def main() -> None:
         # Warm up once (TensorFlow import, model load), as a server in use already is.
         warm = Tally()
         asyncio.run(_person(-1, url, sorted((data / "val").rglob("*.jpg"))[:1],
-                            time.monotonic() + 1, warm))
+                            time.monotonic() + 1, warm, cookies[-1]))
         # A long training keeps the worker busy for the whole measurement.
         busy = tle.submit_run(ws, "load", dataset.id,
                               tle.RunSpec(epochs=500, augment=("flip",), batch_size=16),
@@ -207,7 +227,7 @@ def main() -> None:
         until = time.monotonic() + args.seconds
 
         async def everyone() -> None:
-            await asyncio.gather(*(_person(i, url, photos, until, tally)
+            await asyncio.gather(*(_person(i, url, photos, until, tally, cookies[i])
                                    for i in range(args.sessions)))
 
         asyncio.run(everyone())
@@ -221,6 +241,7 @@ def main() -> None:
 
     report = {
         "sessions": args.sessions,
+        "auth": args.auth,
         "seconds": args.seconds,
         "pages_served": len(tally.pages),
         "page_p50_s": _percentile(tally.pages, 0.5),
