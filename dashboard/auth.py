@@ -66,8 +66,11 @@ def _oidc_identity() -> tle.Identity | None:
             return None
     except Exception:  # noqa: BLE001 - [auth] missing from secrets.toml: nobody is signed in
         return None
-    # An address the provider has not verified could be anyone's: fall back to the subject.
-    email = st.user.get("email") if st.user.get("email_verified") is not False else None
+    # An address the provider has not verified could be anyone's (some providers send no
+    # `email_verified` and let people edit their address): fall back to the subject, unless
+    # the administrator vouches for the provider's addresses with TL_OIDC_TRUST_EMAIL=1.
+    verified = st.user.get("email_verified") is True or setting("TL_OIDC_TRUST_EMAIL") == "1"
+    email = st.user.get("email") if verified else None
     name = str(email).strip().lower() if email else str(st.user.get("sub") or "").strip()
     if not name:
         return None

@@ -189,16 +189,16 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -
 
 
 def class_counts_bar(counts: Mapping[str, int]) -> go.Figure:
-    labels = list(counts)
-    fig = go.Figure(go.Bar(x=labels, y=[counts[c] for c in labels], marker_color=PALETTE[0],
-                           text=[counts[c] for c in labels], textposition="outside"))
+    labels = [plotly_text(label) for label in counts]
+    fig = go.Figure(go.Bar(x=labels, y=list(counts.values()), marker_color=PALETTE[0],
+                           text=list(counts.values()), textposition="outside"))
     fig.update_layout(yaxis_title="images", height=300, margin={"l": 10, "r": 10, "t": 20, "b": 10})
     return fig
 
 
 def top_k_bar(top: Sequence[tuple[str, float]]) -> go.Figure:
     """Horizontal bars, most likely class on top."""
-    labels = [label for label, _ in top][::-1]
+    labels = [plotly_text(label) for label, _ in top][::-1]
     probs = [p for _, p in top][::-1]
     fig = go.Figure(go.Bar(x=probs, y=labels, orientation="h", marker_color=PALETTE[0],
                            text=[f"{p:.1%}" for p in probs], textposition="auto"))

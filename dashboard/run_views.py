@@ -156,22 +156,33 @@ def pick_run(runs: Sequence[tle.RunRecord], label: str, key: str, best_default: 
 # --- prediction ----------------------------------------------------------------------------
 
 
+def model_version(ws: tle.Workspace, run_id: str) -> int:
+    """Changes when the run's model file is replaced (say, by its head-phase weights), so
+    caches keyed by it never serve the model it held before."""
+    return tle.runs.model_path(ws, run_id).stat().st_mtime_ns
+
+
 @st.cache_resource(show_spinner="Loading the model…", max_entries=8)
-def predictor(root: str, run_id: str) -> Any:
-    """The run's model, loaded once per server process (the engine keeps it too)."""
+def _predictor(root: str, run_id: str, version: int) -> Any:
     return tle.load_predictor(tle.Workspace(root), run_id)
 
 
+def predictor(root: str, run_id: str) -> Any:
+    """The run's model, loaded once per server process and model file."""
+    return _predictor(root, run_id, model_version(tle.Workspace(root), run_id))
+
+
 @st.cache_data(show_spinner="Predicting…", max_entries=32)
-def _predict_all(root: str, run_id: str, images: tuple[tle.BatchItem, ...]) -> list:
+def _predict_all(root: str, run_id: str, version: int,
+                 images: tuple[tle.BatchItem, ...]) -> list:
     """Every class's probability for each image, so the top-k slider never predicts again."""
-    model = predictor(root, run_id)
+    model = _predictor(root, run_id, version)
     return model.predict(list(images), top_k=len(model.labels))
 
 
 def predict(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchItem],
             top_k: int) -> list[tle.Prediction]:
-    ranked = _predict_all(str(ws.root), run_id, tuple(images))
+    ranked = _predict_all(str(ws.root), run_id, model_version(ws, run_id), tuple(images))
     return [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
 
 
@@ -224,7 +235,7 @@ def prediction_card(prediction: tle.Prediction, data: bytes | None, position: in
         picture, result = st.columns([2, 3], vertical_alignment="center")
         picture.image(thumbnail(data), width="stretch", alt=prediction.name)
         picture.text(prediction.name)  # user-supplied: never Markdown
-        result.metric("Prediction", prediction.label,
+        result.metric("Prediction", md_escape(prediction.label),
                       f"{prediction.confidence:.1%} confident", delta_color="off",
                       delta_arrow="off")
         result.plotly_chart(charts.top_k_bar(prediction.top), width="stretch",

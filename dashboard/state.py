@@ -4,6 +4,7 @@ can be shared; st.session_state holds only this browser's choices."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +106,12 @@ def _forget_setting_widgets() -> None:
         del st.session_state[key]
 
 
+def _store_draft(project: str, user: str, draft: dict[str, Any]) -> None:
+    """Keep the draft for the next visit; a read-only workspace keeps it for this tab only."""
+    with contextlib.suppress(tle.WorkspaceReadOnly):
+        tle.save_draft(workspace(), project, user, draft)
+
+
 def spec_draft() -> dict[str, Any]:
     """The run spec the Model, Freeze strategy and Training pages build together: stored
     per project and person, so a reload, a new tab or the next day restore it."""
@@ -120,7 +127,7 @@ def spec_draft() -> dict[str, Any]:
             # Nothing stored for them yet: carry on from what this tab was editing.
             stored = dict(st.session_state.get(SPEC_KEY) or tle.RunSpec().to_dict())
             if project:
-                tle.save_draft(workspace(), project, user, stored)
+                _store_draft(project, user, stored)
         elif DRAFT_OWNER_KEY in st.session_state:
             _forget_setting_widgets()
         st.session_state[SPEC_KEY] = stored
@@ -134,7 +141,7 @@ def update_spec(**changes: Any) -> dict[str, Any]:
     draft.update(changes)
     project = current_project()
     if draft != before and project:
-        tle.save_draft(workspace(), project, user_name() or "", draft)
+        _store_draft(project, user_name() or "", draft)
     return draft
 
 
@@ -184,4 +191,4 @@ def engine_errors() -> Iterator[None]:
     try:
         yield
     except tle.TLError as exc:
-        st.error(str(exc), icon=":material/warning:")
+        st.error(md_escape(exc), icon=":material/warning:")

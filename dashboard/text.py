@@ -14,6 +14,7 @@ import pandas as pd
 # `:red[...]`, and the `http:` / `a@b.c` autolinks of GFM).
 _INLINE = frozenset("\\`*_[]<>#|~$:&@")
 # Characters that only matter at the start of a line (lists, headings, rules, quotes).
+WORD_JOINER = "\u2060"
 _LINE_START = re.compile(r"^(\d+(?=[.)])|[-+=>])")
 
 
@@ -23,7 +24,11 @@ def md_escape(text: Any) -> str:
     one_line = " ".join(str(text).split())
     escaped = "".join("\\" + char if char in _INLINE else char for char in one_line)
     escaped = escaped.replace("\\](", "\\]\\(")  # "[text](url)" could never be a link
-    escaped = re.sub(r"(?i)\bwww\.", lambda m: m.group(0)[:-1] + "\\.", escaped)  # autolinks
+    # Streamlit's renderer finds bare URLs and e-mail addresses after the backslashes are
+    # gone: an invisible word joiner keeps "http://", "www." and "@" from being matched.
+    escaped = escaped.replace("\\://", "\\:" + WORD_JOINER + "//")
+    escaped = re.sub(r"(?i)\bwww\.", lambda m: m.group(0)[:-1] + WORD_JOINER + ".", escaped)
+    escaped = escaped.replace("\\@", WORD_JOINER + "\\@")
     match = _LINE_START.match(escaped)
     if match:
         end = match.end()

@@ -80,7 +80,7 @@ def test_each_role_may_do_what_it_should_and_nothing_more(team):
 
 def test_editors_cancel_and_delete_only_their_own_runs(team):
     own, others, anonymous = a_run("lab", "Eddie"), a_run("lab", "olga"), a_run("lab", None)
-    for action in ("delete_run", "cancel_run", "change_run"):
+    for action in ("delete_run", "cancel_run", "change_run", "resume_run"):
         assert access.require(team, EDITOR, "lab", action, own) is tle.Role.EDITOR
         for run in (others, anonymous):
             with pytest.raises(tle.AccessDenied, match="only they, the project's owner or an "
@@ -88,7 +88,7 @@ def test_editors_cancel_and_delete_only_their_own_runs(team):
                 access.require(team, EDITOR, "lab", action, run)
             assert access.allowed(team, OWNER, "lab", action, run)
             assert access.allowed(team, ADMIN, "lab", action, run)
-    assert access.allowed(team, EDITOR, "lab", "resume_run", others)
+    # Resuming someone else's run would leave a run the editor could not cancel.
     with pytest.raises(tle.AccessDenied, match="not part of project"):
         access.require(team, OWNER, "lab", "delete_run", a_run("elsewhere", "olga"))
 
@@ -503,3 +503,27 @@ def test_a_viewer_predicts_and_runs_record_who_started_them(monkeypatch, team_ro
     assert len(started) == 1
     tle.cancel_run(ws, started[0].id)
     tle.wait_for_run(ws, started[0].id, timeout_s=180)
+
+
+@pytest.mark.bad_input
+def test_parallel_wrong_passwords_get_no_more_guesses_than_the_limit(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ws = tle.Workspace(tmp_path / "ws")
+    accounts.add_account(ws, "ann", "the right password")
+
+    def attempt(i: int) -> str:
+        try:
+            accounts.sign_in(tle.Workspace(ws.root), "ann", f"guess number {i}")
+        except tle.SignInRefused as exc:
+            return str(exc)
+        return "signed in"
+
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(attempt, range(12)))
+    checked = [r for r in replies if r.startswith("Wrong name or password")]
+    assert "signed in" not in replies
+    assert len(checked) <= accounts.MAX_FAILURES
+    assert all(r.startswith(("Wrong name or password", "Too many failed")) for r in replies)
+    with pytest.raises(tle.SignInRefused, match="Too many failed"):
+        accounts.sign_in(ws, "ann", "the right password")

@@ -129,7 +129,7 @@ def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatc
         assert theirs in text and "started by" in text
         # Typed text stays text: no image, no link, no HTML in the Markdown sent out.
         assert "![x](" not in text and "](http" not in text and "<b>" not in text
-        assert r"!\[x\]\(http\://127.0.0.1\:9/p.png)" in text
+        assert "!\\[x\\]\\(http\\:\u2060//127.0.0.1\\:9/p.png)" in text
 
         at.button(key=f"show_{theirs}").click().run()
         assert next(s for s in at.selectbox if s.label == "Run").value == theirs
@@ -152,11 +152,12 @@ def test_md_escape_keeps_typed_text_literal():
     from dashboard.text import md_escape
 
     assert md_escape("MobileNetV2-0.35 · 224 px") == "MobileNetV2-0.35 · 224 px"
-    assert md_escape("![x](http://h/p.png)") == r"!\[x\]\(http\://h/p.png)"
+    assert md_escape("![x](http://h/p.png)") == "!\\[x\\]\\(http\\:\u2060//h/p.png)"
     assert md_escape("none (random init)") == "none (random init)"
     assert md_escape("<b>x</b>") == r"\<b\>x\</b\>"
     assert md_escape("1. first") == r"1\. first" and md_escape("- item") == r"\- item"
-    assert md_escape("go to www.example.com") == r"go to www\.example.com"
+    assert md_escape("go to www.example.com") == "go to www\u2060.example.com"
+    assert md_escape("ann@example.org") == "ann\u2060\\@example.org"
     assert md_escape("two\nlines") == "two lines"
 
 
@@ -212,3 +213,48 @@ def test_hostile_names_are_text_in_every_banner(monkeypatch, tmp_path):
         assert "](http" not in text and "<b>" not in text and "![" not in text
     assert "is training" in all_markdown(home)
     assert "Running" in all_markdown(training)
+
+
+@pytest.mark.bad_input
+def test_a_malformed_stored_draft_falls_back_to_defaults(monkeypatch, demo_ws):
+    tle.save_draft(demo_ws, "demo", "ann", {"epochs": "x", "augment": None, "seed": 7.0,
+                                            "hidden_units": [1], "strategy": 3})
+    draft = tle.load_draft(demo_ws, "demo", "ann")
+    defaults = tle.RunSpec().to_dict()
+    assert draft["epochs"] == defaults["epochs"] and draft["augment"] == []
+    assert draft["seed"] == 7 and draft["strategy"] == defaults["strategy"]
+    for page in ("views/model.py", "views/freeze.py", "views/training.py", "views/dataset.py"):
+        open_tab(monkeypatch, demo_ws.root, page, project="demo", user="ann")  # no exception
+
+
+def test_a_queued_run_does_not_name_another_projects_training(monkeypatch, tmp_path):
+    from tl_engine import access, jobs, runs
+
+    monkeypatch.setenv("TL_AUTH", "accounts")
+    ws = tle.Workspace(tmp_path / "ws")
+    tle.accounts.add_account(ws, "ann", "a long enough password")
+    tle.accounts.add_account(ws, "bob", "a long enough password")
+    mine = access.create_project(ws, tle.Identity("ann"), "mine")
+    secret = access.create_project(ws, tle.Identity("bob"), "secret")
+    data = write_color_classes(tmp_path / "d", TINY_CLASSES)
+    theirs = tle.submit_run(ws, secret, tle.ingest_folder(ws, data, project=secret).id,
+                            tle.RunSpec(**TINY_SPEC), start_worker=False,
+                            started_by="bob").run_id
+    queued = tle.submit_run(ws, mine, tle.ingest_folder(ws, data, project=mine).id,
+                            tle.RunSpec(**TINY_SPEC), start_worker=False,
+                            started_by="ann").run_id
+    with jobs._slot(ws) as held:
+        assert held
+        runs.update_run(ws, theirs, status="running")
+        token = tle.accounts.start_session(ws, "ann")
+        monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
+        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+        at.session_state["auth_token"] = token
+        at.query_params["project"] = mine
+        at.query_params["run"] = queued
+        at.run()
+        at.switch_page("views/training.py").run()
+        runs.update_run(ws, theirs, status="cancelled")
+    text = all_markdown(at)
+    assert "a run of another project is training" in text
+    assert "bob" not in text and "MobileNetV2" not in text.split("in queue")[1][:80]

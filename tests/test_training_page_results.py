@@ -102,7 +102,12 @@ def test_worse_fine_tuning_offers_the_head_phase_weights(monkeypatch, workspace,
     runs_page = open_training(monkeypatch, workspace.root, project="test", run=run.id)
     runs_page.switch_page("views/runs.py").run()
     assert "Fine-tuning made it worse" in shown(runs_page.warning) + shown(runs_page.info)
+    from dashboard import run_views
+
+    version = run_views.model_version(workspace, run.id)
     at.button(key=f"use_head_{run.id}").click().run()
+    # The Prediction page's caches are keyed by the model file: they load the new one.
+    assert run_views.model_version(workspace, run.id) != version
     assert not at.exception
     switched = tle.get_run(workspace, run.id)
     assert switched.summary["weights_from"] == "head"
@@ -135,3 +140,24 @@ def test_live_progress_names_the_pass_and_has_an_eta(monkeypatch, tmp_path):
         left = next(m for m in at.metric if m.label == "Time left")
         assert left.value == "12 s"
         runs.update_run(ws, run_id, status="cancelled")
+
+
+@pytest.mark.bad_input
+def test_training_refuses_a_weights_path_the_server_does_not_offer(monkeypatch, tmp_path):
+    ws = tle.Workspace(tmp_path / "ws")
+    tle.ingest_folder(ws, write_color_classes(tmp_path / "d", TINY_CLASSES), project="demo")
+    monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
+    monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.query_params["project"] = "demo"
+    # As "Load these settings" would bring it from a run trained elsewhere.
+    at.session_state["spec_draft"] = tle.RunSpec(
+        backbone="MobileNetV2-0.35", weights=str(tmp_path / "some.weights.h5"),
+        image_size=32, epochs=1).to_dict()
+    at.run()
+    at.switch_page("views/training.py").run()
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    assert not at.exception
+    assert "not offered on this server" in shown(at.error)
+    assert str(tmp_path) not in shown(at.error)
+    assert tle.list_runs(ws, "demo") == []

@@ -74,7 +74,7 @@ ACTIONS: dict[str, tuple[Role, str]] = {
     "manage_members": (Role.OWNER, "Adding or removing members"),
 }
 # Editors may do these only to runs they started; the owner and admins to any run.
-OWN_RUN_ACTIONS = frozenset({"cancel_run", "change_run", "delete_run"})
+OWN_RUN_ACTIONS = frozenset({"cancel_run", "change_run", "delete_run", "resume_run"})
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,7 @@ def create_project(ws: Workspace, identity: Identity, name: str) -> str:
         if identity.signed_in:
             db.execute("INSERT INTO project_members (project, name, role, added_at) "
                        "VALUES (?, ?, 'owner', ?)", (name, identity.name, now))
+        ws.write_projects_file(db)  # so an index rebuilt from the folders keeps it
     return name
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -159,6 +160,9 @@ def _locked_message(name: str, until: float, now: float) -> str:
             f"{'s' if minutes != 1 else ''}).")
 
 
+_HASHING = threading.BoundedSemaphore(2)
+
+
 def sign_in(ws: Workspace, name: str, password: str, now: float | None = None) -> Account:
     """The account when `password` is its password; else SignInRefused, which says when
     to try again once a name has failed too often. Names without an account fail and
@@ -170,22 +174,29 @@ def sign_in(ws: Workspace, name: str, password: str, now: float | None = None) -
     name = str(name).strip()
     if not name or not password:
         raise SignInRefused("Enter your account name and password.")
-    if (until := retry_after(ws, name, now)) is not None:
+    # The attempt counts as a failure from before the (slow) check: sign-ins racing in
+    # parallel cannot get more guesses than the limit. A success clears it below.
+    with ws.transaction() as db:
+        db.execute("DELETE FROM sign_in_failures WHERE failed_at <= ?",
+                   (now - FAILURE_WINDOW_S,))
+        recent = db.execute("SELECT COUNT(*) FROM sign_in_failures WHERE name = ? AND "
+                            "failed_at > ?", (name, now - FAILURE_WINDOW_S)).fetchone()[0]
+        if recent < MAX_FAILURES:
+            db.execute("INSERT INTO sign_in_failures (name, failed_at) VALUES (?, ?)",
+                       (name, now))
+    if recent >= MAX_FAILURES:
+        until = retry_after(ws, name, now) or now + FAILURE_WINDOW_S
         raise SignInRefused(_locked_message(name, until, now))
     rows = ws.query("SELECT name, password_hash, admin, created_at FROM accounts "
                     "WHERE name = ?", (name,))
     stored = rows[0]["password_hash"] if rows else _unknown_name_hash()
-    try:
-        _hasher().verify(stored, password)
-        matched = bool(rows)
-    except (VerificationError, InvalidHashError):
-        matched = False
+    with _HASHING:  # each check takes tens of MB: a flood of sign-ins must not add up
+        try:
+            _hasher().verify(stored, password)
+            matched = bool(rows)
+        except (VerificationError, InvalidHashError):
+            matched = False
     if not matched:
-        with ws.transaction() as db:
-            db.execute("DELETE FROM sign_in_failures WHERE failed_at <= ?",
-                       (now - FAILURE_WINDOW_S,))
-            db.execute("INSERT INTO sign_in_failures (name, failed_at) VALUES (?, ?)",
-                       (name, now))
         if (until := retry_after(ws, name, now)) is not None:
             raise SignInRefused("Wrong name or password. " + _locked_message(name, until, now))
         raise SignInRefused("Wrong name or password.")

@@ -9,6 +9,7 @@ aside, never deleted.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -264,8 +265,27 @@ def repair_workspace(root: str | os.PathLike[str] | None = None) -> DoctorReport
     return DoctorReport(root, check_workspace(root), repairs)
 
 
+def _worker_training(root: Path) -> bool:
+    """Whether a worker holds the training slot (a rebuild would call its run interrupted)."""
+    from .jobs import SLOT_LOCK
+
+    lock = root / "locks" / SLOT_LOCK
+    if not lock.is_file():
+        return False
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def _rebuild_in_place(root: Path, stamp: str) -> list[str]:
     db_path = root / INDEX_FILE
+    if _worker_training(root):
+        raise TLError(f"a worker is training in {root}: wait for it to finish (or stop it), "
+                      f"then run {repair_command(root)} again")
     fresh = root / f".{INDEX_FILE}.rebuild-{uuid.uuid4().hex}"
     try:
         lines = rebuild_index(root, fresh)

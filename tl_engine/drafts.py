@@ -18,6 +18,27 @@ def _known(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
+def _well_typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop values whose type is not the setting's (a draft from an older version, or a
+    hand-edited one), so pages never meet "x" epochs or a null augmentation list."""
+    defaults = RunSpec().to_dict()
+    kept = {}
+    for name, value in values.items():
+        default = defaults[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, type(default))
+        if ok:
+            kept[name] = int(value) if isinstance(default, int) and not isinstance(
+                default, bool) and float(value).is_integer() else value
+    return kept
+
+
 def load_draft(ws: Workspace, project: str, user: str | None) -> dict[str, Any] | None:
     """The stored draft of `user` (None: the anonymous one) in `project`, as a full spec
     dict with defaults filled in; None when they have none."""
@@ -31,7 +52,7 @@ def load_draft(ws: Workspace, project: str, user: str | None) -> dict[str, Any] 
         return None
     if not isinstance(stored, dict):
         return None
-    return {**RunSpec().to_dict(), **_known(stored)}
+    return {**RunSpec().to_dict(), **_well_typed(_known(stored))}
 
 
 def save_draft(ws: Workspace, project: str, user: str | None, draft: dict[str, Any]) -> None:

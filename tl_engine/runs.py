@@ -180,7 +180,11 @@ def delete_run(ws: Workspace, run_id: str) -> None:
     if run.is_active:
         raise TLError(f"Run {run_id} is {run.status}: cancel it before deleting it.")
     with ws.transaction() as db:
-        db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        # Checked again inside the transaction: a resume may have queued it meanwhile.
+        deleted = db.execute("DELETE FROM runs WHERE id = ? AND status NOT IN "
+                             "('queued', 'running')", (run_id,)).rowcount
+        if not deleted:
+            raise TLError(f"Run {run_id} was resumed just now: cancel it before deleting it.")
         # Before the commit: a folder left by a crash below can never be restored as a run.
         (ws.run_dir(run_id) / RUN_FILE).unlink(missing_ok=True)
     shutil.rmtree(ws.run_dir(run_id), ignore_errors=True)

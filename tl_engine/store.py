@@ -400,6 +400,10 @@ def index_damage(db_path: Path, thorough: bool = True, uri: str | None = None) -
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF not in (sqlite3.SQLITE_CORRUPT,
+                                                    sqlite3.SQLITE_NOTADB):
+            raise  # busy, locked, out of memory...: a passing state, not damage to repair
         return f"SQLite cannot read it ({exc})"
     return None
 

@@ -356,16 +356,17 @@ with st.container(key="thumbnails"):
     for row in range(0, len(shown), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
         for col, record in zip(cols, shown[row : row + GRID_COLUMNS], strict=False):
-            col.image(str(ws.image_path(record.hash)), caption=thumb_caption(record),
+            col.image(str(ws.image_path(record.hash)), caption=md_escape(thumb_caption(record)),
                       width="stretch")
 
 with st.expander("Delete this dataset", icon=":material/delete:"):
     st.caption("Removes the dataset from the project. Runs that use it must be deleted first; "
                "stored images stay for other datasets that share them.")
-    confirm = st.checkbox(f"Yes, delete “{dataset.name}”", key=f"confirm_delete_{dataset.id}")
+    confirm = st.checkbox(f"Yes, delete “{md_escape(dataset.name)}”",
+                          key=f"confirm_delete_{dataset.id}")
     if st.button("Delete dataset", disabled=not confirm, key="delete_dataset") and (
             access.permit("delete_dataset", project)):
         with state.engine_errors():
             tle.delete_dataset(ws, dataset.id)  # the newest remaining one is shown next
-            st.session_state["dataset_flash"] = f"Deleted “{dataset.name}”."
+            st.session_state["dataset_flash"] = f"Deleted “{md_escape(dataset.name)}”."
             st.rerun()

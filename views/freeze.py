@@ -7,6 +7,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import state, widgets
+from dashboard.text import md_escape
 
 DEFAULT_DEPTH = {"layers": 20, "blocks": 2}
 LR_FACTORS = [0.01, 0.03, 0.1, 0.3, 1.0]
@@ -26,7 +27,7 @@ def plan_or_stop(strategy: str, unfreeze: int, unit: str) -> tle.FreezePlan:
     try:
         return plan_for(entry.key, strategy, unfreeze, unit, size, n_classes, hidden, weights)
     except tle.TLError as exc:
-        st.error(str(exc), icon=":material/warning:")
+        st.error(md_escape(exc), icon=":material/warning:")
         st.stop()
 
 

@@ -77,9 +77,10 @@ def export_panel(run: tle.RunRecord) -> None:
                "app predicts; the model card says so in full.")
     # Prepared exports are kept for the run on screen only: models can be large.
     exports = st.session_state.setdefault("exports", {})
-    for other in [k for k in exports if k != run.id]:
+    shown = (run.id, run_views.model_version(ws, run.id))  # a replaced model, new exports
+    for other in [k for k in exports if k != shown]:
         del exports[other]
-    prepared = exports.setdefault(run.id, {})
+    prepared = exports.setdefault(shown, {})
     for fmt, (label, purpose) in EXPORTS.items():
         name_col, purpose_col, action_col = st.columns([2, 4, 2],
                                                        vertical_alignment="center")
@@ -184,7 +185,7 @@ with state.engine_errors():
         if st.button("Delete run", type="primary", disabled=not sure, key="delete_run") and (
                 access.permit("delete_run", project, run)):
             tle.delete_run(ws, run.id)
-            st.session_state.get("exports", {}).pop(run.id, None)
+            st.session_state.pop("exports", None)  # prepared for the run just deleted
             state.set_run(None)
             st.session_state["runs_flash"] = f"Deleted run {run.id}."
             st.rerun()

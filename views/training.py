@@ -103,6 +103,13 @@ def settings_form(dataset: tle.Dataset) -> None:
         label_smoothing=float(s.train_smoothing), val_split=float(s.train_val),
         test_split=float(s.train_test), seed=int(s.train_seed), keep_weights=s.train_keep,
     )
+    weights = state.spec_draft()["weights"]
+    if weights not in ("imagenet", "none") and tle.find_weight_file(weights) is None:
+        # Loaded from an older run, say: the page trains only from the administrator's
+        # weights folder, and never says whether another path exists on the server.
+        st.error("The weights file of these settings is not offered on this server: choose "
+                 "the starting weights on the Model page.", icon=":material/warning:")
+        return
     with state.engine_errors():
         spec = tle.RunSpec.from_dict(state.spec_draft())
         submission = tle.submit_run(ws, project, dataset.id, spec, force=force,
@@ -222,6 +229,10 @@ def show_queued(run: tle.RunRecord) -> None:
         tle.ensure_worker(ws)
         st.info(f"{widgets.ordinal(waiting_ahead + 1)} in queue — starting the worker "
                 "(loading TensorFlow takes a few seconds)…", icon=":material/schedule:")
+    elif training.project not in access.visible_projects():
+        # One worker serves every project: say that it is busy, not what with or for whom.
+        st.info(f"{widgets.ordinal(waiting_ahead + 2)} in queue — a run of another project "
+                "is training.", icon=":material/schedule:")
     else:
         # The run in training counts as first in the queue, as people read a queue.
         who = md_escape(training.started_by or "someone")
