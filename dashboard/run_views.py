@@ -247,7 +247,7 @@ def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchI
                      top_k: int) -> list[tle.Prediction]:
     """Per-image cards (paged) with the slider's top-k, then the batch table with a CSV
     download (fixed top-k, every class's probability)."""
-    ranked = _predict_all(str(ws.root), run_id, tuple(images))
+    ranked = _predict_all(str(ws.root), run_id, model_version(ws, run_id), tuple(images))
     predictions = [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
     failed = sum(1 for p in predictions if p.error)
     cols = st.columns(3)

@@ -191,7 +191,9 @@ def test_exports_are_prepared_on_request(monkeypatch, ws):
     at.button(key="prep_keras").click().run()
     assert not at.exception
     assert "dl_keras" in {b.key for b in at.get("download_button")}
-    name, data = at.session_state["exports"][learned.id]["keras"]
+    ((shown_run, _), prepared), = at.session_state["exports"].items()  # the run on screen
+    assert shown_run == learned.id
+    name, data = prepared["keras"]
     assert name == f"{learned.id}-model.keras"
     assert data == tle.export_bytes(ws, learned.id, "keras")[1]
 
