@@ -100,6 +100,23 @@ def tiny_dataset(workspace, tiny_data_dir: Path):
     return ingest_folder(workspace, tiny_data_dir, project="test")
 
 
+def open_app(monkeypatch: pytest.MonkeyPatch, root: Path, page: str | None = None,
+             **query: str):
+    """A new browser tab on the app over workspace `root`: nothing in its session, only
+    what the URL says (project=..., user=..., run=...), run once and on `page` if given."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TL_WORKSPACE", str(root))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    for name, value in query.items():
+        at.query_params[name] = value
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
 def train_tiny_run(ws, dataset, **settings):
     """Queue and train a small run in this process (the worker's own code path)."""
     from tl_engine import runs

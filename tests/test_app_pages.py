@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, TINY_CLASSES, write_color_classes
+from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, write_color_classes
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
@@ -18,21 +18,6 @@ TINY_SPEC = {"backbone": "MobileNetV2-0.35", "weights": "none", "image_size": 32
              "batch_size": 8, "learning_rate": 0.01}
 
 
-
-def open_app(monkeypatch: pytest.MonkeyPatch, root: Path, project: str | None = None,
-             page: str | None = None, **query: str) -> AppTest:
-    """The app on a workspace, optionally with a project (and more) in the URL, run once."""
-    monkeypatch.setenv("TL_WORKSPACE", str(root))
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    if project:
-        at.query_params["project"] = project
-    for name, value in query.items():
-        at.query_params[name] = value
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def texts(elements) -> str:

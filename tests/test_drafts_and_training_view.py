@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, TINY_CLASSES, write_color_classes
+from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, write_color_classes
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
@@ -16,19 +16,6 @@ TINY_SPEC = {"backbone": "MobileNetV2-0.35", "weights": "none", "image_size": 32
              "batch_size": 8, "learning_rate": 0.01}
 HOSTILE = "![x](http://127.0.0.1:9/p.png) [sign in again](http://127.0.0.1:9/) <b>bold</b>"
 
-
-def open_tab(monkeypatch: pytest.MonkeyPatch, root: Path, page: str | None = None,
-             **query: str) -> AppTest:
-    """A new browser tab on the app: nothing in its session, only what the URL says."""
-    monkeypatch.setenv("TL_WORKSPACE", str(root))
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    for name, value in query.items():
-        at.query_params[name] = value
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def all_markdown(at: AppTest) -> str:
@@ -60,7 +47,7 @@ def test_drafts_are_stored_per_project_and_person(tmp_path):
 
 
 def test_a_reload_or_a_new_tab_restores_the_settings(monkeypatch, demo_ws):
-    at = open_tab(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
+    at = open_app(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
     at.number_input(key="model_hidden_units").set_value(128).run()
     at.switch_page("views/freeze.py").run()
     at.radio(key="freeze_strategy").set_value("partial").run()
@@ -71,7 +58,7 @@ def test_a_reload_or_a_new_tab_restores_the_settings(monkeypatch, demo_ws):
     (run,) = tle.list_runs(demo_ws, "demo")
     try:
         # Reload: a new session on the same URL.
-        again = open_tab(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+        again = open_app(monkeypatch, demo_ws.root, "views/training.py", project="demo",
                          user="ann")
         assert again.number_input(key="train_epochs").value == 4
         again.switch_page("views/model.py").run()
@@ -80,7 +67,7 @@ def test_a_reload_or_a_new_tab_restores_the_settings(monkeypatch, demo_ws):
         assert again.radio(key="freeze_strategy").value == "partial"
 
         # Somebody else starts from their own settings, not Ann's.
-        bob = open_tab(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+        bob = open_app(monkeypatch, demo_ws.root, "views/training.py", project="demo",
                        user="bob")
         assert bob.number_input(key="train_epochs").value == tle.RunSpec().epochs
     finally:
@@ -94,7 +81,7 @@ def test_load_these_settings_replaces_the_draft_on_every_page(monkeypatch, demo_
     run_id = tle.submit_run(demo_ws, "demo", dataset.id, spec, start_worker=False,
                             started_by="ann").run_id
     tle.cancel_run(demo_ws, run_id)
-    at = open_tab(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
+    at = open_app(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
     assert at.number_input(key="model_hidden_units").value == 0
     at.switch_page("views/training.py").run()
     at.button(key=f"load_{run_id}").click().run()
@@ -102,12 +89,12 @@ def test_load_these_settings_replaces_the_draft_on_every_page(monkeypatch, demo_
     assert at.number_input(key="model_hidden_units").value == 64
     assert at.slider(key="model_dropout").value == 0.5
     # And it is stored: a new tab has it too.
-    fresh = open_tab(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
+    fresh = open_app(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
     assert fresh.number_input(key="model_hidden_units").value == 64
 
 
 def test_the_name_is_kept_in_the_url(monkeypatch, demo_ws):
-    at = open_tab(monkeypatch, demo_ws.root, project="demo")
+    at = open_app(monkeypatch, demo_ws.root, project="demo")
     at.text_input(key="user_name").input("  Ann   Lee ").run()
     assert at.query_params["user"] == ["Ann Lee"] or at.query_params["user"] == "Ann Lee"
     assert at.text_input(key="user_name").value == "Ann Lee"
@@ -122,7 +109,7 @@ def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatc
                             tle.RunSpec(**{**TINY_SPEC, "epochs": 2}), start_worker=False,
                             started_by=HOSTILE).run_id
     try:
-        at = open_tab(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+        at = open_app(monkeypatch, demo_ws.root, "views/training.py", project="demo",
                       user="ann")
         assert next(s for s in at.selectbox if s.label == "Run").value == mine
         text = all_markdown(at)
@@ -143,7 +130,7 @@ def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatc
 def test_hostile_project_names_are_text_on_home(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     name = ws.ensure_project("[sign in again](http://127.0.0.1:9/) **x**")
-    at = open_tab(monkeypatch, ws.root, project=name)
+    at = open_app(monkeypatch, ws.root, project=name)
     (subheader,) = at.subheader
     assert "](http" not in subheader.value and "**x**" not in subheader.value
 
@@ -163,7 +150,7 @@ def test_md_escape_keeps_typed_text_literal():
 
 def test_any_run_on_the_runs_page_can_load_its_settings(monkeypatch, trained_workspace):
     ws, _, run = trained_workspace
-    at = open_tab(monkeypatch, ws.root, "views/runs.py", project="demo", user="carla")
+    at = open_app(monkeypatch, ws.root, "views/runs.py", project="demo", user="carla")
     assert tle.load_draft(ws, "demo", "carla") is None
     at.button(key=f"load_{run.id}").click().run()
     assert not at.exception
@@ -183,7 +170,7 @@ def test_prediction_starts_on_my_newest_model(monkeypatch, demo_ws):
     worker_main(demo_ws)
     assert {tle.get_run(demo_ws, r).status for r in (mine, theirs)} == {"completed"}
     for user, expected in (("ann", mine), ("bob", theirs)):
-        at = open_tab(monkeypatch, demo_ws.root, "views/prediction.py", project="demo",
+        at = open_app(monkeypatch, demo_ws.root, "views/prediction.py", project="demo",
                       user=user)
         assert at.selectbox(key="prediction_run").value == expected
 
@@ -203,8 +190,8 @@ def test_hostile_names_are_text_in_every_banner(monkeypatch, tmp_path):
     with jobs._slot(ws) as held:  # this process "is" the worker: the run is alive
         assert held
         runs.update_run(ws, run_id, status="running")
-        home = open_tab(monkeypatch, ws.root, project=project, user="viewer")
-        training = open_tab(monkeypatch, ws.root, "views/training.py", project=project,
+        home = open_app(monkeypatch, ws.root, project=project, user="viewer")
+        training = open_app(monkeypatch, ws.root, "views/training.py", project=project,
                             user="viewer", run=run_id)
         runs.update_run(ws, run_id, status="cancelled")
     for at in (home, training):
@@ -224,7 +211,7 @@ def test_a_malformed_stored_draft_falls_back_to_defaults(monkeypatch, demo_ws):
     assert draft["epochs"] == defaults["epochs"] and draft["augment"] == []
     assert draft["seed"] == 7 and draft["strategy"] == defaults["strategy"]
     for page in ("views/model.py", "views/freeze.py", "views/training.py", "views/dataset.py"):
-        open_tab(monkeypatch, demo_ws.root, page, project="demo", user="ann")  # no exception
+        open_app(monkeypatch, demo_ws.root, page, project="demo", user="ann")  # no exception
 
 
 def test_a_queued_run_does_not_name_another_projects_training(monkeypatch, tmp_path):

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, train_tiny_run, write_color_classes
+from conftest import open_app, train_tiny_run, write_color_classes
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
@@ -197,15 +197,8 @@ def pair_ws(pair_root, tmp_path) -> tle.Workspace:
 
 
 def open_runs(monkeypatch, root: Path, run: str | None = None) -> AppTest:
-    monkeypatch.setenv("TL_WORKSPACE", str(root))
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    at.query_params["project"] = "pair"
-    if run:
-        at.query_params["run"] = run
-    at.run()
-    at.switch_page("views/runs.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_app(monkeypatch, root, "views/runs.py", project="pair",
+                    **({"run": run} if run else {}))
 
 
 def texts(elements) -> str:

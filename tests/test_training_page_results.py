@@ -4,24 +4,11 @@ worse, and lets a dataset with its own split hold out a test split."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import PROJECT_ROOT, TINY_CLASSES, train_tiny_run, write_color_classes
+from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, train_tiny_run, write_color_classes
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
-
-
-def open_training(monkeypatch: pytest.MonkeyPatch, root: Path, **query: str) -> AppTest:
-    monkeypatch.setenv("TL_WORKSPACE", str(root))
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    for name, value in query.items():
-        at.query_params[name] = value
-    at.run()
-    at.switch_page("views/training.py").run()
-    assert not at.exception, at.exception
-    return at
 
 
 def shown(elements) -> str:
@@ -30,7 +17,7 @@ def shown(elements) -> str:
 
 def test_completed_run_says_which_epoch_it_kept(monkeypatch, trained_workspace):
     ws, _, run = trained_workspace
-    at = open_training(monkeypatch, ws.root, project="demo", run=run.id)
+    at = open_app(monkeypatch, ws.root, "views/training.py", project="demo", run=run.id)
     summary = run.summary
     kept = (f"best epoch {summary['best_epoch']} of {run.epochs_run} (restored)"
             if summary["restored_best"] else f"last epoch ({run.epochs_run})")
@@ -66,7 +53,7 @@ def test_a_given_split_can_hold_out_a_test_split(monkeypatch, tmp_path):
     write_color_classes(root / "val", TINY_CLASSES, per_class=4, seed=1)
     ws = tle.Workspace(tmp_path / "ws")
     tle.ingest_folder(ws, root, project="demo")
-    at = open_training(monkeypatch, ws.root, project="demo")
+    at = open_app(monkeypatch, ws.root, "views/training.py", project="demo")
     assert at.slider(key="train_val").disabled  # the dataset's own val is used
     assert not at.slider(key="train_test").disabled
     assert "test split is carved out of its training part" in shown(at.caption)
@@ -97,10 +84,10 @@ def test_worse_fine_tuning_offers_the_head_phase_weights(monkeypatch, workspace,
                          learning_rate=0.01, strategy="two-phase", unfreeze=20, head_epochs=3,
                          epochs=2, fine_tune_lr_factor=100.0)
     assert run.summary["head_model_available"], run.summary
-    at = open_training(monkeypatch, workspace.root, project="test", run=run.id)
+    at = open_app(monkeypatch, workspace.root, "views/training.py", project="test", run=run.id)
     assert "Fine-tuning made it worse" in shown(at.warning) + shown(at.info)
-    runs_page = open_training(monkeypatch, workspace.root, project="test", run=run.id)
-    runs_page.switch_page("views/runs.py").run()
+    runs_page = open_app(monkeypatch, workspace.root, "views/runs.py", project="test",
+                         run=run.id)
     assert "Fine-tuning made it worse" in shown(runs_page.warning) + shown(runs_page.info)
     from dashboard import run_views
 
@@ -132,7 +119,7 @@ def test_live_progress_names_the_pass_and_has_an_eta(monkeypatch, tmp_path):
             "phase": "features", "pass_name": "validation images", "pass_index": 2,
             "passes": 2, "images_done": 32, "images_total": 64, "images_per_s": 41.5,
             "fraction": 0.8, "eta_s": 12.0, "elapsed_s": 30.0, "step": 1, "steps": 2})
-        at = open_training(monkeypatch, ws.root, project="demo", user="ann")
+        at = open_app(monkeypatch, ws.root, "views/training.py", project="demo", user="ann")
         progress = at.get("progress")[0].proto.text
         assert "validation images (2 of 2)" in progress
         assert "32 / 64 images" in progress and "42 images/s" in progress
