@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from studio_server import print_report, start_studio  # noqa: E402 - beside this file
+
 SHARED = Path(os.environ.get("TL_SHARED", ROOT.parent / "shared"))
 PAGES = ["", "dataset", "model", "freeze", "training", "runs"]  # url paths; "" is Home
 XSRF_COOKIE = "_streamlit_xsrf"
@@ -158,12 +156,6 @@ async def _person(number: int, url: str, photos: list[Path], until: float,
         tally.errors.append(f"person {number}: {type(exc).__name__}: {exc}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _percentile(values: list[float], share: float) -> float | None:
     if not values:
         return None
@@ -199,21 +191,9 @@ def main() -> None:
             access.add_member(ws, tle.Identity("bench", admin=True), "load", name, "editor")
             cookies[number] = {"tl_session": accounts.start_session(ws, name)}
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=dict(os.environ, TL_WORKSPACE=str(ws.root), TL_AUTH=args.auth),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url = start_studio(TL_WORKSPACE=str(ws.root), TL_AUTH=args.auth)
     busy = None
     try:
-        for _ in range(400):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)  # the server is starting
         # Warm up once (TensorFlow import, model load), as a server in use already is.
         warm = Tally()
         asyncio.run(_person(-1, url, sorted((data / "val").rglob("*.jpg"))[:1],
@@ -255,12 +235,7 @@ def main() -> None:
     }
     for error in (warm.errors + tally.errors)[:10]:
         print(f"error: {error}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for name, value in report.items():
-            print(f"{name:26s} {value}")
-
+    print_report(report, args.json)
 
 if __name__ == "__main__":
     main()

@@ -12,49 +12,21 @@ median per condition and their ratio (target: under 2); no absolute figure is as
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from studio_server import print_report, start_studio  # noqa: E402 - beside this file
+
 SHARED = Path(os.environ.get("TL_SHARED", ROOT.parent / "shared"))
 CHROMIUM = os.environ.get("TL_CHROMIUM", "/usr/bin/chromium")
 PAGES = ["Dataset", "Model", "Freeze strategy", "Training", "Runs", "Home"]
 TIMEOUT_MS = 120_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_server(workspace: Path, keras_home: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = dict(os.environ, TL_WORKSPACE=str(workspace), KERAS_HOME=str(keras_home),
-               TL_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="3")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return server, url
-        except OSError:
-            time.sleep(0.3)
-    server.kill()
-    raise SystemExit("streamlit did not start")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -99,7 +71,8 @@ def main() -> None:
     os.environ["TL_OFFLINE"] = "1"
     ws = tle.Workspace(tmp / "ws")
     dataset = tle.ingest_folder(ws, SHARED / "data" / "hymenoptera", project="bench")
-    server, url = _start_server(ws.root, keras_home)
+    server, url = start_studio(TL_WORKSPACE=str(ws.root), KERAS_HOME=str(keras_home),
+                               TL_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="3")
     start = f"{url}/?project=bench&user=viewer"
     run_id = None
     try:
@@ -148,12 +121,7 @@ def main() -> None:
         "server_cpu_share_while_watched": round(watch_cpu, 3),
         "cpu": os.cpu_count(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for name, value in result.items():
-            print(f"{name:34s} {value}")
-
+    print_report(result, args.json)
 
 if __name__ == "__main__":
     main()
