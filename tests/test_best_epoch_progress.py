@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -15,6 +16,7 @@ from conftest import TINY_CLASSES, train_tiny_run, write_color_classes
 
 import tl_engine as tle
 from tl_engine import cli, runs
+from tl_engine.callbacks import PredictProgress, StoreProgress, weights_tag
 from tl_engine.datasets import ingest_folder, split_records
 from tl_engine.errors import SpecError, TLError
 from tl_engine.hints import Hint, run_hints, spec_hints
@@ -22,7 +24,6 @@ from tl_engine.jobs import recover_interrupted, resume_run, submit_run, worker_m
 from tl_engine.progress import EtaEstimator, FeaturePass, FeaturePassProgress
 from tl_engine.runs import RunRecord
 from tl_engine.spec import RunSpec
-from tl_engine.training import PredictProgress, StoreProgress, weights_tag
 
 PRETRAINED = dict(weights="imagenet", image_size=32, learning_rate=0.01)
 
@@ -122,8 +123,9 @@ def test_predict_progress_names_passes_and_has_an_eta_from_the_first_batch(
                                   FeaturePass("validation images", 0),
                                   FeaturePass("test images", 10)])
     reader = _ReadProgressAfterFirstBatch(workspace, run_id)
+    report = functools.partial(runs.heartbeat, workspace, run_id)
     model.predict(np.zeros((20, 4)), batch_size=4, verbose=0, callbacks=[
-        PredictProgress(workspace, run_id, passes, "training images", 4, time.time()), reader])
+        PredictProgress(report, passes, "training images", 4, time.time()), reader])
     assert reader.seen["phase"] == "features" and reader.seen["eta_s"] is not None
     assert reader.seen["images_done"] == 4 and reader.seen["pass_name"] == "training images"
     done = runs.get_run(workspace, run_id).progress
@@ -133,7 +135,7 @@ def test_predict_progress_names_passes_and_has_an_eta_from_the_first_batch(
     assert done["images_per_s"] > 0 and done["step"] == done["steps"] == 5
 
     model.predict(np.zeros((10, 4)), batch_size=4, verbose=0, callbacks=[
-        PredictProgress(workspace, run_id, passes, "test images", 4, time.time())])
+        PredictProgress(report, passes, "test images", 4, time.time())])
     last = runs.get_run(workspace, run_id).progress
     assert (last["pass_name"], last["pass_index"], last["fraction"], last["eta_s"]) == (
         "test images", 2, 1.0, 0.0)

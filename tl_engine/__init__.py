@@ -37,7 +37,8 @@ from .errors import (
 )
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
-from .freeze import STRATEGY_HELP, FreezePlan, describe_freeze
+from .features import FeatureExtractor, FeatureSet, extract_features, feature_extractor
+from .freeze import FreezePlan, describe_freeze
 from .hints import Hint, run_hints, spec_hints
 from .jobs import (
     Submission,
@@ -49,6 +50,7 @@ from .jobs import (
     wait_for_run,
 )
 from .phase_weights import use_head_phase_weights
+from .phases import Phase, phases
 from .predict import (
     BatchItem,
     Prediction,
@@ -72,7 +74,18 @@ from .runs import (
 )
 from .samples import synthetic_shapes
 from .scoring import top_k_for
-from .spec import AUGMENTATIONS, KEEP_WEIGHTS, STRATEGIES, RunSpec
+from .spec import (
+    AUGMENTATIONS,
+    KEEP_WEIGHTS,
+    STRATEGIES,
+    STRATEGY_HELP,
+    STRATEGY_NAMES,
+    RunSpec,
+    Setting,
+    describe,
+    setting,
+    settings,
+)
 from .store import Workspace
 from .weights import (
     WeightsFile,
@@ -83,13 +96,8 @@ from .weights import (
 )
 
 __all__ = [
-    "AccessDenied",
-    "Identity",
-    "Role",
-    "SignInRefused",
-    "access",
-    "accounts",
     "AUGMENTATIONS",
+    "AccessDenied",
     "BACKBONES",
     "Backbone",
     "BatchItem",
@@ -97,19 +105,27 @@ __all__ = [
     "DatasetError",
     "DeviceInfo",
     "EXPORT_FORMATS",
+    "FeatureExtractor",
+    "FeatureSet",
     "FreezePlan",
     "Hint",
+    "Identity",
     "ImageRecord",
     "KEEP_WEIGHTS",
     "ModelDamaged",
     "NotFound",
+    "Phase",
     "Prediction",
     "Refused",
+    "Role",
     "RunNotReady",
     "RunRecord",
     "RunSpec",
     "STRATEGIES",
     "STRATEGY_HELP",
+    "STRATEGY_NAMES",
+    "Setting",
+    "SignInRefused",
     "SpecError",
     "Submission",
     "TLError",
@@ -119,17 +135,22 @@ __all__ = [
     "Workspace",
     "WorkspaceDamaged",
     "WorkspaceReadOnly",
+    "access",
+    "accounts",
     "active_runs",
     "cancel_run",
     "check_data",
     "delete_dataset",
     "delete_run",
+    "describe",
     "describe_device",
     "describe_freeze",
     "ensure_worker",
     "evaluation",
     "export_bytes",
     "export_run",
+    "extract_features",
+    "feature_extractor",
     "find_weight_file",
     "get_backbone",
     "get_run",
@@ -146,6 +167,7 @@ __all__ = [
     "load_draft",
     "load_predictor",
     "model_card",
+    "phases",
     "predict_images",
     "prediction_batch",
     "queue_position",
@@ -155,6 +177,8 @@ __all__ = [
     "run_metrics",
     "running_run",
     "save_draft",
+    "setting",
+    "settings",
     "spec_hints",
     "split_records",
     "submit_run",

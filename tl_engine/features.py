@@ -12,6 +12,7 @@ import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -111,3 +112,95 @@ def features_for(
         computed = len(new)
     matrix = np.stack([found.vectors[h] for h in image_hashes]).astype(np.float32)
     return FeatureMatrix(matrix, computed, len(set(image_hashes)) - computed)
+
+
+class FeaturesCancelled(Exception):
+    """The job computing features was asked to stop."""
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    matrices: list[np.ndarray]  # one per named record list, rows in the records' order
+    computed: int
+    reused: int
+    seconds_per_image: float | None  # the backbone's measured forward speed, if it ran
+
+
+def never_cancelled(progress: dict) -> bool:
+    return False
+
+
+def extract_features(
+    ws: Workspace,
+    feature_model: Any,
+    key: str,
+    named: Sequence[tuple[str, Sequence[Any]]],
+    batch_size: int,
+    report: Callable[[dict], bool] = never_cancelled,
+) -> FeatureSet:
+    """Pooled backbone features for each named list of image records, computing only what
+    the cache lacks; any job (training, a probe, an embedding map) calls this.
+
+    The cache is asked first, so one progress bar and one ETA cover every pass that has
+    images to compute. `report(progress)` receives live progress and returns True to stop
+    (then FeaturesCancelled is raised).
+    """
+    import time
+
+    from .callbacks import PredictProgress
+    from .pipeline import image_dataset
+    from .progress import FeaturePass, FeaturePassProgress
+
+    cache = FeatureCache(ws)
+    started = time.time()
+    planned: list[FeaturePass] = []
+    seen: set[str] = set()
+    for name, records in named:
+        missing = [h for h in cache.lookup(key, [r.hash for r in records]).missing
+                   if h not in seen]
+        seen.update(missing)
+        planned.append(FeaturePass(name, len(missing)))
+    passes = FeaturePassProgress(planned)
+    size = int(feature_model.input_shape[1])
+    matrices, computed, reused = [], 0, 0
+    for name, records in named:
+        by_hash = {r.hash: r for r in records}
+
+        def compute(missing: list[str], name: str = name,
+                    by_hash: dict[str, Any] = by_hash) -> np.ndarray:
+            if name not in {p.name for p in passes.passes}:  # planned as fully cached
+                passes.passes.append(FeaturePass(name, len(missing)))
+            progress = PredictProgress(report, passes, name, batch_size, started)
+            pixels = image_dataset([str(ws.image_path(h)) for h in missing], None, size,
+                                   batch_size)
+            out = feature_model.predict(pixels, callbacks=[progress], verbose=0)
+            if progress.cancelled:
+                raise FeaturesCancelled()
+            return np.asarray(out, dtype=np.float32)
+
+        result = features_for(cache, key, [r.hash for r in records], compute)
+        computed += result.computed
+        reused += result.reused
+        matrices.append(result.matrix)
+    return FeatureSet(matrices, computed, reused, passes.rate.value or None)
+
+
+@dataclass(frozen=True)
+class FeatureExtractor:
+    model: Any  # pixels -> pooled features
+    key: str  # the feature cache's key for this backbone, weights and input size
+
+
+def feature_extractor(backbone: str, weights: str = "imagenet", image_size: int = 0,
+                      seed: int = 42) -> FeatureExtractor:
+    """A backbone's pooled-feature model outside any run (probes, embedding maps)."""
+    from .modeling import build_classifier
+    from .registry import get_backbone
+    from .spec import RunSpec
+    from .weights import weights_identity
+
+    spec = RunSpec(backbone=backbone, weights=weights, image_size=image_size,
+                   seed=seed).normalized()
+    identity = weights_identity(get_backbone(spec.backbone), spec.weights, spec.seed)
+    model = build_classifier(spec, 2).feature_model
+    return FeatureExtractor(model, feature_key(spec.backbone, identity, spec.image_size))

@@ -1,10 +1,11 @@
-"""Freeze strategies: a few named policies over one mechanism.
+"""Which layers of the backbone train: one mechanism under every phase of every strategy.
 
-Every strategy is "layers of the backbone from index k on are trainable"; strategies
-only differ in how they choose k. With pretrained weights, BatchNormalization layers stay
-frozen and, because the backbone is called with training=False, in inference mode: their
-running statistics come from ImageNet and a few hundred images would only spoil them.
-From random init (weights "none") there is nothing to keep, so they train like any layer.
+A phase trains the top N layers (or blocks) of the backbone, none of it, or all of it
+(`phases.Phase.trainable_top`): layers from index k on are trainable. With pretrained
+weights, BatchNormalization layers stay frozen and, because the backbone is called with
+training=False, in inference mode: their running statistics come from ImageNet and a few
+hundred images would only spoil them. From random init (weights "none") there is nothing
+to keep, so they train like any layer.
 """
 
 from __future__ import annotations
@@ -17,17 +18,6 @@ import numpy as np
 
 from .modeling import head_param_count
 from .registry import Backbone, get_backbone
-
-STRATEGY_HELP = {
-    "frozen": "Feature extraction: the whole backbone is frozen and only the new head "
-    "learns — fastest, and the safest choice for small datasets.",
-    "partial": "Fine-tune the top of the backbone: the last N layers (or blocks) learn "
-    "together with the head; the rest stay frozen.",
-    "full": "Everything trains: the backbone adapts completely — needs more data, more "
-    "time and a low learning rate.",
-    "two-phase": "First train the head with the backbone frozen, then unfreeze the top N "
-    "layers (or blocks) and continue at a lower learning rate — the Keras guide's recipe.",
-}
 
 
 @dataclass(frozen=True)
@@ -58,8 +48,7 @@ class BlockState:
 
 @dataclass(frozen=True)
 class FreezePlan:
-    strategy: str
-    unfreeze: int
+    trainable_top: int | None  # layers or blocks from the top; 0: none; None: all
     unit: str
     first_trainable: int  # index into the backbone's layers
     layers: tuple[LayerState, ...]
@@ -99,28 +88,38 @@ def _is_batch_norm(layer: Any) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
-def first_trainable_index(
-    strategy: str, unfreeze: int, unit: str, blocks: list[str]
-) -> int:
-    """The one decision each strategy makes: where the trainable top of the backbone starts."""
+def first_trainable_index(trainable_top: int | None, unit: str, blocks: list[str]) -> int:
+    """Where the trainable top of the backbone starts (`blocks`: each layer's block)."""
     n_layers = len(blocks)
-    if strategy == "full":
+    if trainable_top is None:
         return 0
-    if strategy == "frozen":
+    if trainable_top <= 0:
         return n_layers
-    # "partial", and "two-phase" once its head phase is over.
     if unit == "blocks":
         distinct = list(dict.fromkeys(blocks))
-        chosen = set(distinct[-unfreeze:]) if unfreeze > 0 else set()
+        chosen = set(distinct[-trainable_top:])
         return next((i for i, b in enumerate(blocks) if b in chosen), n_layers)
-    return max(0, n_layers - unfreeze)
+    return max(0, n_layers - trainable_top)
+
+
+def layer_rate_factors(plan: FreezePlan, decay: float) -> dict[str, float]:
+    """Discriminative learning rates: each trainable layer's factor on the head's rate.
+
+    The top block learns at `decay` times the head's rate, the block under it at decay²,
+    and so on down; 1 gives every layer the head's rate (and an empty mapping).
+    """
+    if decay == 1.0:
+        return {}
+    from_top = list(dict.fromkeys(layer.block for layer in reversed(plan.layers)))
+    rank = {block: i for i, block in enumerate(from_top)}
+    return {layer.name: decay ** (rank[layer.block] + 1)
+            for layer in plan.layers if layer.trainable}
 
 
 def plan_freeze(
     entry: Backbone,
     backbone: Any,
-    strategy: str,
-    unfreeze: int = 0,
+    trainable_top: int | None,
     unit: str = "layers",
     n_classes: int = 2,
     hidden_units: int = 0,
@@ -128,7 +127,7 @@ def plan_freeze(
 ) -> FreezePlan:
     names = [layer.name for layer in backbone.layers]
     blocks = entry.block_names(names)
-    start = first_trainable_index(strategy, unfreeze, unit, blocks)
+    start = first_trainable_index(trainable_top, unit, blocks)
     layers = tuple(
         LayerState(
             name=layer.name,
@@ -147,7 +146,7 @@ def plan_freeze(
     )
     feature_dim = int(backbone.output_shape[-1])
     return FreezePlan(
-        strategy, unfreeze, unit, start, layers,
+        trainable_top, unit, start, layers,
         head_param_count(feature_dim, n_classes, hidden_units),
     )
 
@@ -166,8 +165,7 @@ def _skeleton(key: str, image_size: int) -> Any:
 
 def describe_freeze(
     backbone_key: str,
-    strategy: str,
-    unfreeze: int = 0,
+    trainable_top: int | None,
     unit: str = "layers",
     image_size: int = 0,
     n_classes: int = 2,
@@ -178,6 +176,6 @@ def describe_freeze(
     entry = get_backbone(backbone_key)
     size = image_size or entry.default_size
     return plan_freeze(
-        entry, _skeleton(entry.key, size), strategy, unfreeze, unit, n_classes, hidden_units,
+        entry, _skeleton(entry.key, size), trainable_top, unit, n_classes, hidden_units,
         freeze_batch_norm=weights != "none",
     )

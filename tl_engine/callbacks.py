@@ -1,0 +1,193 @@
+"""Keras callbacks of a training run: live progress and cancel checks through the store,
+and the best epoch's weights kept in a tagged file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+
+from . import runs
+from .progress import EtaEstimator, FeaturePassProgress
+from .store import Workspace
+
+PROGRESS_INTERVAL_S = 1.5
+
+
+class StoreProgress(keras.callbacks.Callback):
+    """Writes live progress (every ~1.5 s and per epoch) and per-epoch metrics to the store,
+    and turns a cancel request into `stop_training`.
+
+    The ETA comes from an `EtaEstimator` that lives for the whole phase; `later_seconds`,
+    when given, estimates the phases after this one from it (None: not known yet).
+    """
+
+    def __init__(self, ws: Workspace, run_id: str, phase: str, epoch_offset: int,
+                 total_epochs: int, steps_per_epoch: int, started: float,
+                 images_per_step: float = 0.0, pause_guess_steps: float = 0.0,
+                 later_seconds: Callable[[EtaEstimator], float | None] | None = None,
+                 title: str = "") -> None:
+        super().__init__()
+        self.ws, self.run_id, self.phase, self.title = ws, run_id, phase, title or phase
+        self.epoch_offset, self.total_epochs = epoch_offset, total_epochs
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.started = started
+        self.images_per_step = images_per_step
+        self.later_seconds = later_seconds
+        self.eta = EtaEstimator(self.steps_per_epoch, pause_guess_steps)
+        self.cancelled = False
+        self._last_write = 0.0
+        self._epoch = 0
+        self._epoch_started = time.time()
+        self._mark = time.time()
+        self._pause_from: float | None = None
+
+    def _progress(self, step: int, logs: dict[str, Any] | None) -> dict[str, Any]:
+        done = self._epoch * self.steps_per_epoch + step
+        total = self.total_epochs * self.steps_per_epoch
+        eta = self.eta.seconds_left(total - done, self.total_epochs - self._epoch)
+        later = self.later_seconds(self.eta) if self.later_seconds else 0.0
+        step_s = self.eta.step_seconds
+        return {
+            "phase": self.phase,
+            "phase_title": self.title,
+            "epoch": self._epoch + 1,
+            "epochs": self.total_epochs,
+            "step": step,
+            "steps": self.steps_per_epoch,
+            "fraction": min(1.0, done / total) if total else 0.0,
+            "eta_s": eta + later if eta is not None and later is not None else eta,
+            "eta_scope": "run" if later is not None else "phase",
+            "images_per_s": self.images_per_step / step_s
+            if step_s and self.images_per_step else None,
+            "elapsed_s": time.time() - self.started,
+            "logs": {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)},
+        }
+
+    def _write(self, step: int, logs: dict[str, Any] | None, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_write < PROGRESS_INTERVAL_S:
+            return
+        self._last_write = now
+        if runs.heartbeat(self.ws, self.run_id, self._progress(step, logs)):
+            self.cancelled = True
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        if self._pause_from is not None:
+            self.eta.epoch_pause(now - self._pause_from)
+            self._pause_from = None
+        self._epoch = epoch - self.epoch_offset
+        self._epoch_started = self._mark = now
+        self._write(0, logs, force=True)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        self.eta.steps_done(1, now - self._mark)
+        self._mark = now
+        self._write(batch + 1, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # The pause (validation, checkpoints) runs from the last step to the next epoch.
+        self._pause_from = self._mark
+        values = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
+        lr = getattr(self.model.optimizer, "learning_rate", None)
+        if lr is not None:
+            values["learning_rate"] = float(np.asarray(lr))
+        values["seconds"] = time.time() - self._epoch_started
+        runs.record_epoch(self.ws, self.run_id, epoch + 1, self.phase, values)
+        self._write(self.steps_per_epoch, logs, force=True)
+
+
+class PredictProgress(keras.callbacks.Callback):
+    """Progress and cancel checks while the frozen backbone computes one feature pass.
+
+    `report` stores a progress dict and says whether a cancel was asked for. `passes` is
+    shared by every pass of the run, so the bar and the ETA cover all of them.
+    """
+
+    def __init__(self, report: Callable[[dict[str, Any]], bool], passes: FeaturePassProgress,
+                 pass_name: str, batch_size: int, started: float) -> None:
+        super().__init__()
+        self.report = report
+        self.passes, self.pass_name = passes, pass_name
+        self.batch_size = max(1, batch_size)
+        self.started = started
+        self._last = 0.0
+        self._mark = time.time()
+        self.cancelled = False
+
+    def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.passes.start(self.pass_name)
+        self._mark = time.time()
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        images = self.passes.passes[self.passes.index].images
+        in_batch = max(0, min(self.batch_size, images - batch * self.batch_size))
+        self.passes.batch_done(in_batch, now - self._mark)
+        self._mark = now
+        total_steps = -(-images // self.batch_size)
+        # The first batch is written at once: from then on there is a rate, hence an ETA.
+        if batch > 0 and now - self._last < PROGRESS_INTERVAL_S and batch + 1 < total_steps:
+            return
+        self._last = now
+        progress = {
+            "phase": "features",
+            "step": batch + 1,
+            "steps": total_steps,
+            **self.passes.snapshot(),
+            "elapsed_s": now - self.started,
+        }
+        if self.report(progress):
+            self.cancelled = True
+            self.model.stop_predicting = True
+
+
+class KeepBestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best validation accuracy so far.
+
+    Each save goes to a temporary file, is tagged with its epoch, then renamed: a killed
+    worker never leaves a torn file, and a resumed run knows which epoch it holds.
+    """
+
+    def __init__(self, path: Path, best_so_far: float | None) -> None:
+        super().__init__()
+        self.path = path
+        self.best = best_so_far
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get("val_accuracy")
+        if value is None:
+            return
+        if self.best is None or float(value) > self.best:
+            self.best = float(value)
+            save_tagged_weights(self.model, self.path, epoch + 1, self.best)
+
+
+def save_tagged_weights(model: Any, path: Path, epoch: int, val_accuracy: float | None) -> None:
+    """Weights plus the (global, 1-based) epoch they are from, written atomically."""
+    tmp = path.with_name(f".{path.name.removesuffix('.weights.h5')}.tmp.weights.h5")
+    model.save_weights(str(tmp))
+    with h5py.File(tmp, "a") as handle:
+        handle.attrs["epoch"] = int(epoch)
+        if val_accuracy is not None:
+            handle.attrs["val_accuracy"] = float(val_accuracy)
+    tmp.replace(path)
+
+
+def weights_tag(path: Path) -> tuple[int, float | None] | None:
+    """(epoch, val_accuracy) that `save_tagged_weights` stored with the file, if any."""
+    if not path.is_file():
+        return None
+    with h5py.File(path, "r") as handle:
+        if "epoch" not in handle.attrs:
+            return None
+        value = handle.attrs.get("val_accuracy")
+        return int(handle.attrs["epoch"]), float(value) if value is not None else None

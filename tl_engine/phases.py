@@ -1,0 +1,161 @@
+"""Freeze strategies as phase plans, and where an interrupted run picks its plan up again.
+
+`phases(spec)` is the whole of each strategy: which part of the backbone trains in each
+phase, for how many epochs, at what learning rate, and whether cached features serve it.
+The trainer only loops over the phases; a new recipe is a new entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+
+from .spec import RunSpec
+
+ALL = None  # Phase.trainable_top: the whole backbone trains
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # names the phase's metrics, progress and files: "head", "fine-tune", "stage-2"
+    title: str  # for people: "Training the head", "Stage 2 of 3: top 2 blocks"
+    epochs: int
+    trainable_top: int | None  # backbone layers or blocks that train, from the top; 0: none
+    unit: str  # what trainable_top counts: "layers" or "blocks"
+    lr_factor: float  # times the spec's learning rate
+    lr_decay: float  # per backbone block from the top down (1: one rate for all)
+    cached_features: bool  # a frozen backbone that sees each image the same way every epoch
+
+    @property
+    def trains_backbone(self) -> bool:
+        return self.trainable_top != 0
+
+    @property
+    def trainable_text(self) -> str:
+        if self.trainable_top == 0:
+            return "head only"
+        if self.trainable_top is ALL:
+            return "everything"
+        unit = self.unit if self.trainable_top != 1 else self.unit.removesuffix("s")
+        return f"top {self.trainable_top} {unit} + head"
+
+
+def _head(spec: RunSpec, epochs: int) -> Phase:
+    return Phase("head", "Training the head", epochs, 0, "layers", 1.0, 1.0,
+                 cached_features=not spec.augment)
+
+
+def _fine_tune(spec: RunSpec, top: int | None, lr_factor: float) -> Phase:
+    return Phase("fine-tune", "Fine-tuning", spec.epochs, top, spec.unfreeze_unit, lr_factor,
+                 spec.lr_decay, cached_features=False)
+
+
+def phases(spec: RunSpec) -> list[Phase]:
+    """The phases a (normalized) spec trains in, in order."""
+    if spec.strategy == "frozen":
+        return [_head(spec, spec.epochs)]
+    if spec.strategy == "partial":
+        return [_fine_tune(spec, spec.unfreeze, 1.0)]
+    if spec.strategy == "full":
+        return [_fine_tune(spec, ALL, 1.0)]
+    if spec.strategy == "two-phase":
+        return [_head(spec, spec.head_epochs),
+                _fine_tune(spec, spec.unfreeze, spec.fine_tune_lr_factor)]
+    if spec.strategy == "gradual":
+        stages = max(1, spec.unfreeze)
+        unit = spec.unfreeze_unit.removesuffix("s")
+        return [_head(spec, spec.head_epochs)] + [
+            Phase(f"stage-{k}", f"Stage {k} of {stages}: top {k} {unit}{'s' if k > 1 else ''}",
+                  spec.epochs if k == stages else spec.epochs_per_stage, k, spec.unfreeze_unit,
+                  spec.fine_tune_lr_factor, spec.lr_decay, cached_features=False)
+            for k in range(1, stages + 1)
+        ]
+    raise ValueError(f"no phase plan for strategy {spec.strategy!r}")
+
+
+def planned_epochs(plan: Sequence[Phase]) -> int:
+    return sum(phase.epochs for phase in plan)
+
+
+# --- resuming -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    epochs_run: int  # epochs this phase ran
+    kept_epoch: int  # the global epoch whose weights the model holds after the phase
+    kept_val_accuracy: float | None
+    last_epoch: int  # the global number of the phase's final epoch
+
+
+def done_path(run_dir: Path, phase_name: str) -> Path:
+    """Where the weights a finished phase left are kept (tagged with its result)."""
+    legacy = run_dir / "phase1.weights.h5"  # two-phase runs of earlier versions
+    if phase_name == "head" and legacy.is_file():
+        return legacy
+    return run_dir / f"done-{phase_name}.weights.h5"
+
+
+def tag_phase_file(path: Path, result: PhaseResult) -> None:
+    """Record the phase's result in its (just written, not yet renamed) weights file."""
+    with h5py.File(path, "a") as handle:
+        handle.attrs["epoch"] = int(result.kept_epoch)
+        handle.attrs["last_epoch"] = int(result.last_epoch)
+        handle.attrs["epochs_run"] = int(result.epochs_run)
+        if result.kept_val_accuracy is not None:
+            handle.attrs["val_accuracy"] = float(result.kept_val_accuracy)
+
+
+def read_phase_file(path: Path, metrics: Sequence[dict], phase_name: str,
+                    keep_best: bool) -> PhaseResult | None:
+    """The result a finished phase stored with its weights; None when it has none or the
+    file is torn. Files of earlier versions lack some tags: the phase's metrics fill in."""
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+    except (OSError, FileNotFoundError):
+        return None
+    mine = [m for m in metrics if m.get("phase") == phase_name]
+    last_epoch = int(attrs.get("last_epoch", max((m["epoch"] for m in mine), default=0)))
+    if "epoch" in attrs:
+        kept_epoch = int(attrs["epoch"])
+    elif keep_best and mine:  # untagged file: its best epoch, the first on ties
+        kept_epoch = max(mine, key=lambda m: m.get("val_accuracy", 0.0))["epoch"]
+    else:
+        kept_epoch = last_epoch
+    value = attrs.get("val_accuracy")
+    kept_val = float(value) if value is not None else next(
+        (m.get("val_accuracy") for m in mine if m["epoch"] == kept_epoch), None)
+    first_epoch = min((m["epoch"] for m in mine), default=1)
+    epochs_run = int(attrs.get("epochs_run", last_epoch - first_epoch + 1 if mine else 0))
+    return PhaseResult(epochs_run, kept_epoch, kept_val, last_epoch)
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What earlier attempts of a run finished: the results of its first phases, in order.
+    Read once when a run starts; the phase it stopped in resumes from Keras's backup."""
+
+    done: tuple[PhaseResult, ...]
+
+    def next_index(self) -> int:
+        return len(self.done)
+
+    def epoch_offset(self) -> int:
+        return self.done[-1].last_epoch if self.done else 0
+
+
+def read_resume_state(run_dir: Path, plan: Sequence[Phase], metrics: Sequence[dict],
+                      keep_best: bool) -> ResumeState:
+    """The finished phases of `plan`, in order, stopping at the first one that is not."""
+    done: list[PhaseResult] = []
+    for phase in plan:
+        result = read_phase_file(done_path(run_dir, phase.name), metrics, phase.name,
+                                 keep_best)
+        if result is None:
+            break
+        done.append(result)
+    return ResumeState(tuple(done))
