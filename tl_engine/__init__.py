@@ -9,9 +9,11 @@ from .access import AccessDenied, Identity, Role
 from .accounts import SignInRefused
 from .datasets import (
     Dataset,
+    HealthReport,
     ImageRecord,
     Upload,
     check_data,
+    check_health,
     delete_dataset,
     ingest_folder,
     ingest_tree,
@@ -98,6 +100,7 @@ __all__ = [
     "DeviceInfo",
     "EXPORT_FORMATS",
     "FreezePlan",
+    "HealthReport",
     "Hint",
     "ImageRecord",
     "KEEP_WEIGHTS",
@@ -122,6 +125,7 @@ __all__ = [
     "active_runs",
     "cancel_run",
     "check_data",
+    "check_health",
     "delete_dataset",
     "delete_run",
     "describe_device",
