@@ -14,8 +14,10 @@ from PIL import Image
 
 from tl_engine.datasets import (
     Dataset,
+    HealthReport,
     Upload,
     check_data,
+    check_health,
     delete_dataset,
     ingest_folder,
     ingest_uploads,
@@ -454,6 +456,44 @@ def test_check_data_writes_nothing_and_reports_errors(tmp_path) -> None:
     assert zipped["n_images"] == 1 and "b/1.jpg" in zipped["unreadable"][0]["file"]
     assert check_data(tmp_path / "missing")["errors"]
 
+
+REPORT_KEYS = ["source", "n_files", "n_images", "n_classes", "classes", "sizes", "unreadable",
+               "duplicates", "cross_class_duplicates", "given_split", "warnings", "errors"]
+
+
+def test_health_report_has_one_shape_for_checks_datasets_and_failures(
+    workspace, tmp_path
+) -> None:
+    root = make_classes(tmp_path / "src", {"a": 3, "b": 2})
+    write(root / "b" / "copy.jpg", (root / "b" / "b_00.jpg").read_bytes())
+    write(root / "a" / "notes.jpg", b"text")
+
+    health = check_health(root)
+    dataset = ingest_folder(workspace, root)
+    failed = check_health(tmp_path / "missing")
+
+    assert health.ok and health.n_images == 5 and health.sizes.max_width == 48
+    assert health.classes["b"] == {"count": 2, "train": 0, "val": 0, "test": 0}
+    assert [item["file"] for item in health.unreadable] == ["a/notes.jpg"]
+    assert health.duplicates[0]["files"] == ["b/b_00.jpg", "b/copy.jpg"]
+    # The JSON keeps its keys and their order, and reads back to the same report.
+    assert list(health.to_dict()) == list(failed.to_dict()) == REPORT_KEYS
+    assert list(health.to_dict()["sizes"]) == [
+        "min_width", "min_height", "median_width", "median_height", "max_width", "max_height"]
+    assert check_data(root) == health.to_dict() == dataset.report
+    assert HealthReport.from_dict(health.to_dict()) == health == dataset.health
+    assert not failed.ok and failed.n_images == 0 and failed.sizes.max_width == 0
+    assert "no such file" in failed.errors[0] and failed.source == str(tmp_path / "missing")
+    # to_dict is a copy: changing it leaves the report as it was.
+    health.to_dict()["unreadable"].clear()
+    assert health.unreadable
+
+
+def test_a_stored_report_missing_keys_reads_with_empty_values() -> None:
+    older = {"source": "photos", "n_images": 4, "errors": [], "warnings": ["few images"]}
+    report = HealthReport.from_dict(older)
+    assert report.n_images == 4 and report.warnings == ["few images"] and report.ok
+    assert report.cross_class_duplicates == [] and report.sizes.median_width == 0
 
 def test_flowers_ingest(workspace, flowers) -> None:
     before = snapshot(flowers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 from conftest import PROJECT_ROOT
 
 from tl_engine.errors import WeightsUnavailable
-from tl_engine.registry import BACKBONES, get_backbone
+from tl_engine.modeling import preprocessing_layers
+from tl_engine.registry import BACKBONES, Backbone, get_backbone
 from tl_engine.weights import load_backbone, weights_identity, weights_status
 
 EXTRA_WEIGHTS = "mobilenet_v2_1.0_224_from_coral_quant_no_top.weights.h5"
@@ -31,6 +33,19 @@ def test_registry_has_every_required_backbone_with_complete_entries():
         assert entry.preprocessing in ("tf", "torch", "caffe", "none")
         assert 0.4 < entry.imagenet_top1 < 0.9
 
+
+def test_an_unknown_preprocessing_mode_is_refused_when_the_entry_is_made():
+    entry = get_backbone("MobileNetV2-0.35")
+    with pytest.raises(ValueError, match=r"backbone 'Tiny': unknown preprocessing 'imagenet'; "
+                       r"use one of tf, torch, caffe, none"):
+        Backbone(key="Tiny", constructor="MobileNetV2", preprocessing="imagenet")
+    with pytest.raises(ValueError, match="unknown preprocessing 'TF'"):
+        dataclasses.replace(entry, preprocessing="TF")
+    with pytest.raises(TypeError):  # entries name every value
+        Backbone("Tiny", "MobileNetV2")  # type: ignore[misc]
+    with pytest.raises(ValueError, match="unknown preprocessing 'imagenet'"):
+        preprocessing_layers("imagenet")
+    assert preprocessing_layers("none") == []
 
 @pytest.mark.parametrize("key", ["MobileNetV2-0.35", "MobileNet-0.25", "InceptionV3"])
 def test_blocks_cover_every_layer_and_param_count_matches(key):

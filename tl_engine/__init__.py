@@ -9,9 +9,11 @@ from .access import AccessDenied, Identity, Role
 from .accounts import SignInRefused
 from .datasets import (
     Dataset,
+    HealthReport,
     ImageRecord,
     Upload,
     check_data,
+    check_health,
     delete_dataset,
     ingest_folder,
     ingest_tree,
@@ -108,6 +110,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureSet",
     "FreezePlan",
+    "HealthReport",
     "Hint",
     "Identity",
     "ImageRecord",
@@ -140,6 +143,7 @@ __all__ = [
     "active_runs",
     "cancel_run",
     "check_data",
+    "check_health",
     "delete_dataset",
     "delete_run",
     "describe",

@@ -68,22 +68,22 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from .datasets import check_data
+    from .datasets import check_health
 
-    report = check_data(args.data)
+    report = check_health(args.data)
     if args.json:
-        _print_json(report)
+        _print_json(report.to_dict())
     else:
-        print(f"{report['n_images']} images in {report['n_classes']} classes")
-        for label, info in report["classes"].items():
+        print(f"{report.n_images} images in {report.n_classes} classes")
+        for label, info in report.classes.items():
             print(f"  {label}: {info['count']}")
-        for item in report["unreadable"]:
+        for item in report.unreadable:
             print(f"  unreadable: {item['file']}: {item['reason']}")
-        for warning in report["warnings"]:
+        for warning in report.warnings:
             print(f"  warning: {warning}")
-        for error in report["errors"]:
+        for error in report.errors:
             print(f"  error: {error}")
-    return 2 if report["errors"] else 0
+    return 0 if report.ok else 2
 
 
 def _ingest(ws: Workspace, data: str, project: str) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import Backbone, get_backbone
+from .registry import Backbone, check_preprocessing, get_backbone
 from .spec import RunSpec
 from .weights import load_backbone
 
@@ -33,9 +33,11 @@ class Classifier:
 
 
 def preprocessing_layers(mode: str) -> list[Any]:
-    """Built-in, serialisable Keras layers only, so saved models load without our code."""
+    """Built-in, serialisable Keras layers only, so saved models load without our code.
+    Raises ValueError for a mode not in PREPROCESSING_MODES."""
     import keras
 
+    check_preprocessing(mode)
     if mode == "tf":
         return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_pm1")]
     if mode == "torch":
@@ -52,7 +54,7 @@ def preprocessing_layers(mode: str) -> list[Any]:
         to_bgr.build((None, 3))
         to_bgr.set_weights([np.eye(3)[::-1].astype("float32"), -CAFFE_MEAN_BGR.astype("float32")])
         return [to_bgr]
-    return []
+    return []  # "none": the backbone rescales its own input
 
 
 def build_head(feature_dim: int, n_classes: int, hidden_units: int, dropout: float) -> Any:

@@ -17,8 +17,10 @@ from .errors import SpecError
 PREPROCESSING_MODES = ("tf", "torch", "caffe", "none")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Backbone:
+    """One row of the table; keyword-only, so every entry names what each value is."""
+
     key: str
     constructor: str  # attribute of keras.applications
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -32,6 +34,11 @@ class Backbone:
     block_pattern: str = ""  # regex; its first matching group names a layer's block
     block_ends_at_match: bool = False  # True when a matching layer closes its block
     family: str = ""
+
+    def __post_init__(self) -> None:
+        # An unknown mode would otherwise build a model that feeds raw 0-255 pixels to a
+        # backbone trained on normalised ones: it trains, badly, and nothing says why.
+        check_preprocessing(self.preprocessing, self.key)
 
     def build(self, image_size: int) -> Any:
         """A fresh backbone without its top and without pretrained weights."""
@@ -84,81 +91,116 @@ class Backbone:
         return blocks
 
 
+def check_preprocessing(mode: str, backbone: str | None = None) -> None:
+    """Raise ValueError unless `mode` is one of PREPROCESSING_MODES."""
+    if mode not in PREPROCESSING_MODES:
+        where = f"backbone {backbone!r}: " if backbone else ""
+        raise ValueError(
+            f"{where}unknown preprocessing {mode!r}; use one of "
+            f"{', '.join(PREPROCESSING_MODES)}"
+        )
+
+
 BACKBONES: dict[str, Backbone] = {
     entry.key: entry
     for entry in [
         Backbone(
-            "MobileNetV2-1.0", "MobileNetV2", {"alpha": 1.0}, 224, 32, "tf",
-            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-            2_257_984, 1280, 0.713, r"^(expanded_conv|block_\d+|Conv_1)(?:_|$)",
-            family="MobileNet",
+            key="MobileNetV2-1.0", constructor="MobileNetV2", kwargs={"alpha": 1.0},
+            family="MobileNet", default_size=224, min_size=32, preprocessing="tf",
+            weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+            params=2_257_984, feature_dim=1280, imagenet_top1=0.713,
+            block_pattern=r"^(expanded_conv|block_\d+|Conv_1)(?:_|$)",
         ),
         Backbone(
-            "MobileNetV2-0.35", "MobileNetV2", {"alpha": 0.35}, 224, 32, "tf",
-            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
-            410_208, 1280, 0.603, r"^(expanded_conv|block_\d+|Conv_1)(?:_|$)",
-            family="MobileNet",
+            key="MobileNetV2-0.35", constructor="MobileNetV2", kwargs={"alpha": 0.35},
+            family="MobileNet", default_size=224, min_size=32, preprocessing="tf",
+            weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+            params=410_208, feature_dim=1280, imagenet_top1=0.603,
+            block_pattern=r"^(expanded_conv|block_\d+|Conv_1)(?:_|$)",
         ),
         Backbone(
-            "MobileNet-0.25", "MobileNet", {"alpha": 0.25}, 224, 32, "tf",
-            "mobilenet_2_5_224_tf_no_top.h5",
-            218_544, 256, 0.498, r"^conv_(?:dw|pw)_(\d+)", family="MobileNet",
+            key="MobileNet-0.25", constructor="MobileNet", kwargs={"alpha": 0.25},
+            family="MobileNet", default_size=224, min_size=32, preprocessing="tf",
+            weights_file="mobilenet_2_5_224_tf_no_top.h5",
+            params=218_544, feature_dim=256, imagenet_top1=0.498,
+            block_pattern=r"^conv_(?:dw|pw)_(\d+)",
         ),
         Backbone(
-            "MobileNetV3Small", "MobileNetV3Small", {}, 224, 32, "none",
-            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
-            939_120, 576, 0.681, r"^(expanded_conv(?:_\d+)?)_|^(conv_1)", family="MobileNet",
+            key="MobileNetV3Small", constructor="MobileNetV3Small",
+            family="MobileNet", default_size=224, min_size=32, preprocessing="none",
+            weights_file="weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+            params=939_120, feature_dim=576, imagenet_top1=0.681,
+            block_pattern=r"^(expanded_conv(?:_\d+)?)_|^(conv_1)",
         ),
         Backbone(
-            "MobileNetV3Large", "MobileNetV3Large", {}, 224, 32, "none",
-            "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
-            2_996_352, 960, 0.756, r"^(expanded_conv(?:_\d+)?)_|^(conv_1)", family="MobileNet",
+            key="MobileNetV3Large", constructor="MobileNetV3Large",
+            family="MobileNet", default_size=224, min_size=32, preprocessing="none",
+            weights_file="weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+            params=2_996_352, feature_dim=960, imagenet_top1=0.756,
+            block_pattern=r"^(expanded_conv(?:_\d+)?)_|^(conv_1)",
         ),
         Backbone(
-            "EfficientNetB0", "EfficientNetB0", {}, 224, 32, "none",
-            "efficientnetb0_notop.h5",
-            4_049_571, 1280, 0.771, r"^(block\d+[a-z])_|^(top)_", family="EfficientNet",
+            key="EfficientNetB0", constructor="EfficientNetB0",
+            family="EfficientNet", default_size=224, min_size=32, preprocessing="none",
+            weights_file="efficientnetb0_notop.h5",
+            params=4_049_571, feature_dim=1280, imagenet_top1=0.771,
+            block_pattern=r"^(block\d+[a-z])_|^(top)_",
         ),
         Backbone(
-            "EfficientNetV2B0", "EfficientNetV2B0", {}, 224, 32, "none",
-            "efficientnetv2-b0_notop.h5",
-            5_919_312, 1280, 0.787, r"^(block\d+[a-z])_|^(top)_", family="EfficientNet",
+            key="EfficientNetV2B0", constructor="EfficientNetV2B0",
+            family="EfficientNet", default_size=224, min_size=32, preprocessing="none",
+            weights_file="efficientnetv2-b0_notop.h5",
+            params=5_919_312, feature_dim=1280, imagenet_top1=0.787,
+            block_pattern=r"^(block\d+[a-z])_|^(top)_",
         ),
         Backbone(
-            "ResNet50", "ResNet50", {}, 224, 32, "caffe",
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            23_587_712, 2048, 0.749, r"^(conv\d_block\d+)_", family="ResNet",
+            key="ResNet50", constructor="ResNet50",
+            family="ResNet", default_size=224, min_size=32, preprocessing="caffe",
+            weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            params=23_587_712, feature_dim=2048, imagenet_top1=0.749,
+            block_pattern=r"^(conv\d_block\d+)_",
         ),
         Backbone(
-            "ResNet50V2", "ResNet50V2", {}, 224, 32, "tf",
-            "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            23_564_800, 2048, 0.760, r"^(conv\d_block\d+)_|^(post)_", family="ResNet",
+            key="ResNet50V2", constructor="ResNet50V2",
+            family="ResNet", default_size=224, min_size=32, preprocessing="tf",
+            weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            params=23_564_800, feature_dim=2048, imagenet_top1=0.76,
+            block_pattern=r"^(conv\d_block\d+)_|^(post)_",
         ),
         Backbone(
-            "VGG16", "VGG16", {}, 224, 32, "caffe",
-            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            14_714_688, 512, 0.713, r"^(block\d)_", family="VGG",
+            key="VGG16", constructor="VGG16",
+            family="VGG", default_size=224, min_size=32, preprocessing="caffe",
+            weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            params=14_714_688, feature_dim=512, imagenet_top1=0.713,
+            block_pattern=r"^(block\d)_",
         ),
         Backbone(
-            "DenseNet121", "DenseNet121", {}, 224, 32, "torch",
-            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            7_037_504, 1024, 0.750, r"^(conv\d_block\d+)_|^(pool\d)_", family="DenseNet",
+            key="DenseNet121", constructor="DenseNet121",
+            family="DenseNet", default_size=224, min_size=32, preprocessing="torch",
+            weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            params=7_037_504, feature_dim=1024, imagenet_top1=0.75,
+            block_pattern=r"^(conv\d_block\d+)_|^(pool\d)_",
         ),
         Backbone(
-            "InceptionV3", "InceptionV3", {}, 299, 75, "tf",
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            21_802_784, 2048, 0.779, r"^(mixed\d+)$", block_ends_at_match=True,
-            family="Inception",
+            key="InceptionV3", constructor="InceptionV3",
+            family="Inception", default_size=299, min_size=75, preprocessing="tf",
+            weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            params=21_802_784, feature_dim=2048, imagenet_top1=0.779,
+            block_pattern=r"^(mixed\d+)$", block_ends_at_match=True,
         ),
         Backbone(
-            "Xception", "Xception", {}, 299, 71, "tf",
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            20_861_480, 2048, 0.790, r"^(block\d+)_", family="Inception",
+            key="Xception", constructor="Xception",
+            family="Inception", default_size=299, min_size=71, preprocessing="tf",
+            weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            params=20_861_480, feature_dim=2048, imagenet_top1=0.79,
+            block_pattern=r"^(block\d+)_",
         ),
         Backbone(
-            "ConvNeXtTiny", "ConvNeXtTiny", {}, 224, 32, "none",
-            "convnext_tiny_notop.h5",
-            27_820_128, 768, 0.813, r"_(stage_\d_block_\d+)_", family="ConvNeXt",
+            key="ConvNeXtTiny", constructor="ConvNeXtTiny",
+            family="ConvNeXt", default_size=224, min_size=32, preprocessing="none",
+            weights_file="convnext_tiny_notop.h5",
+            params=27_820_128, feature_dim=768, imagenet_top1=0.813,
+            block_pattern=r"_(stage_\d_block_\d+)_",
         ),
     ]
 }

@@ -38,13 +38,14 @@ gen = st.session_state.setdefault("upload_gen", 0)
 # --- ingest --------------------------------------------------------------------------
 
 
-def show_problems(report: dict[str, Any]) -> None:
-    for error in report.get("errors", []):
+def show_problems(report: tle.HealthReport, *, errors: bool = True,
+                  unreadable: bool = True) -> None:
+    for error in report.errors if errors else []:
         st.error(md_escape(error), icon=":material/block:")
-    for warning in report.get("warnings", []):
+    for warning in report.warnings:
         st.warning(md_escape(warning), icon=":material/warning:")
-    if report.get("unreadable"):
-        st.dataframe(pd.DataFrame(report["unreadable"]), hide_index=True, width="stretch",
+    if unreadable and report.unreadable:
+        st.dataframe(pd.DataFrame(report.unreadable), hide_index=True, width="stretch",
                      column_config={"file": "File", "reason": "Why it was skipped"})
 
 
@@ -64,7 +65,7 @@ def ingest(what: str, make: Callable[[Callable[[int, int], None]], tle.Dataset])
         bar.empty()
         st.error(f"No dataset was created. {md_escape(exc)}", icon=":material/warning:")
         if report := getattr(exc, "report", None):
-            show_problems({**report, "errors": []})
+            show_problems(tle.HealthReport.from_dict(report), errors=False)
         return
     except tle.TLError as exc:
         bar.empty()
@@ -254,17 +255,17 @@ cols[0].selectbox(
     on_change=lambda: state.set_dataset(st.session_state["dataset_pick"]),
 )
 dataset = by_id[st.session_state["dataset_pick"]]
-report = dataset.report
+report = dataset.health
 
-sizes = report.get("sizes", {})
-extra_copies = sum(len(d["files"]) - 1 for d in report.get("duplicates", []))
+sizes = report.sizes
+extra_copies = sum(len(d["files"]) - 1 for d in report.duplicates)
 cols = st.columns(5)
 cols[0].metric("Images", len(dataset.records))
 cols[1].metric("Classes", len(dataset.classes))
-cols[2].metric("Unreadable", len(report.get("unreadable", [])))
-cols[3].metric("Duplicates", extra_copies + len(report.get("cross_class_duplicates", [])),
+cols[2].metric("Unreadable", len(report.unreadable))
+cols[3].metric("Duplicates", extra_copies + len(report.cross_class_duplicates),
                help="Extra copies kept once, plus images found under several classes.")
-cols[4].metric("Median size", f"{sizes.get('median_width', 0)}×{sizes.get('median_height', 0)}")
+cols[4].metric("Median size", f"{sizes.median_width}×{sizes.median_height}")
 
 left, right = st.columns([0.55, 0.45])
 with left:
@@ -293,8 +294,8 @@ with right:
                        f"{draft['test_split']:.0%} test, seed {draft['seed']} (set on the "
                        "Training page).")
 
-if report.get("errors") or report.get("warnings"):
-    show_problems({**report, "unreadable": []})
+if report.errors or report.warnings:
+    show_problems(report, unreadable=False)
 else:
     st.success("No problems found: enough images per class, balanced, nothing skipped.",
                icon=":material/check_circle:")
@@ -311,23 +312,23 @@ def thumbnails_of(groups: list[dict[str, Any]], describe: Callable[[dict[str, An
         st.caption(f"…and {len(groups) - SHOWN_GROUPS} more.")
 
 
-if report.get("unreadable"):
-    with st.expander(f"Unreadable files ({len(report['unreadable'])})",
+if report.unreadable:
+    with st.expander(f"Unreadable files ({len(report.unreadable)})",
                      icon=":material/broken_image:"):
-        st.dataframe(pd.DataFrame(report["unreadable"]), hide_index=True, width="stretch",
+        st.dataframe(pd.DataFrame(report.unreadable), hide_index=True, width="stretch",
                      column_config={"file": "File", "reason": "Why it was skipped"})
-if report.get("duplicates"):
-    with st.expander(f"Duplicates within a class ({len(report['duplicates'])})",
+if report.duplicates:
+    with st.expander(f"Duplicates within a class ({len(report.duplicates)})",
                      icon=":material/content_copy:"):
         st.caption("Identical files: each was kept once.")
-        thumbnails_of(report["duplicates"], lambda g: f"**{md_escape(g['label'])}** · "
+        thumbnails_of(report.duplicates, lambda g: f"**{md_escape(g['label'])}** · "
                       + " · ".join(md_escape(f) for f in g["files"]))
-if report.get("cross_class_duplicates"):
-    with st.expander(f"Same image in several classes ({len(report['cross_class_duplicates'])})",
+if report.cross_class_duplicates:
+    with st.expander(f"Same image in several classes ({len(report.cross_class_duplicates)})",
                      icon=":material/call_split:"):
         st.caption("Their label is ambiguous, so every copy was left out. Remove the wrong "
                    "copies and ingest again.")
-        thumbnails_of(report["cross_class_duplicates"], lambda g: "**"
+        thumbnails_of(report.cross_class_duplicates, lambda g: "**"
                       + " / ".join(md_escape(label) for label in g["labels"]) + "** · "
                       + " · ".join(md_escape(f) for f in g["files"]))
 

@@ -1,0 +1,132 @@
+"""Decoding and de-duplicating: every candidate is read, hashed, decoded and checked on a
+pool of threads; what survives is stored once per content (`images/<hash>.jpg`, already
+shrunk) and each content is kept once, under one label."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from ..images import (
+    ImageRejected,
+    MemoryBudget,
+    decode_budget_bytes,
+    max_image_pixels,
+    prepare,
+    to_jpeg_bytes,
+)
+from ..store import Workspace
+from .health import HealthReport, build_report
+from .layout import _Candidate, _Source, _Unreadable
+from .records import ImageRecord, Progress, _record_order
+
+# File bytes read and not yet decoded, across the ingest threads: a folder or archive of
+# large files is read a few at a time, whatever the thread count. A file larger than
+# this is read alone.
+READ_BUDGET_BYTES = 256 * 1024**2
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    hash: str
+    width: int
+    height: int
+
+
+def _process(
+    source: _Source, ws: Workspace | None, progress: Progress | None
+) -> tuple[list[ImageRecord], HealthReport]:
+    """Decode every candidate (storing it when `ws` is given) and build the report."""
+    max_image_pixels()  # a mistyped limit fails once, here, not once per image
+    decode_budget_bytes()
+    candidates = source.candidates
+    unreadable = list(source.unreadable)
+    decoded: dict[int, _Decoded] = {}
+    total = len(candidates)
+    if progress:
+        progress(0, total)
+    if candidates:
+        workers = min(16, (os.cpu_count() or 2) + 2, total)
+        # Pillow and hashlib release the GIL while decoding, resizing, encoding and
+        # hashing, so threads scale across cores without pickling images to processes.
+        reading = MemoryBudget()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+            futures = {
+                pool.submit(_decode_one, c, ws, reading): i for i, c in enumerate(candidates)
+            }
+            for done, future in enumerate(as_completed(futures), start=1):
+                # Dropped as soon as it is read: a finished future keeps its result alive.
+                index = futures.pop(future)
+                outcome = future.result()
+                if isinstance(outcome, _Decoded):
+                    decoded[index] = outcome
+                else:
+                    unreadable.append({"file": candidates[index].filename, "reason": outcome})
+                if progress:
+                    progress(done, total)
+
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for index in sorted(decoded):
+        by_hash[decoded[index].hash].append(index)
+    records: list[ImageRecord] = []
+    duplicates: list[dict[str, Any]] = []
+    cross_class: list[dict[str, Any]] = []
+    split_rank = {"train": 0, "": 0, "val": 1, "test": 2}
+    across_splits: list[str] = []  # copies left out of val/test because train has them
+    for content_hash, indexes in by_hash.items():
+        copies = [candidates[i] for i in indexes]
+        files = sorted(c.filename for c in copies)
+        labels = sorted({c.label for c in copies})
+        if len(labels) > 1:
+            cross_class.append({"hash": content_hash, "labels": labels, "files": files})
+            continue
+        # Same bytes in one class: keep one copy, preferring train, so a repeated image
+        # never sits on both sides of the train/val line.
+        keep = min(indexes, key=lambda i: (split_rank[candidates[i].split], candidates[i].filename))
+        if len(copies) > 1:
+            duplicates.append({"hash": content_hash, "label": labels[0], "files": files})
+            if len({c.split for c in copies}) > 1:
+                across_splits += [c.filename for c in copies if c.split != candidates[keep].split]
+        chosen, info = candidates[keep], decoded[keep]
+        records.append(
+            ImageRecord(
+                content_hash, chosen.label, chosen.filename, chosen.split, info.width, info.height
+            )
+        )
+    records.sort(key=_record_order)
+    unreadable.sort(key=lambda item: item["file"])
+    across_splits.sort()
+    duplicates.sort(key=lambda item: item["files"][0])
+    cross_class.sort(key=lambda item: item["files"][0])
+    report = build_report(source, records, unreadable, duplicates, cross_class, across_splits)
+    return records, report
+
+
+def _decode_one(
+    candidate: _Candidate, ws: Workspace | None, reading: MemoryBudget
+) -> _Decoded | str:
+    """The decoded image's facts, or the reason it cannot be used.
+
+    A reason, not an exception: a raised exception would keep the file's bytes alive
+    through its traceback for as long as its future is kept.
+    """
+    try:
+        with reading.hold(candidate.size, READ_BUDGET_BYTES):
+            data = candidate.read()
+            content_hash = hashlib.sha256(data).hexdigest()
+            prepared = prepare(data, candidate.filename)
+            del data
+    except ImageRejected as exc:
+        return exc.reason
+    except _Unreadable as exc:
+        return str(exc)
+    if ws is not None:
+        target = ws.image_path(content_hash)
+        # Content-addressed: the same bytes always give the same stored pixels.
+        if not target.exists():
+            ws.write_bytes_atomic(target, to_jpeg_bytes(prepared.image))
+    return _Decoded(content_hash, prepared.original_width, prepared.original_height)
