@@ -32,17 +32,7 @@ STATUS_BADGES = {  # status -> (material icon, badge colour)
 THUMB_SIDE = 320
 CARDS_PER_PAGE = 12
 # The spec fields a person compares runs by, in reading order, with readable names.
-COMPARED_FIELDS = {
-    "backbone": "Backbone", "weights": "Weights", "image_size": "Image size",
-    "hidden_units": "Hidden units", "dropout": "Dropout", "strategy": "Strategy",
-    "unfreeze": "Unfreeze", "unfreeze_unit": "Unfreeze unit", "epochs": "Epochs",
-    "head_epochs": "Head epochs", "fine_tune_lr_factor": "Fine-tune LR ×",
-    "batch_size": "Batch size", "learning_rate": "Learning rate", "optimizer": "Optimizer",
-    "label_smoothing": "Label smoothing", "augment": "Augmentation",
-    "class_weights": "Class weights", "early_stopping": "Early stopping",
-    "reduce_lr": "Reduce LR", "keep_weights": "Keep weights", "val_split": "Val split",
-    "test_split": "Test split", "seed": "Seed",
-}
+COMPARED_FIELDS = {name: setting.label for name, setting in tle.settings()}
 METRICS_PER_ROW = 4  # wide enough for "4 min 02 s" beside a 1440 px page's sidebar
 
 
@@ -85,9 +75,8 @@ def created_text(run: tle.RunRecord) -> str:
 
 
 def strategy_text(spec: tle.RunSpec) -> str:
-    if spec.strategy in ("partial", "two-phase"):
-        return f"{spec.strategy} (top {spec.unfreeze} {spec.unfreeze_unit})"
-    return spec.strategy
+    """"Partial fine-tune · top 2 blocks": the freeze settings that apply, in words."""
+    return " · ".join(tle.describe(spec)["freeze"])
 
 
 def percent(value: float | None) -> str:

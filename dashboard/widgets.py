@@ -25,12 +25,6 @@ TRAINABLE = "#4C6EF5"
 PARTLY = "#A5B4FC"
 HEAD = "#12B886"
 
-STRATEGY_NAMES = {
-    "frozen": "Frozen backbone",
-    "partial": "Partial fine-tune",
-    "full": "Full fine-tune",
-    "two-phase": "Two-phase",
-}
 WEIGHTS_NAMES = {"imagenet": "ImageNet", "none": "none (random init)"}
 PHASE_NAMES = {
     "features": "Computing features with the frozen backbone",
@@ -90,7 +84,7 @@ def run_label(run: tle.RunRecord) -> str:
     who = f" · {run.started_by}" if run.started_by else ""
     return (
         f"{run.id} · {run.status} · {run.spec.backbone} · "
-        f"{STRATEGY_NAMES.get(run.spec.strategy, run.spec.strategy)}{acc}{who} · "
+        f"{tle.STRATEGY_NAMES.get(run.spec.strategy, run.spec.strategy)}{acc}{who} · "
         f"{format_time(run.created_at)}"
     )
 
@@ -99,71 +93,45 @@ def weights_label(weights: str) -> str:
     return WEIGHTS_NAMES.get(weights, f"file {Path(weights).name}")
 
 
-def spec_summary(spec: Mapping[str, Any], given_split: bool = False) -> dict[str, str]:
-    """The draft (or a run's spec) as a few readable lines, grouped like the pages."""
-    entry = tle.BACKBONES.get(spec["backbone"])
-    size = spec.get("image_size") or (entry.default_size if entry else "default")
-    head = "pooled features"
-    if spec.get("hidden_units"):
-        head += f" → Dense {spec['hidden_units']}"
-    if spec.get("dropout"):
-        head += f" → Dropout {spec['dropout']:.2f}"
-    head += " → softmax"
-    strategy = STRATEGY_NAMES.get(spec["strategy"], spec["strategy"])
-    if spec["strategy"] in ("partial", "two-phase"):
-        strategy += f", top {spec['unfreeze']} {spec['unfreeze_unit']} trainable"
-    if spec["strategy"] == "two-phase":
-        strategy += (
-            f" after {spec['head_epochs']} head epochs, LR × {spec['fine_tune_lr_factor']:g}"
-        )
-    augment = ", ".join(spec.get("augment") or ()) or "none"
-    extras = [
-        name
-        for name, on in (
-            (f"early stopping ({spec.get('early_stopping')})", spec.get("early_stopping")),
-            ("reduce LR on plateau", spec.get("reduce_lr")),
-            ("class weights", spec.get("class_weights")),
-            (f"label smoothing {spec.get('label_smoothing', 0):g}", spec.get("label_smoothing")),
-        )
-        if on
-    ]
-    return {
-        "Backbone": f"{spec['backbone']} · {weights_label(spec['weights'])} weights · {size} px",
-        "Head": head,
-        "Freeze": strategy,
-        "Training": (
-            f"{spec['epochs']} epochs · batch {spec['batch_size']} · {spec['optimizer']} "
-            f"LR {spec['learning_rate']:g} · keeps the "
-            f"{'best' if spec.get('keep_weights', 'best') == 'best' else 'last'} epoch"
-        ),
-        "Data": (
-            (("the dataset's own train/val split" + (
-                f" · test {spec['test_split']:.0%} of train" if spec["test_split"] else ""))
-             if given_split else f"val {spec['val_split']:.0%} · test {spec['test_split']:.0%}")
-            + f" · seed {spec['seed']} · augmentation: {augment}"
-        ),
-        "Extras": ", ".join(extras) or "none",
-    }
+def spec_summary(spec: Mapping[str, Any], given_val: bool = False,
+                 given_test: bool = False) -> dict[str, str]:
+    """The draft (or a run's spec) in words, a line per page, from the spec's table."""
+    values = dict(spec)
+    if not values.get("image_size") and (entry := tle.BACKBONES.get(values["backbone"])):
+        values["image_size"] = entry.default_size
+    lines = tle.describe(values)
+    data = []
+    if given_val:
+        lines["training"] = [t for t in lines["training"] if not t.startswith("val ")]
+        data.append("the dataset's own validation split")
+    if given_test:
+        lines["training"] = [t for t in lines["training"] if not t.startswith("test ")]
+        data.append("its own test split")
+    return {"Model": " · ".join(lines["model"]), "Freeze": " · ".join(lines["freeze"]),
+            "Training": " · ".join(lines["training"] + data)}
 
 
-def show_spec(spec: Mapping[str, Any], given_split: bool = False) -> None:
+def show_spec(spec: Mapping[str, Any], given_val: bool = False,
+              given_test: bool = False) -> None:
     lines = [
         f"**{name}** &nbsp; {md_escape(text)}"
-        for name, text in spec_summary(spec, given_split).items()
+        for name, text in spec_summary(spec, given_val, given_test).items()
     ]
     st.markdown("  \n".join(lines))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def curves(run_id: str, metrics: list[dict[str, Any]]) -> go.Figure:
-    """The shared training curves, with a line where two-phase training starts fine-tuning.
+    """The shared training curves, with a line where each phase after the first starts.
     Cached by content: a live page redraws every 2 s and the figure changes once an epoch."""
     fig = charts.training_curves({run_id: metrics})
-    first_fine_tune = next((m["epoch"] for m in metrics if m.get("phase") == "fine-tune"), None)
-    if first_fine_tune is not None and first_fine_tune > metrics[0]["epoch"]:
+    starts = [(now["epoch"], now["phase"])
+              for before, now in zip(metrics, metrics[1:], strict=False)
+              if now.get("phase") != before.get("phase")]
+    for epoch, phase in starts:
         for col in (1, 2):
-            fig.add_vline(x=first_fine_tune - 0.5, line={"color": "#ADB5BD", "dash": "dot"},
-                          annotation_text="fine-tune →", annotation_position="top right",
+            fig.add_vline(x=epoch - 0.5, line={"color": "#ADB5BD", "dash": "dot"},
+                          annotation_text=f"{phase} →", annotation_position="top right",
                           annotation_font_size=10, row=1, col=col)
     return fig
 

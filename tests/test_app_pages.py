@@ -209,7 +209,7 @@ def test_model_page_choices_change_the_spec_draft(monkeypatch, demo_ws):
     draft = at.session_state["spec_draft"]
     assert (draft["backbone"], draft["weights"], draft["image_size"], draft["hidden_units"]) == (
         "MobileNet-0.25", "none", 96, 64)
-    assert "MobileNet-0.25 · none (random init) weights · 96 px" in texts(at.markdown)
+    assert "MobileNet-0.25 · random-init weights · 96 px" in texts(at.markdown)
 
     # ImageNet weights that are neither cached nor downloadable: the page says where to
     # put which file, and that "none" still works.
@@ -228,17 +228,17 @@ def test_freeze_slider_changes_the_trainable_parameters(monkeypatch, demo_ws):
     at.switch_page("views/freeze.py").run()
     frozen = metric(at, "Trainable parameters")
     at.radio(key="freeze_strategy").set_value("partial").run()
-    at.slider(key="freeze_depth").set_value(10).run()
+    at.slider(key="freeze_unfreeze").set_value(10).run()
     ten = metric(at, "Trainable parameters")
-    at.slider(key="freeze_depth").set_value(60).run()
+    at.slider(key="freeze_unfreeze").set_value(60).run()
     sixty = metric(at, "Trainable parameters")
     assert not at.exception
     assert len({frozen, ten, sixty}) == 3
     assert at.session_state["spec_draft"]["strategy"] == "partial"
     assert at.session_state["spec_draft"]["unfreeze"] == 60
 
-    at.radio(key="freeze_unit").set_value("blocks").run()
-    assert at.slider(key="freeze_depth").value == 2  # a sensible start when switching unit
+    at.radio(key="freeze_unfreeze_unit").set_value("blocks").run()
+    assert at.slider(key="freeze_unfreeze").value == 2  # a sensible start when switching unit
     assert at.session_state["spec_draft"]["unfreeze_unit"] == "blocks"
     assert len(at.get("plotly_chart")) == 1  # the frozen / trainable strip
 

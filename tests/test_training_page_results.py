@@ -37,7 +37,7 @@ def test_keep_weights_choice_goes_into_the_run(monkeypatch, tmp_path):
         backbone="MobileNetV2-0.35", weights="none", image_size=32, epochs=1).to_dict()
     at.run()
     at.switch_page("views/training.py").run()
-    at.radio(key="train_keep").set_value("last")
+    at.radio(key="train_keep_weights").set_value("last")
     at.button(key="FormSubmitter:train_form-Start training").click().run()
     (run,) = tle.list_runs(ws, "demo")
     try:
@@ -54,10 +54,10 @@ def test_a_given_split_can_hold_out_a_test_split(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     tle.ingest_folder(ws, root, project="demo")
     at = open_app(monkeypatch, ws.root, "views/training.py", project="demo")
-    assert at.slider(key="train_val").disabled  # the dataset's own val is used
-    assert not at.slider(key="train_test").disabled
+    assert at.slider(key="train_val_split").disabled  # the dataset's own val is used
+    assert not at.slider(key="train_test_split").disabled
     assert "test split is carved out of its training part" in shown(at.caption)
-    at.slider(key="train_test").set_value(0.2).run()
+    at.slider(key="train_test_split").set_value(0.2).run()
 
 
 def test_harsh_fine_tuning_is_hinted_on_freeze_and_training(monkeypatch, tmp_path):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import spec as spec_table
+from .cli_format import print_json as _print_json
+from .cli_format import table as _table
+from .cli_users import add_users_parser
 from .errors import SpecError, TLError
-from .spec import DEFAULT_AUGMENTATION, KEEP_WEIGHTS, STRATEGIES, RunSpec
+from .spec import RunSpec
 from .store import Workspace
 
 
@@ -29,18 +32,6 @@ def _import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=None, default=str))
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(r.get(c, "")) if r.get(c) is not None else "" for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -97,19 +88,38 @@ def _ingest(ws: Workspace, data: str, project: str) -> Any:
     raise TLError(f"--data {data}: no such folder or .zip file.")
 
 
-def _spec_from_args(args: argparse.Namespace) -> RunSpec:
-    augment = tuple(a.strip() for a in args.augment.split(",") if a.strip()) if args.augment else ()
-    return RunSpec(
-        backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-        hidden_units=args.hidden_units, dropout=args.dropout, strategy=args.strategy,
-        unfreeze=args.unfreeze, unfreeze_unit=args.unfreeze_unit, epochs=args.epochs,
-        head_epochs=args.head_epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, optimizer=args.optimizer,
-        label_smoothing=args.label_smoothing, augment=augment,
-        class_weights=args.class_weights, early_stopping=args.early_stopping,
-        reduce_lr=args.reduce_lr, val_split=args.val_split, test_split=args.test_split,
-        seed=args.seed, keep_weights=args.keep,
-    )
+def add_spec_options(parser: argparse.ArgumentParser) -> None:
+    """One option per run setting, generated from the spec's field table."""
+    group = parser.add_argument_group("run settings")
+    for name, setting in spec_table.settings():
+        kind = spec_table.value_type(name)
+        default = spec_table.default(name)
+        where = (f" Applies to: {', '.join(setting.strategies)}." if setting.strategies
+                 else "")
+        text = (setting.help + where).replace("%", "%%")
+        option = spec_table.flag(name)
+        if kind is bool:
+            group.add_argument(option, dest=name, action=argparse.BooleanOptionalAction,
+                               default=default, help=text)
+        elif kind is tuple:
+            group.add_argument(option, dest=name, nargs="?", default="",
+                               const=",".join(setting.bare or setting.choices),
+                               metavar=",".join(setting.choices),
+                               help=f"{text} Bare: {','.join(setting.bare or ())}.")
+        elif setting.choices:
+            group.add_argument(option, dest=name, default=default, choices=setting.choices,
+                               help=text)
+        else:
+            group.add_argument(option, dest=name, type=kind, default=default,
+                               help=f"{text} Default: {default}.")
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    values = {name: getattr(args, name) for name, _ in spec_table.settings()}
+    for name, _ in spec_table.settings():
+        if spec_table.value_type(name) is tuple:
+            values[name] = tuple(v.strip() for v in values[name].split(",") if v.strip())
+    return RunSpec(**values)
 
 
 class _ProgressBar:
@@ -152,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     ws = Workspace(args.workspace)
     project = ws.ensure_project(args.project)
-    spec = _spec_from_args(args).normalized()
+    spec = spec_from_args(args).normalized()
     dataset = _ingest(ws, args.data, project)
     submission = submit_run(ws, project, dataset.id, spec, force=args.force,
                             started_by=args.started_by)
@@ -191,6 +201,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif run.error:
             print(f"error: {run.error}", file=sys.stderr)
     return 0 if run.status == "completed" else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .phases import phases
+
+    spec = spec_from_args(args).normalized()
+    rows = [{"phase": p.name, "epochs": p.epochs, "trains": p.trainable_text,
+             "learning_rate": spec.learning_rate * p.lr_factor,
+             "lr_per_block_down": p.lr_decay, "cached_features": p.cached_features}
+            for p in phases(spec)]
+    if args.json:
+        _print_json({"spec": spec.to_dict(), "phases": rows})
+    else:
+        print(_table(rows, list(rows[0])))
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -311,65 +336,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
 # --- accounts (TL_AUTH=accounts) ---------------------------------------------------------
 
 
-def _read_password(name: str) -> str:
-    """One line from stdin, never echoed: typed at a prompt, or piped in."""
-    if sys.stdin.isatty():
-        import getpass
-
-        return getpass.getpass(f"Password for {name}: ")
-    return sys.stdin.readline().rstrip("\r\n")
-
-
-def cmd_users_add(args: argparse.Namespace) -> int:
-    from .accounts import add_account
-
-    account = add_account(Workspace(args.workspace), args.name, _read_password(args.name),
-                          admin=args.admin)
-    print(f"added {account.name}" + (" (admin)" if account.admin else ""))
-    return 0
-
-
-def cmd_users_list(args: argparse.Namespace) -> int:
-    import time
-
-    from .accounts import list_accounts
-
-    rows = [{"name": a.name, "admin": "yes" if a.admin else "no",
-             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created_at))}
-            for a in list_accounts(Workspace(args.workspace))]
-    if args.json:
-        _print_json(rows)
-    else:
-        print(_table(rows, ["name", "admin", "created"]) if rows else "no accounts yet")
-    return 0
-
-
-def cmd_users_remove(args: argparse.Namespace) -> int:
-    from .accounts import remove_account
-
-    remove_account(Workspace(args.workspace), args.name)
-    print(f"removed {args.name}")
-    return 0
-
-
-def _add_users_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    users = sub.add_parser("users", parents=[common],
-                           help="accounts for TL_AUTH=accounts: add, list, remove")
-    commands = users.add_subparsers(dest="users_command", required=True)
-    p = commands.add_parser("add", parents=[common],
-                            help="add an account; the password is read from stdin")
-    p.add_argument("name")
-    p.add_argument("--admin", action="store_true", help="may see and manage every project")
-    p.set_defaults(func=cmd_users_add)
-    p = commands.add_parser("list", parents=[common], help="accounts: name, admin, created")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_users_list)
-    p = commands.add_parser("remove", parents=[common],
-                            help="remove an account, its sessions and its memberships")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_users_remove)
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", default=argparse.SUPPRESS,
@@ -390,37 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train (or reuse) a run and wait for it")
     p.add_argument("--data", required=True, help="folder of class folders, or a .zip of one")
     p.add_argument("--project", default="default")
-    p.add_argument("--backbone", default="MobileNetV2-0.35")
-    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file")
-    p.add_argument("--strategy", default="frozen", choices=STRATEGIES)
-    p.add_argument("--unfreeze", type=int, default=0, help="top layers (or blocks) to train")
-    p.add_argument("--unfreeze-unit", default="layers", choices=("layers", "blocks"))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--head-epochs", type=int, default=3, help="two-phase: frozen epochs first")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=0, help="0: the backbone's default")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
-    p.add_argument("--hidden-units", type=int, default=0)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--augment", nargs="?", const=",".join(DEFAULT_AUGMENTATION), default="",
-                   help="augment in training; optionally a list: flip,rotation,zoom,contrast,"
-                        "translation")
-    p.add_argument("--class-weights", action="store_true")
-    p.add_argument("--early-stopping", type=int, default=0, help="patience in epochs; 0 off")
-    p.add_argument("--reduce-lr", action="store_true")
-    p.add_argument("--val-split", type=float, default=0.2)
-    p.add_argument("--test-split", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--keep", default="best", choices=KEEP_WEIGHTS,
-                   help="which weights the model keeps: the best validation epoch of the "
-                        "last phase, or the last epoch")
+    add_spec_options(p)
     p.add_argument("--force", action="store_true", help="train again even if identical")
     p.add_argument("--started-by", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", parents=[common],
+                       help="the phases a run's settings train in, without training")
+    add_spec_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("runs", parents=[common], help="list runs")
     p.add_argument("--project", default=None)
@@ -465,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_backup)
 
-    _add_users_parser(sub, common)
+    add_users_parser(sub, common)
 
     p = sub.add_parser("worker", parents=[common], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .phases import ALL, Phase, phases
 from .runs import RunRecord
 from .spec import RunSpec
 
@@ -34,29 +35,25 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
-def _fine_tune_rate(spec: RunSpec) -> float | None:
-    """The learning rate pretrained layers train at, or None when none train."""
-    if spec.strategy in ("partial", "full"):
-        return spec.learning_rate
-    if spec.strategy == "two-phase":
-        return spec.learning_rate * spec.fine_tune_lr_factor
-    return None
+def _fine_tune_phase(spec: RunSpec) -> Phase | None:
+    """The phase whose pretrained layers train at the highest rate, or None when none do."""
+    training = [phase for phase in phases(spec) if phase.trains_backbone]
+    return max(training, key=lambda phase: phase.lr_factor, default=None)
 
 
 def spec_hints(spec: RunSpec) -> list[Hint]:
     """What in these settings is likely to cost accuracy, and what to use instead."""
     hints: list[Hint] = []
     pretrained = spec.weights != "none"
-    rate = _fine_tune_rate(spec)
+    plan = phases(spec)
+    fine = _fine_tune_phase(spec)
+    rate = spec.learning_rate * fine.lr_factor if fine else None
     if pretrained and rate is not None and rate >= 1e-3:
-        where = {
-            "partial": "Partial fine-tuning",
-            "full": "Full fine-tuning",
-            "two-phase": "The fine-tune phase",
-        }[spec.strategy]
+        after_head = len(plan) > 1 and not plan[0].trains_backbone
+        where = "After the head phase, fine-tuning" if after_head else "Fine-tuning"
         factor = ""
-        if spec.strategy == "two-phase":
-            factor = (f" ({_rate(spec.learning_rate)} × factor {spec.fine_tune_lr_factor:g}; "
+        if fine is not None and (fine.lr_factor != 1.0 or after_head):
+            factor = (f" ({_rate(spec.learning_rate)} × factor {fine.lr_factor:g}; "
                       "a factor of 0.1 or lower fixes it)")
         hints.append(Hint("warning", (
             f"{where} trains pretrained layers at learning rate {_rate(rate)}{factor}: "
@@ -64,11 +61,11 @@ def spec_hints(spec: RunSpec) -> list[Hint]:
             "partial fine-tuning at 1e-3 scored 0.856 against 0.915 for a frozen backbone. "
             f"Try {_rate(GENTLE_FINE_TUNE_RATE)}."
         )))
-    if not pretrained and spec.strategy in ("frozen", "partial", "two-phase"):
+    if not pretrained and plan[-1].trainable_top is not ALL:
         hints.append(Hint("warning", (
             "With random weights (\"none\") the frozen layers of the backbone never learn: "
             "the head only sees features of an untrained network, close to noise. Use "
-            "ImageNet weights, or train everything with the \"full\" strategy."
+            "ImageNet weights, or let the whole backbone train (full fine-tuning)."
         )))
     return hints
 
@@ -87,10 +84,12 @@ def run_hints(run: RunRecord, metrics: Sequence[dict[str, Any]]) -> list[Hint]:
     last = metrics[-1]
     final_val = summary.get("final_val_accuracy", last.get("val_accuracy"))
 
-    head = [m for m in metrics if m.get("phase") == "head"]
-    fine = [m for m in metrics if m.get("phase") == "fine-tune"]
+    plan = phases(run.spec)
+    head_first = len(plan) > 1 and not plan[0].trains_backbone
+    head = [m for m in metrics if m.get("phase") == plan[0].name]
+    fine = [m for m in metrics if m.get("phase") != plan[0].name]
     best_head = _best(head, "val_accuracy")
-    if run.spec.strategy == "two-phase" and fine and best_head and final_val is not None \
+    if head_first and fine and best_head and final_val is not None \
             and final_val < best_head["val_accuracy"]:
         if summary.get("head_model_available"):
             advice = "Switch to the head-phase weights, or fine-tune with a lower learning rate."

@@ -82,10 +82,13 @@ class Setting:
     stops: tuple[float, ...] = ()  # a float picked from these stops (plus its current value)
     choices: tuple[str, ...] = ()  # a text value (or, for a tuple field, each item) is one of
     names: Mapping[str, str] = field(default_factory=dict)  # readable names of the choices
+    choice_help: Mapping[str, str] = field(default_factory=dict)  # a line on each choice
     strategies: tuple[str, ...] = ()  # applies only with these strategies; () = always
     off: Any = None  # stored when it does not apply, so equal work has equal specs
     new: bool = False  # added after runs were stored: left out of the cache key at its default
     flag: str = ""  # the CLI option, when not --<name-with-dashes>
+    bare: Any = None  # what the CLI option means when given without a value
+    slider: bool = False  # a whole number shown as a slider rather than a number field
     text: str = "{}"  # how the summary shows it; "" leaves it out
     quiet: tuple[Any, ...] = ()  # values the summary does not mention (off switches)
 
@@ -127,9 +130,10 @@ class RunSpec:
     # --- Freeze strategy page ---
     strategy: str = _setting(
         "frozen", label="Strategy", page="freeze", choices=STRATEGIES, names=STRATEGY_NAMES,
-        help="How much of the backbone learns, and when.")
+        choice_help=STRATEGY_HELP, help="How much of the backbone learns, and when.")
     unfreeze: int = _setting(
         0, label="Trainable top", page="freeze", low=1, high=10_000, strategies=_TOP_N, off=0,
+        slider=True,
         help="How many layers (or blocks) at the top of the backbone train; gradual "
         "unfreezing gets there one at a time.", text="top {} {unfreeze_unit}")
     unfreeze_unit: str = _setting(
@@ -169,7 +173,7 @@ class RunSpec:
         help="Softens the one-hot targets: less over-confident predictions.")
     augment: tuple[str, ...] = _setting(
         (), label="Augmentation", page="training", choices=AUGMENTATIONS,
-        text="augmentation: {}", flag="--augment",
+        text="augmentation: {}", bare=DEFAULT_AUGMENTATION,
         help="Random changes to training images each epoch. With a frozen backbone and no "
         "augmentation, features are computed once and cached: much faster epochs.")
     class_weights: bool = _setting(

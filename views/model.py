@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import state, widgets
+from dashboard import controls, state, widgets
 from dashboard.text import md_escape
 
 WEIGHT_SOURCES = {"imagenet": "ImageNet (pretrained)", "none": "None — random init (baseline)",
@@ -68,7 +68,8 @@ keys = sorted((entry.key for entry in tle.list_backbones()),
 widgets.seed("model_backbone", draft["backbone"] if draft["backbone"] in keys else keys[0])
 choice_col, table_col = st.columns([0.32, 0.68])
 with choice_col:
-    key = st.selectbox("Backbone", keys, key="model_backbone", on_change=_on_backbone_change,
+    key = st.selectbox(tle.setting("backbone").label, keys, key="model_backbone",
+                       on_change=_on_backbone_change, help=tle.setting("backbone").help,
                        format_func=lambda k: f"{k} · {AVAILABILITY[statuses[k]]}")
     entry = tle.get_backbone(key)
     st.caption(f"{entry.family} · {widgets.format_params(entry.params)} parameters · "
@@ -91,7 +92,8 @@ with choice_col:
     if st.session_state.get("model_weights_source") not in sources:
         st.session_state["model_weights_source"] = "imagenet"
     source = st.radio(
-        "Starting weights", sources, format_func=WEIGHT_SOURCES.get, key="model_weights_source",
+        tle.setting("weights").label, sources, format_func=WEIGHT_SOURCES.get,
+        key="model_weights_source",
         help=None if folder_offered else "Local weights files appear here when an "
         "administrator sets TL_WEIGHTS_DIR to a folder of .h5 files on the server.")
     weights = source
@@ -133,37 +135,21 @@ with table_col:
                "better for a few hundred photos: start small, compare on the Runs page.")
 
 st.subheader("Head and input")
-cols = st.columns(3)
-default_size = draft["image_size"] or entry.default_size
-if not entry.min_size <= default_size <= 1024:
-    default_size = entry.default_size
-widgets.seed("model_image_size", default_size)
-with cols[0]:
-    image_size = st.number_input(
-        "Input size (px)", min_value=entry.min_size, max_value=1024, step=16,
-        key="model_image_size",
-        help=f"{entry.key} was trained at {entry.default_size} px; smaller is faster, "
-        f"larger sees more detail. Minimum {entry.min_size}.",
-    )
-with cols[1]:
-    widgets.seed("model_hidden_units", int(draft["hidden_units"]))
-    hidden_units = st.number_input(
-        "Hidden units", min_value=0, max_value=4096, step=64, key="model_hidden_units",
-        help="0 = pooled features go straight to the softmax (the classic recipe).",
-    )
-with cols[2]:
-    widgets.seed("model_dropout", float(draft["dropout"]))
-    dropout = st.slider("Dropout", 0.0, 0.8, step=0.05, key="model_dropout",
-                        help="Randomly drops features while training: less overfitting.")
-
-state.update_spec(backbone=key, weights=weights, image_size=int(image_size),
-                  hidden_units=int(hidden_units), dropout=float(dropout))
+image_size = draft["image_size"] or entry.default_size
+head = controls.grid(
+    controls.page_settings("model", draft, skip=("backbone", "weights")), draft, columns=3,
+    overrides={"image_size": {
+        "low": entry.min_size,
+        "value": image_size if entry.min_size <= image_size <= tle.spec.MAX_IMAGE_SIZE
+        else entry.default_size,
+        "more_help": f"{entry.key} was trained at {entry.default_size} px; minimum "
+        f"{entry.min_size}."}})
+state.update_spec(backbone=key, weights=weights, **head)
 
 with st.container(border=True):
     st.markdown("**Current choice**")
     summary = widgets.spec_summary(state.spec_draft())
-    st.markdown(f"**Backbone** &nbsp; {md_escape(summary['Backbone'])}  \n"
-                f"**Head** &nbsp; {md_escape(summary['Head'])}")
+    st.markdown(f"**Model** &nbsp; {md_escape(summary['Model'])}")
     cols = st.columns([0.25, 0.25, 0.5])
     cols[0].page_link("views/freeze.py", label="Next: freeze strategy",
                       icon=":material/arrow_forward:")

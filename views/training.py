@@ -9,12 +9,10 @@ from typing import Any
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, run_views, state, widgets
+from dashboard import access, controls, run_views, state, widgets
 from dashboard.text import md_escape
 
-LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1]
 RECENT_RUNS = 30
-KEEP_WEIGHTS_NAMES = {"best": "the best epoch (restored at the end)", "last": "the last epoch"}
 
 ws = state.workspace()
 project = state.require_project()
@@ -34,75 +32,32 @@ access.role_note(project, "train", "start training runs")
 
 
 def settings_form(dataset: tle.Dataset) -> None:
-    given_split = dataset.has_given_split
-    rates = sorted(set(LEARNING_RATES) | {float(draft["learning_rate"])})
-    for key, value in {
-        "train_epochs": int(draft["epochs"]), "train_batch": int(draft["batch_size"]),
-        "train_lr": float(draft["learning_rate"]), "train_optimizer": draft["optimizer"],
-        "train_augment": list(draft["augment"]), "train_patience": int(draft["early_stopping"]),
-        "train_reduce_lr": bool(draft["reduce_lr"]),
-        "train_class_weights": bool(draft["class_weights"]),
-        "train_smoothing": float(draft["label_smoothing"]), "train_val": float(draft["val_split"]),
-        "train_test": float(draft["test_split"]), "train_seed": int(draft["seed"]),
-        "train_keep": draft["keep_weights"],
-    }.items():
-        widgets.seed(key, value)
-
+    plan = tle.phases(tle.RunSpec.from_dict(draft))
+    overrides: dict[str, dict[str, object]] = {
+        "val_split": {"disabled": dataset.has_given_val},
+        "test_split": {"disabled": dataset.has_given_test},
+    }
+    if len(plan) > 1:
+        overrides["epochs"] = {
+            "label": "Epochs of the last phase",
+            "more_help": f"The last phase: {plan[-1].title.lower()}. The earlier phases "
+            f"({sum(p.epochs for p in plan[:-1])} epochs) are set on the Freeze strategy page."}
     with st.form("train_form"):
-        cols = st.columns(4)
-        epochs_label = "Fine-tune epochs" if draft["strategy"] == "two-phase" else "Epochs"
-        cols[0].number_input(epochs_label, 1, 1000, key="train_epochs")
-        cols[1].number_input("Batch size", 1, 4096, key="train_batch")
-        cols[2].selectbox("Optimizer", tle.spec.OPTIMIZERS, key="train_optimizer")
-        cols[3].select_slider("Learning rate", rates, key="train_lr", format_func="{:g}".format)
-        cols = st.columns([0.5, 0.25, 0.25])
-        cols[0].multiselect("Augmentation", tle.AUGMENTATIONS, key="train_augment",
-                            placeholder="none",
-                            help="Random changes to training images each epoch. With a frozen "
-                            "backbone and no augmentation, features are computed once and "
-                            "cached: much faster epochs.")
-        cols[1].number_input("Early stopping", 0, 100, key="train_patience",
-                             help="Patience: stop after this many epochs without a better "
-                             "val accuracy. 0 = off.")
-        cols[2].slider("Label smoothing", 0.0, 0.3, step=0.05, key="train_smoothing")
-        cols = st.columns([0.375, 0.375, 0.25])
-        cols[0].slider("Validation split", 0.05, 0.5, step=0.05, key="train_val",
-                       disabled=dataset.has_given_val)
-        cols[1].slider("Test split", 0.0, 0.4, step=0.05, key="train_test",
-                       disabled=dataset.has_given_test,
-                       help="Images held back from training and validation: an untouched "
-                       "check of the final model." + (" Taken out of the dataset's own "
-                                                      "training part." if given_split else ""))
-        cols[2].number_input("Seed", 0, 2**31 - 1, key="train_seed",
-                             help="Same seed, same split and same starting point.")
+        values = controls.grid(controls.page_settings("training", draft), draft, columns=3,
+                               overrides=overrides)
         if dataset.has_given_test:
             st.caption("This dataset brings its own train/val/test split: it is used as is.")
         elif dataset.has_given_val:
             st.caption("This dataset brings its own train/val split: its validation part is "
                        "used as is; a test split is carved out of its training part.")
-        st.radio("Keep the weights of", tle.KEEP_WEIGHTS, key="train_keep", horizontal=True,
-                 format_func=KEEP_WEIGHTS_NAMES.get,
-                 help="The best epoch is chosen on the validation images, so its validation "
-                 "accuracy is optimistic: a test split tells the truth.")
-        cols = st.columns(3)
-        cols[0].checkbox("Reduce LR on plateau", key="train_reduce_lr")
-        cols[1].checkbox("Class weights", key="train_class_weights",
-                         help="Weigh rare classes up: for imbalanced datasets.")
-        force = cols[2].checkbox("Force retrain", key="train_force",
-                                 help="Train again even if an identical run exists.")
+        force = st.checkbox("Force retrain", key="train_force",
+                            help="Train again even if an identical run exists.")
         submitted = st.form_submit_button("Start training", type="primary",
                                           icon=":material/play_arrow:")
     if not submitted or not access.permit("train", project):
         return
     s = st.session_state
-    state.update_spec(
-        epochs=int(s.train_epochs), batch_size=int(s.train_batch),
-        learning_rate=float(s.train_lr), optimizer=s.train_optimizer,
-        augment=list(s.train_augment), early_stopping=int(s.train_patience),
-        reduce_lr=bool(s.train_reduce_lr), class_weights=bool(s.train_class_weights),
-        label_smoothing=float(s.train_smoothing), val_split=float(s.train_val),
-        test_split=float(s.train_test), seed=int(s.train_seed), keep_weights=s.train_keep,
-    )
+    state.update_spec(**values)
     weights = state.spec_draft()["weights"]
     if weights not in ("imagenet", "none") and tle.find_weight_file(weights) is None:
         # Loaded from an older run, say: the page trains only from the administrator's
@@ -137,7 +92,7 @@ with left:
 with right, st.container(border=True):
     st.markdown(f"**Dataset** &nbsp; {md_escape(dataset.name)} · {len(dataset.records)} images · "
                 f"{len(dataset.classes)} classes")
-    widgets.show_spec(state.spec_draft(), dataset.has_given_split)
+    widgets.show_spec(state.spec_draft(), dataset.has_given_val, dataset.has_given_test)
     widgets.show_hints(tle.spec_hints(tle.RunSpec.from_dict(state.spec_draft())))
     if tle.RunSpec.from_dict(state.spec_draft()).uses_feature_cache:
         st.caption(":material/bolt: Frozen backbone without augmentation: each image's "
@@ -182,7 +137,8 @@ else:
 
 
 def eta_text(progress: dict[str, Any]) -> str:
-    parts = [widgets.PHASE_NAMES.get(progress.get("phase", ""), "Working")]
+    parts = [progress.get("phase_title")
+             or widgets.PHASE_NAMES.get(progress.get("phase", ""), "Working")]
     if progress.get("pass_name"):
         of = f" ({progress['pass_index']} of {progress['passes']})" if progress.get(
             "passes", 1) > 1 else ""
