@@ -22,12 +22,12 @@ from tl_engine.scoring import top_k_for
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
 STATUS_BADGES = {  # status -> (material icon, badge colour)
-    "queued": (":material/schedule:", "gray"),
-    "running": (":material/autorenew:", "blue"),
-    "completed": (":material/check_circle:", "green"),
-    "failed": (":material/error:", "red"),
-    "cancelled": (":material/cancel:", "gray"),
-    "interrupted": (":material/pause_circle:", "orange"),
+    tle.RunStatus.QUEUED: (":material/schedule:", "gray"),
+    tle.RunStatus.RUNNING: (":material/autorenew:", "blue"),
+    tle.RunStatus.COMPLETED: (":material/check_circle:", "green"),
+    tle.RunStatus.FAILED: (":material/error:", "red"),
+    tle.RunStatus.CANCELLED: (":material/cancel:", "gray"),
+    tle.RunStatus.INTERRUPTED: (":material/pause_circle:", "orange"),
 }
 THUMB_SIDE = 320
 CARDS_PER_PAGE = 12
@@ -315,7 +315,7 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
     for run in runs:
         summary = run.summary
         kept = weights_kept_text(run, short=True)
-        epochs = run.epochs_run if run.status == "completed" else None
+        epochs = run.epochs_run if run.status == tle.RunStatus.COMPLETED else None
         rows.append({
             "run": run.id,
             "model": f"{run.spec.backbone} · {weights_text(run.spec.weights)}",
@@ -405,7 +405,8 @@ def comparison_table(runs: Sequence[tle.RunRecord],
         # With two classes top-k is top-1, the accuracy again: "–", and the row goes.
         "Top-k accuracy": lambda r, e: percent(top_k_accuracy(r)),
         "Macro F1": lambda r, e: "–" if not e else f"{e['macro_f1']:.3f}",
-        "Epochs run": lambda r, e: str(r.epochs_run) if r.status == "completed" else "–",
+        "Epochs run":
+            lambda r, e: str(r.epochs_run) if r.status == tle.RunStatus.COMPLETED else "–",
         "Time": lambda r, e: duration(r.seconds),
         "Trainable params": lambda r, e: count(r.summary.get("trainable_params")),
         "Status": lambda r, e: r.status,

@@ -39,9 +39,12 @@ PHASE_NAMES = {
     "done": "Done",
 }
 STATUS_ICONS = {
-    "queued": ":material/schedule:", "running": ":material/directions_run:",
-    "completed": ":material/check_circle:", "failed": ":material/error:",
-    "cancelled": ":material/stop_circle:", "interrupted": ":material/pause_circle:",
+    tle.RunStatus.QUEUED: ":material/schedule:",
+    tle.RunStatus.RUNNING: ":material/directions_run:",
+    tle.RunStatus.COMPLETED: ":material/check_circle:",
+    tle.RunStatus.FAILED: ":material/error:",
+    tle.RunStatus.CANCELLED: ":material/stop_circle:",
+    tle.RunStatus.INTERRUPTED: ":material/pause_circle:",
 }
 
 

@@ -39,12 +39,14 @@ from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
 from .freeze import STRATEGY_HELP, FreezePlan, describe_freeze
 from .hints import Hint, run_hints, spec_hints
+from .job_kinds import list_job_kinds, register_job_kind
 from .jobs import (
     Submission,
     cancel_run,
     ensure_worker,
     recover_interrupted,
     resume_run,
+    submit_job,
     submit_run,
     wait_for_run,
 )
@@ -61,6 +63,7 @@ from .predict import (
 from .registry import BACKBONES, Backbone, get_backbone, list_backbones
 from .runs import (
     RunRecord,
+    RunStatus,
     active_runs,
     delete_run,
     evaluation,
@@ -107,6 +110,7 @@ __all__ = [
     "Refused",
     "RunNotReady",
     "RunRecord",
+    "RunStatus",
     "RunSpec",
     "STRATEGIES",
     "STRATEGY_HELP",
@@ -140,6 +144,7 @@ __all__ = [
     "ingest_zip",
     "list_backbones",
     "list_datasets",
+    "list_job_kinds",
     "list_runs",
     "list_weight_files",
     "load_dataset",
@@ -150,6 +155,7 @@ __all__ = [
     "prediction_batch",
     "queue_position",
     "recover_interrupted",
+    "register_job_kind",
     "resume_run",
     "run_hints",
     "run_metrics",
@@ -157,6 +163,7 @@ __all__ = [
     "save_draft",
     "spec_hints",
     "split_records",
+    "submit_job",
     "submit_run",
     "synthetic_shapes",
     "top_k_for",

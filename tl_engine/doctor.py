@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TLError
-from .runs import METRICS_FILE, RUN_FILE, write_metrics_file, write_run_file
+from .runs import (
+    ACTIVE,
+    DEFAULT_KIND,
+    INTERRUPTED_ERROR,
+    METRICS_FILE,
+    RUN_FILE,
+    RunStatus,
+    write_metrics_file,
+    write_run_file,
+)
 from .spec import canonical_json
 from .store import (
     INDEX_FILE,
@@ -38,7 +47,7 @@ from .store import (
     resolve_workspace,
 )
 
-ACTIVE_STATUSES = ("queued", "running")
+ACTIVE_STATUSES = ACTIVE
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
@@ -96,10 +105,11 @@ def check_workspace(root: str | os.PathLike[str] | None = None) -> list[Problem]
         ws = Workspace(root)
         problems += _row_problems(ws)
         completed = [row["id"] for row in ws.query(
-            "SELECT id FROM runs WHERE status = 'completed' ORDER BY created_at")]
+            "SELECT id FROM runs WHERE status = ? ORDER BY created_at",
+            (RunStatus.COMPLETED,))]
     else:
         completed = [record["id"] for record in _run_files(root)
-                     if record.get("status") == "completed"]
+                     if record.get("status") == RunStatus.COMPLETED]
     for run_id in completed:
         problem = _model_problem(root / "runs" / run_id / "model.keras", run_id)
         if problem:
@@ -130,7 +140,7 @@ def _row_problems(ws: Workspace) -> list[Problem]:
                 "run", str(folder),
                 f"run {row['id']} lacks {RUN_FILE} or {METRICS_FILE}: a rebuilt index would "
                 "lose what is missing (--repair writes them)"))
-        if row["status"] == "running" and slot_free:
+        if row["status"] == RunStatus.RUNNING and slot_free:
             problems.append(Problem(
                 "run", str(folder),
                 f"run {row['id']} is marked running but no worker is training it: it was "
@@ -368,8 +378,6 @@ def restore_from_folders(root: Path, db: sqlite3.Connection) -> list[str]:
         ).rowcount
 
     known_datasets = {row[0] for row in db.execute("SELECT id FROM datasets")}
-    from .jobs import INTERRUPTED_ERROR
-
     added_runs = interrupted = epochs = 0
     for record in run_records:
         run_id = record["id"]
@@ -382,12 +390,13 @@ def restore_from_folders(root: Path, db: sqlite3.Connection) -> list[str]:
         status, finished_at, error = record["status"], record.get("finished_at"), \
             record.get("error")
         if status in ACTIVE_STATUSES:
-            status, finished_at, error = "interrupted", time.time(), INTERRUPTED_ERROR
+            status, finished_at, error = RunStatus.INTERRUPTED, time.time(), INTERRUPTED_ERROR
         db.execute(
-            "INSERT INTO runs (id, project, dataset_id, spec_json, cache_key, status, "
+            "INSERT INTO runs (id, project, dataset_id, kind, spec_json, cache_key, status, "
             "started_by, created_at, started_at, finished_at, progress_json, summary_json, "
-            "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, record["project"], record["dataset_id"], canonical_json(record["spec"]),
+            "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, record["project"], record["dataset_id"],
+             record.get("kind") or DEFAULT_KIND, canonical_json(record["spec"]),
              record["cache_key"], status, record.get("started_by"),
              float(record["created_at"]), record.get("started_at"), finished_at,
              json.dumps(record.get("progress") or {}), json.dumps(record.get("summary") or {}),

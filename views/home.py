@@ -47,8 +47,8 @@ if project is None:
 
 datasets = tle.list_datasets(ws, project)
 runs = tle.list_runs(ws, project)
-completed = [r for r in runs if r.status == "completed"]
-active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != "running")
+completed = [r for r in runs if r.status == tle.RunStatus.COMPLETED]
+active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != tle.RunStatus.RUNNING)
 best = max((r.val_accuracy for r in completed if r.val_accuracy is not None), default=None)
 
 st.subheader(f"Project · {md_escape(project)}")
@@ -83,7 +83,7 @@ with st.container(border=True):
         cols[2].page_link(page, label=f"Open {label}", icon=":material/arrow_forward:")
     if active:
         run = active[0]
-        where = "is training" if run.status == "running" else "is waiting in the queue"
+        where = "is training" if run.status == tle.RunStatus.RUNNING else "is waiting in the queue"
         who = f" by {md_escape(run.started_by)}" if run.started_by else ""
         st.info(f"Run {run.id} ({md_escape(run.spec.backbone)}{who}) {where}.",
                 icon=":material/directions_run:")

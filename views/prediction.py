@@ -11,7 +11,7 @@ st.title("Prediction")
 project = state.require_project()
 ws = state.workspace()
 
-completed = [r for r in tle.list_runs(ws, project) if r.status == "completed"]
+completed = [r for r in tle.list_runs(ws, project) if r.status == tle.RunStatus.COMPLETED]
 if not completed:
     st.info("No completed run in this project yet: train a model first, then try it here.")
     st.page_link("views/training.py", label="Go to Training", icon=":material/model_training:")

@@ -46,7 +46,7 @@ st.dataframe(runs_table, hide_index=True, width="stretch",
 # --- compare ---------------------------------------------------------------------------------
 st.header("Compare")
 by_id = {r.id: r for r in runs}
-finished = [r.id for r in runs if r.status == "completed"]
+finished = [r.id for r in runs if r.status == tle.RunStatus.COMPLETED]
 if "compare_runs" in st.session_state:  # forget runs deleted since (here or elsewhere)
     st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in by_id]
 compared = st.multiselect(
@@ -61,7 +61,7 @@ with state.engine_errors():
         if note := run_views.identical_curves_text(curves):
             st.caption(note)
         evaluations = {r.id: tle.evaluation(ws, r.id).get("val", {}) for r in chosen
-                       if r.status == "completed"}
+                       if r.status == tle.RunStatus.COMPLETED}
         # st.table renders cells as Markdown; file and class names must read as typed.
         st.table(md_escape_frame(run_views.comparison_table(chosen, evaluations)))
         if len(chosen) > 1:
@@ -128,12 +128,12 @@ with state.engine_errors():
         st.error(md_escape(run.error))
     if run.is_active:
         st.info("This run is still "
-                + ("waiting in the queue." if run.status == "queued" else "training."))
+                + ("waiting in the queue." if run.status == tle.RunStatus.QUEUED else "training."))
         st.page_link("views/training.py", label="Follow it on Training",
                      icon=":material/model_training:",
                      query_params={"project": project, "run": run.id})
 
-    if run.status == "completed":
+    if run.status == tle.RunStatus.COMPLETED:
         val = tle.evaluation(ws, run.id)["val"]
         run_views.show_metrics(run_views.detail_metrics(run, val))
         if kept := run_views.weights_caption(run):
