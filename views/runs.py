@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, run_views, state, widgets
+from dashboard import access, charts, formats, run_views, state, widgets
 from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
@@ -98,7 +98,7 @@ def export_panel(run: tle.RunRecord) -> None:
             if fmt in prepared:
                 name, data = prepared[fmt]
                 slot.download_button(
-                    f"Download · {run_views.file_size(len(data))}", data,
+                    f"Download · {formats.format_file_size(len(data))}", data,
                     file_name=name, key=f"dl_{fmt}", icon=":material/download:",
                     type="secondary" if fmt in INSTANT else "primary")
 
@@ -114,7 +114,7 @@ with state.engine_errors():
     st.caption(md_escape(
         f"{run.spec.backbone} · {run_views.weights_text(run.spec.weights)} weights · "
         f"{run_views.strategy_text(run.spec)} · started by {run.started_by or 'unknown'} · "
-        f"{run_views.created_text(run)}"))
+        f"{formats.format_time(run.created_at)}"))
     cols = st.columns([0.25, 0.75], vertical_alignment="center")
     if cols[0].button("Load these settings", key=f"load_{run.id}", icon=":material/replay:",
                       help="Make this run's settings the ones the Model, Freeze strategy and "
