@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, state, widgets
+from dashboard import access, pages, state, widgets
 from dashboard.text import md_escape
 
 
@@ -62,12 +62,12 @@ st.markdown("**What to do next**")
 with st.container(border=True):
     steps = [
         (bool(datasets), "Add a dataset: upload photos per class, a folder, a .zip or a sample",
-         "views/dataset.py", "Dataset"),
+         pages.DATASET, "Dataset"),
         (bool(runs), "Choose a backbone and what to freeze",
-         "views/model.py", "Model"),
-        (bool(runs), "Start a training run", "views/training.py", "Training"),
+         pages.MODEL, "Model"),
+        (bool(runs), "Start a training run", pages.TRAINING, "Training"),
         (bool(completed), "Try the model on new photos and compare runs",
-         "views/prediction.py", "Prediction"),
+         pages.PREDICTION, "Prediction"),
     ]
     next_found = False
     for done, text, page, label in steps:
@@ -87,10 +87,10 @@ with st.container(border=True):
         who = f" by {md_escape(run.started_by)}" if run.started_by else ""
         st.info(f"Run {run.id} ({md_escape(run.spec.backbone)}{who}) {where}.",
                 icon=":material/directions_run:")
-        st.page_link("views/training.py", label="Watch it on the Training page",
+        st.page_link(pages.TRAINING, label="Watch it on the Training page",
                      icon=":material/monitoring:")
     elif completed:
-        st.page_link("views/runs.py", label="Compare runs and export a model",
+        st.page_link(pages.RUNS, label="Compare runs and export a model",
                      icon=":material/leaderboard:")
 
 access.members_panel(project)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, formats, run_views, state, widgets
+from dashboard import access, charts, formats, pages, run_views, state, widgets
 from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
@@ -27,7 +27,7 @@ if flash := st.session_state.pop("runs_flash", None):
 runs = tle.list_runs(ws, project)
 if not runs:
     st.info("No runs in this project yet.")
-    st.page_link("views/training.py", label="Start one on Training",
+    st.page_link(pages.TRAINING, label="Start one on Training",
                  icon=":material/model_training:")
     st.stop()
 
@@ -36,7 +36,7 @@ if active:
     with st.container(border=True):
         st.markdown(f"**{len(active)} run{'s' if len(active) > 1 else ''} queued or training:** "
                     + ", ".join(md_escape(f"{r.id} ({r.status})") for r in active))
-        st.page_link("views/training.py", label="Follow progress on Training",
+        st.page_link(pages.TRAINING, label="Follow progress on Training",
                      icon=":material/model_training:", query_params={"project": project})
 
 runs_table = run_views.runs_table(runs)
@@ -122,14 +122,14 @@ with state.engine_errors():
         state.load_run_settings(run.spec)
         st.session_state["runs_loaded"] = run.id
     if st.session_state.get("runs_loaded") == run.id:
-        cols[1].page_link("views/training.py", label="Settings loaded — go to Training",
+        cols[1].page_link(pages.TRAINING, label="Settings loaded — go to Training",
                           icon=":material/arrow_forward:")
     if run.error:
         st.error(md_escape(run.error))
     if run.is_active:
         st.info("This run is still "
                 + ("waiting in the queue." if run.status == tle.RunStatus.QUEUED else "training."))
-        st.page_link("views/training.py", label="Follow it on Training",
+        st.page_link(pages.TRAINING, label="Follow it on Training",
                      icon=":material/model_training:",
                      query_params={"project": project, "run": run.id})
 
