@@ -43,7 +43,9 @@ def workspace() -> tle.Workspace:
 
 @st.cache_resource(show_spinner="Checking the hardware…")
 def device() -> tle.DeviceInfo:
-    return tle.describe_device()
+    # The app predicts and builds models in this process: set TensorFlow up as the worker
+    # does (GPU memory growth, so both share a GPU), not only describe it.
+    return tle.configure_device()
 
 
 def current_project() -> str | None:

@@ -22,6 +22,7 @@ from .datasets import (
     split_records,
 )
 from .device import DeviceInfo
+from .device import configure as configure_device
 from .device import describe as describe_device
 from .drafts import load_draft, save_draft
 from .errors import (
@@ -126,6 +127,7 @@ __all__ = [
     "active_runs",
     "cancel_run",
     "check_data",
+    "configure_device",
     "delete_dataset",
     "delete_run",
     "describe_device",
