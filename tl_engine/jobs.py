@@ -29,7 +29,7 @@ from .errors import TLError
 from .job_kinds import executor_for, list_job_kinds
 from .registry import get_backbone
 from .runs import DEFAULT_KIND, RunRecord, RunStatus
-from .runs import INTERRUPTED_ERROR as INTERRUPTED_ERROR  # its older home
+from .runs import INTERRUPTED_ERROR as INTERRUPTED_ERROR  # importable from here, as before
 from .spec import RunSpec, cache_key
 from .store import Workspace
 from .weights import require_imagenet, weights_identity
