@@ -1,10 +1,9 @@
 """Transfer Learning Studio: `streamlit run app.py`. The sidebar and navigation; each step
-is a page in views/ (not pages/: that folder name would switch Streamlit into its
-old folder-based mode for the first request of a deep link)."""
+is a page in views/, declared in dashboard/pages.py."""
 
 import streamlit as st
 
-from dashboard import access, auth, runtime, state, widgets
+from dashboard import access, auth, pages, runtime, state, widgets
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧪", layout="wide")
 
@@ -14,15 +13,8 @@ identity = auth.current_identity()
 
 # Navigation first: Streamlit then never shows its automatic pages/ listing meanwhile.
 page = st.navigation(
-    [
-        st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("views/dataset.py", title="Dataset", icon=":material/photo_library:"),
-        st.Page("views/model.py", title="Model", icon=":material/memory:"),
-        st.Page("views/freeze.py", title="Freeze strategy", icon=":material/ac_unit:"),
-        st.Page("views/training.py", title="Training", icon=":material/model_training:"),
-        st.Page("views/prediction.py", title="Prediction", icon=":material/image_search:"),
-        st.Page("views/runs.py", title="Runs", icon=":material/leaderboard:"),
-    ],
+    [st.Page(entry.path, title=entry.title, icon=entry.icon, default=entry.default)
+     for entry in pages.PAGES],
     position="sidebar" if identity else "hidden",
 )
 

@@ -16,18 +16,19 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import charts, state
+from dashboard.formats import format_duration, format_params, format_percent
 from dashboard.text import md_escape, plotly_text
 from tl_engine.images import load_rgb_array
 from tl_engine.scoring import top_k_for
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
 STATUS_BADGES = {  # status -> (material icon, badge colour)
-    "queued": (":material/schedule:", "gray"),
-    "running": (":material/autorenew:", "blue"),
-    "completed": (":material/check_circle:", "green"),
-    "failed": (":material/error:", "red"),
-    "cancelled": (":material/cancel:", "gray"),
-    "interrupted": (":material/pause_circle:", "orange"),
+    tle.RunStatus.QUEUED: (":material/schedule:", "gray"),
+    tle.RunStatus.RUNNING: (":material/autorenew:", "blue"),
+    tle.RunStatus.COMPLETED: (":material/check_circle:", "green"),
+    tle.RunStatus.FAILED: (":material/error:", "red"),
+    tle.RunStatus.CANCELLED: (":material/cancel:", "gray"),
+    tle.RunStatus.INTERRUPTED: (":material/pause_circle:", "orange"),
 }
 THUMB_SIDE = 320
 CARDS_PER_PAGE = 12
@@ -37,26 +38,6 @@ METRICS_PER_ROW = 4  # wide enough for "4 min 02 s" beside a 1440 px page's side
 
 
 # --- labels ------------------------------------------------------------------------------
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{secs} s" if not minutes else f"{minutes} min {secs:02d} s"
-
-
-def count(n: int | None) -> str:
-    if n is None:
-        return "–"
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e4 else f"{n:,}"
-
-
-def file_size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} B"
 
 
 def weights_text(weights: str) -> str:
@@ -70,17 +51,9 @@ def status_badge(run: tle.RunRecord) -> str:
     return f":{colour}-badge[{icon} {run.status}]"
 
 
-def created_text(run: tle.RunRecord) -> str:
-    return datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M")
-
-
 def strategy_text(spec: tle.RunSpec) -> str:
     """"Partial fine-tune · top 2 blocks": the freeze settings that apply, in words."""
     return " · ".join(tle.describe(spec)["freeze"])
-
-
-def percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
 
 
 def top_k_of(run: tle.RunRecord) -> int | None:
@@ -111,8 +84,8 @@ def weights_kept_text(run: tle.RunRecord, short: bool = False) -> str | None:
 
 def run_choice_label(run: tle.RunRecord) -> str:
     """backbone · strategy · val acc · id: what tells completed runs apart."""
-    return (f"{run.spec.backbone} · {strategy_text(run.spec)} · val {percent(run.val_accuracy)}"
-            f" · {run.id}")
+    return (f"{run.spec.backbone} · {strategy_text(run.spec)} · "
+            f"val {format_percent(run.val_accuracy)} · {run.id}")
 
 
 def default_run(runs: Sequence[tle.RunRecord], current: str | None,
@@ -304,7 +277,7 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
     for run in runs:
         summary = run.summary
         kept = weights_kept_text(run, short=True)
-        epochs = run.epochs_run if run.status == "completed" else None
+        epochs = run.epochs_run if run.status == tle.RunStatus.COMPLETED else None
         rows.append({
             "run": run.id,
             "model": f"{run.spec.backbone} · {weights_text(run.spec.weights)}",
@@ -314,7 +287,7 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
             "last val acc": summary.get("final_val_accuracy"),
             "test acc": summary.get("test_accuracy"),
             "top-k acc": top_k_accuracy(run),
-            "time": duration(run.seconds) if run.seconds is not None else None,
+            "time": format_duration(run.seconds) if run.seconds is not None else None,
             "status": run.status,
             "started by": run.started_by or "",
             "created": datetime.fromtimestamp(run.created_at),
@@ -385,18 +358,20 @@ def comparison_table(runs: Sequence[tle.RunRecord],
         if len(set(values.values())) > 1:
             rows[title] = values
     metrics = {
-        "Val accuracy": lambda r, e: percent(r.val_accuracy),
+        "Val accuracy": lambda r, e: format_percent(r.val_accuracy),
         "Weights kept": lambda r, e: weights_kept_text(r) or "–",
-        "Val accuracy, last epoch": lambda r, e: percent(r.summary.get("final_val_accuracy")),
+        "Val accuracy, last epoch":
+            lambda r, e: format_percent(r.summary.get("final_val_accuracy")),
         "Val accuracy after the head phase":
-            lambda r, e: percent(r.summary.get("head_val_accuracy")),
-        "Test accuracy": lambda r, e: percent(r.summary.get("test_accuracy")),
+            lambda r, e: format_percent(r.summary.get("head_val_accuracy")),
+        "Test accuracy": lambda r, e: format_percent(r.summary.get("test_accuracy")),
         # With two classes top-k is top-1, the accuracy again: "–", and the row goes.
-        "Top-k accuracy": lambda r, e: percent(top_k_accuracy(r)),
+        "Top-k accuracy": lambda r, e: format_percent(top_k_accuracy(r)),
         "Macro F1": lambda r, e: "–" if not e else f"{e['macro_f1']:.3f}",
-        "Epochs run": lambda r, e: str(r.epochs_run) if r.status == "completed" else "–",
-        "Time": lambda r, e: duration(r.seconds),
-        "Trainable params": lambda r, e: count(r.summary.get("trainable_params")),
+        "Epochs run":
+            lambda r, e: str(r.epochs_run) if r.status == tle.RunStatus.COMPLETED else "–",
+        "Time": lambda r, e: format_duration(r.seconds),
+        "Trainable params": lambda r, e: format_params(r.summary.get("trainable_params")),
         "Status": lambda r, e: r.status,
     }
     for title, value in metrics.items():
@@ -416,17 +391,17 @@ def spec_table(spec: tle.RunSpec) -> pd.DataFrame:
 def detail_metrics(run: tle.RunRecord, val: dict[str, Any]) -> dict[str, str]:
     """The headline numbers of a completed run, label -> value, leaving out what it lacks
     (test accuracy without a test split, top-k with two classes, ...)."""
-    items = {"Val accuracy": percent(run.val_accuracy)}
+    items = {"Val accuracy": format_percent(run.val_accuracy)}
     if run.summary.get("final_val_accuracy") is not None:
-        items["Val accuracy, last epoch"] = percent(run.summary["final_val_accuracy"])
+        items["Val accuracy, last epoch"] = format_percent(run.summary["final_val_accuracy"])
     if run.summary.get("test_accuracy") is not None:
-        items["Test accuracy"] = percent(run.summary["test_accuracy"])
+        items["Test accuracy"] = format_percent(run.summary["test_accuracy"])
     if val.get("top_k", 1) > 1:
-        items[f"Top-{val['top_k']} accuracy"] = percent(val["top_k_accuracy"])
+        items[f"Top-{val['top_k']} accuracy"] = format_percent(val["top_k_accuracy"])
     items["Macro F1"] = f"{val['macro_f1']:.3f}"
     items["Epochs"] = str(run.epochs_run)
-    items["Training time"] = duration(run.seconds)
-    items["Trainable params"] = count(run.summary.get("trainable_params"))
+    items["Training time"] = format_duration(run.seconds)
+    items["Trainable params"] = format_params(run.summary.get("trainable_params"))
     return items
 
 
@@ -447,10 +422,10 @@ def weights_caption(run: tle.RunRecord) -> str | None:
     text = f"Val accuracy with the weights of the {kept}"
     final = run.summary.get("final_val_accuracy")
     if final is not None:
-        text += f"; the last epoch reached {percent(final)}"
+        text += f"; the last epoch reached {format_percent(final)}"
     head = run.summary.get("head_val_accuracy")
     if head is not None:
-        text += f"; the head phase alone reached {percent(head)}"
+        text += f"; the head phase alone reached {format_percent(head)}"
     return text + "."
 
 

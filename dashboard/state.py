@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 import tl_engine as tle
+from dashboard import pages
 from dashboard.text import md_escape
 
 SPEC_KEY = "spec_draft"
@@ -42,7 +43,9 @@ def workspace() -> tle.Workspace:
 
 @st.cache_resource(show_spinner="Checking the hardware…")
 def device() -> tle.DeviceInfo:
-    return tle.describe_device()
+    # The app predicts and builds models in this process: set TensorFlow up as the worker
+    # does (GPU memory growth, so both share a GPU), not only describe it.
+    return tle.configure_device()
 
 
 def current_project() -> str | None:
@@ -67,7 +70,7 @@ def require_project() -> str:
     project = current_project()
     if project is None:
         st.info("Choose or create a project on the Home page first.")
-        st.page_link("views/home.py", label="Go to Home", icon=":material/home:")
+        st.page_link(pages.HOME, label="Go to Home", icon=":material/home:")
         st.stop()
     return project
 

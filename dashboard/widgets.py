@@ -1,11 +1,10 @@
-"""Helpers the step pages share: formatting, the project picker, the freeze strip figure,
+"""Helpers the step pages share: labels, the project picker, the freeze strip figure,
 and the built-in sample data. Rendering only; everything stored goes through tl_engine."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,9 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import access, charts, state
+from dashboard.formats import format_duration as format_duration  # the pages' old names
+from dashboard.formats import format_params, format_percent, format_time
+from dashboard.formats import ordinal as ordinal
 from dashboard.text import md_escape
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,54 +35,21 @@ PHASE_NAMES = {
     "done": "Done",
 }
 STATUS_ICONS = {
-    "queued": ":material/schedule:", "running": ":material/directions_run:",
-    "completed": ":material/check_circle:", "failed": ":material/error:",
-    "cancelled": ":material/stop_circle:", "interrupted": ":material/pause_circle:",
+    tle.RunStatus.QUEUED: ":material/schedule:",
+    tle.RunStatus.RUNNING: ":material/directions_run:",
+    tle.RunStatus.COMPLETED: ":material/check_circle:",
+    tle.RunStatus.FAILED: ":material/error:",
+    tle.RunStatus.CANCELLED: ":material/stop_circle:",
+    tle.RunStatus.INTERRUPTED: ":material/pause_circle:",
 }
 
 
-# --- formatting ----------------------------------------------------------------------
-
-
-def format_params(n: int | float | None) -> str:
-    """2257984 -> '2.3 M'; small counts stay exact so a tiny head still reads right."""
-    if n is None:
-        return "–"
-    if n >= 1e9:
-        return f"{n / 1e9:.1f} B"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f} M"
-    if n >= 1e4:
-        return f"{n / 1e3:.0f} k"
-    return f"{int(n):,}"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def format_time(timestamp: float | None) -> str:
-    """An absolute time: labels that say "3 min ago" go stale in a widget that stays put."""
-    return time.strftime("%b %d %H:%M", time.localtime(timestamp)) if timestamp else ""
-
-
-def ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
+# --- labels --------------------------------------------------------------------------
 
 
 def run_label(run: tle.RunRecord) -> str:
     """One line that tells runs apart in a picker."""
-    acc = f" · val {run.val_accuracy:.1%}" if run.val_accuracy is not None else ""
+    acc = f" · val {format_percent(run.val_accuracy)}" if run.val_accuracy is not None else ""
     who = f" · {run.started_by}" if run.started_by else ""
     return (
         f"{run.id} · {run.status} · {run.spec.backbone} · "

@@ -338,3 +338,12 @@ def test_missing_imagenet_weights_stop_the_start_with_a_clear_message(monkeypatc
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in texts(at.error).replace(
         "\\", "")
     assert tle.list_runs(demo_ws, "demo") == []
+
+
+def test_navigation_declares_every_page_once():
+    from dashboard import pages
+
+    paths = [entry.path for entry in pages.PAGES]
+    assert len(set(paths)) == len(paths)
+    assert set(paths) == {f"views/{f.name}" for f in (PROJECT_ROOT / "views").glob("*.py")}
+    assert [entry.path for entry in pages.PAGES if entry.default] == [pages.HOME]

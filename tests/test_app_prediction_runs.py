@@ -17,7 +17,6 @@ from streamlit.testing.v1 import AppTest
 import tl_engine as tle
 from dashboard import run_views
 from dashboard.text import md_escape
-from tl_engine.runs import evaluation as run_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +125,7 @@ def test_runs_table_comparison_and_evaluation(monkeypatch, demo_root):
     assert at.selectbox[0].value == random.id
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Val accuracy"] == f"{random.val_accuracy:.1%}"
-    val = run_evaluation(tle.Workspace(demo_root), random.id)["val"]
+    val = tle.evaluation(tle.Workspace(demo_root), random.id)["val"]
     heatmap = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap")
     assert heatmap["data"][0]["z"] == val["confusion_matrix"]
     assert heatmap["data"][0]["x"] == ["blue", "green", "red"]

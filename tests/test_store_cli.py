@@ -54,6 +54,41 @@ def test_device_report_on_this_host():
         assert info.names and info.replicas == len(info.names)
 
 
+DESCRIBE_THEN_CONFIGURE = """
+import json, keras, tensorflow as tf
+from tl_engine import device
+
+def settings():
+    gpus = tf.config.list_physical_devices("GPU")
+    return {"policy": keras.mixed_precision.global_policy().name,
+            "growth": [tf.config.experimental.get_memory_growth(g) for g in gpus]}
+
+before = settings()
+described = device.describe()
+after_describe = settings()
+configured_by_describe = device.configure.cache_info().currsize
+configured = device.configure()
+print(json.dumps({"before": before, "after_describe": after_describe,
+                  "configured_by_describe": configured_by_describe,
+                  "described": described.to_dict(), "configured": configured.to_dict()}))
+"""
+
+
+def test_describing_the_device_leaves_tensorflow_as_it_was():
+    """In a fresh process, where nothing has set TensorFlow up yet: describing changes
+    neither the Keras dtype policy nor GPU memory growth, and says what configure() then
+    sets up."""
+    done = subprocess.run([sys.executable, "-c", DESCRIBE_THEN_CONFIGURE], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["after_describe"] == report["before"]
+    assert report["configured_by_describe"] == 0
+    described, configured = report["described"], report["configured"]
+    for name in ("kind", "names", "mixed_precision", "replicas", "tensorflow", "keras"):
+        assert described[name] == configured[name], name
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tl_engine", *args], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)

@@ -24,6 +24,7 @@ from .datasets import (
     split_records,
 )
 from .device import DeviceInfo
+from .device import configure as configure_device
 from .device import describe as describe_device
 from .drafts import load_draft, save_draft
 from .errors import (
@@ -42,12 +43,14 @@ from .export import export_bytes, export_run, model_card
 from .features import FeatureExtractor, FeatureSet, extract_features, feature_extractor
 from .freeze import FreezePlan, describe_freeze
 from .hints import Hint, run_hints, spec_hints
+from .job_kinds import list_job_kinds, register_job_kind
 from .jobs import (
     Submission,
     cancel_run,
     ensure_worker,
     recover_interrupted,
     resume_run,
+    submit_job,
     submit_run,
     wait_for_run,
 )
@@ -65,6 +68,7 @@ from .predict import (
 from .registry import BACKBONES, Backbone, get_backbone, list_backbones
 from .runs import (
     RunRecord,
+    RunStatus,
     active_runs,
     delete_run,
     evaluation,
@@ -123,6 +127,7 @@ __all__ = [
     "Role",
     "RunNotReady",
     "RunRecord",
+    "RunStatus",
     "RunSpec",
     "STRATEGIES",
     "STRATEGY_HELP",
@@ -144,6 +149,7 @@ __all__ = [
     "cancel_run",
     "check_data",
     "check_health",
+    "configure_device",
     "delete_dataset",
     "delete_run",
     "describe",
@@ -165,6 +171,7 @@ __all__ = [
     "ingest_zip",
     "list_backbones",
     "list_datasets",
+    "list_job_kinds",
     "list_runs",
     "list_weight_files",
     "load_dataset",
@@ -176,6 +183,7 @@ __all__ = [
     "prediction_batch",
     "queue_position",
     "recover_interrupted",
+    "register_job_kind",
     "resume_run",
     "run_hints",
     "run_metrics",
@@ -185,6 +193,7 @@ __all__ = [
     "settings",
     "spec_hints",
     "split_records",
+    "submit_job",
     "submit_run",
     "synthetic_shapes",
     "top_k_for",

@@ -15,6 +15,7 @@ from .cli_format import print_json as _print_json
 from .cli_format import table as _table
 from .cli_users import add_users_parser
 from .errors import SpecError, TLError
+from .runs import RunStatus
 from .spec import RunSpec
 from .store import Workspace
 
@@ -134,11 +135,11 @@ class _ProgressBar:
 
     def __call__(self, run: Any) -> None:
         progress = run.progress or {}
-        if progress.get("phase") != self.phase and run.status == "running":
+        if progress.get("phase") != self.phase and run.status == RunStatus.RUNNING:
             self.phase = progress.get("phase")
             self.bar.reset()  # each phase (features, head, fine-tune) has its own bar
-        if run.status == "queued":
-            self.bar.set_description_str("queued")
+        if run.status == RunStatus.QUEUED:
+            self.bar.set_description_str(RunStatus.QUEUED)
         else:
             phase = progress.get("phase", run.status)
             epoch = progress.get("epoch")
@@ -148,7 +149,7 @@ class _ProgressBar:
             acc = (progress.get("logs") or {}).get("accuracy")
             self.bar.set_description_str(label + (f" acc {acc:.3f}" if acc is not None else ""))
         target = int(1000 * float(progress.get("fraction") or 0))
-        if run.status == "completed":
+        if run.status == RunStatus.COMPLETED:
             target = 1000
         if target > self.bar.n:
             self.bar.update(target - self.bar.n)
@@ -191,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cached = " (cached: identical run already stored)" if submission.cached else ""
         print(f"run {run.id}: {run.status}{cached}")
-        if run.status == "completed":
+        if run.status == RunStatus.COMPLETED:
             print(f"val accuracy {result['val_accuracy']:.4f} after {result['epochs_run']} "
                   f"epochs, model at {result['model_path']}")
             if run.summary.get("restored_best") and result["final_val_accuracy"] is not None:
@@ -200,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       f"{result['final_val_accuracy']:.4f}")
         elif run.error:
             print(f"error: {run.error}", file=sys.stderr)
-    return 0 if run.status == "completed" else 1
+    return 0 if run.status == RunStatus.COMPLETED else 1
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -288,7 +289,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     resume_run(ws, args.run)
     run = wait_for_run(ws, args.run) if args.wait else None
-    print(run.status if run else "queued")
+    print(run.status if run else RunStatus.QUEUED)
     return 0
 
 

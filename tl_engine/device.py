@@ -1,4 +1,8 @@
-"""Which hardware trains: GPUs (memory growth, mixed precision, MirroredStrategy), else CPU."""
+"""Which hardware trains: GPUs (memory growth, mixed precision, MirroredStrategy), else CPU.
+
+`describe()` only looks; `configure()` changes TensorFlow's process-wide settings, once,
+and is called by whatever is about to use TensorFlow for real (training, the dashboard).
+"""
 
 from __future__ import annotations
 
@@ -43,13 +47,18 @@ def _compute_capability(tf: Any, gpu: Any) -> tuple[int, int]:
         return (0, 0)
 
 
+def _uses_mixed_precision(tf: Any, gpus: list[Any]) -> bool:
+    """Mixed float16 pays off on tensor-core GPUs (compute capability 7.0+) and costs
+    accuracy nowhere because the classifier's softmax stays float32."""
+    return bool(gpus) and all(_compute_capability(tf, g) >= (7, 0) for g in gpus)
+
+
 @functools.lru_cache(maxsize=1)
 def configure() -> DeviceInfo:
     """Set up TensorFlow for this process once; call before building any model.
 
-    Memory growth lets several processes share a GPU; mixed float16 pays off on
-    tensor-core GPUs (compute capability 7.0+) and costs accuracy nowhere because the
-    classifier's softmax stays float32.
+    Memory growth lets several processes share a GPU; mixed precision where it pays off
+    (see `_uses_mixed_precision`).
     """
     import keras
     import tensorflow as tf
@@ -61,9 +70,14 @@ def configure() -> DeviceInfo:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError as exc:  # already initialised in this process
             notes.append(f"memory growth not set: {exc}")
-    mixed = bool(gpus) and all(_compute_capability(tf, g) >= (7, 0) for g in gpus)
+    mixed = _uses_mixed_precision(tf, gpus)
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    return _device_info(tf, keras, gpus, mixed, notes)
+
+
+def _device_info(tf: Any, keras: Any, gpus: list[Any], mixed: bool,
+                 notes: list[str]) -> DeviceInfo:
     return DeviceInfo(
         kind="GPU" if gpus else "CPU",
         names=tuple(_gpu_name(tf, g) for g in gpus),
@@ -86,4 +100,12 @@ def distribution_strategy() -> Any:
 
 
 def describe() -> DeviceInfo:
-    return configure()
+    """The hardware and the settings `configure()` uses (or has used) in this process,
+    without changing any TensorFlow setting."""
+    if configure.cache_info().currsize:
+        return configure()  # configured already: report it, notes included
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return _device_info(tf, keras, gpus, _uses_mixed_precision(tf, gpus), [])

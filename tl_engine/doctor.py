@@ -27,7 +27,7 @@ from .rebuild import (
     rebuild_index,
     restore_from_folders,
 )
-from .runs import METRICS_FILE, RUN_FILE, write_metrics_file, write_run_file
+from .runs import METRICS_FILE, RUN_FILE, RunStatus, write_metrics_file, write_run_file
 from .store import (
     INDEX_FILE,
     PROJECTS_FILE,
@@ -108,10 +108,11 @@ def check_workspace(root: str | os.PathLike[str] | None = None) -> list[Problem]
         ws = Workspace(root)
         problems += _row_problems(ws)
         completed = [row["id"] for row in ws.query(
-            "SELECT id FROM runs WHERE status = 'completed' ORDER BY created_at")]
+            "SELECT id FROM runs WHERE status = ? ORDER BY created_at",
+            (RunStatus.COMPLETED,))]
     else:
         completed = [record["id"] for record in _run_files(root)
-                     if record.get("status") == "completed"]
+                     if record.get("status") == RunStatus.COMPLETED]
     for run_id in completed:
         problem = _model_problem(root / "runs" / run_id / "model.keras", run_id)
         if problem:
@@ -142,7 +143,7 @@ def _row_problems(ws: Workspace) -> list[Problem]:
                 "run", str(folder),
                 f"run {row['id']} lacks {RUN_FILE} or {METRICS_FILE}: a rebuilt index would "
                 "lose what is missing (--repair writes them)"))
-        if row["status"] == "running" and slot_free:
+        if row["status"] == RunStatus.RUNNING and slot_free:
             problems.append(Problem(
                 "run", str(folder),
                 f"run {row['id']} is marked running but no worker is training it: it was "

@@ -1,9 +1,12 @@
-"""Jobs: runs queue in the store and train in a worker process, never in the caller.
+"""Jobs: runs queue in the store and run in a worker process, never in the caller.
 
 One training slot per host (a job uses every visible GPU through MirroredStrategy): the
-worker that holds the slot's file lock trains queued runs one after another, oldest
+worker that holds the slot's file lock runs queued jobs one after another, oldest
 first, and exits when the queue is empty. The lock is released by the OS when a worker
-dies, so a run still marked "running" while nobody holds the lock was interrupted.
+dies, so a run still marked running while nobody holds the lock was interrupted.
+
+A job has a kind (train, ...); the worker hands it to that kind's executor
+(job_kinds.py). The status changes themselves are runs.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +26,11 @@ from pathlib import Path
 from . import runs
 from .datasets import load_dataset
 from .errors import TLError
+from .job_kinds import executor_for, list_job_kinds
 from .registry import get_backbone
-from .runs import RunRecord
-from .spec import RunSpec, cache_key, canonical_json
+from .runs import DEFAULT_KIND, RunRecord, RunStatus
+from .runs import INTERRUPTED_ERROR as INTERRUPTED_ERROR  # importable from here, as before
+from .spec import RunSpec, cache_key
 from .store import Workspace
 from .weights import require_imagenet, weights_identity
 
@@ -33,14 +38,13 @@ SLOT_LOCK = "training-slot.lock"
 WORKER_STARTUP_GRACE_S = 120.0
 WORKER_NICENESS = 10
 AUTO_RESUMED_MARKER = "auto-resumed"
-INTERRUPTED_ERROR = "The worker process stopped before the run finished; resume it."
 
 
 @dataclass(frozen=True)
 class Submission:
     run_id: str
     cached: bool
-    status: str
+    status: RunStatus
 
 
 def _slot_path(ws: Workspace) -> Path:
@@ -81,7 +85,7 @@ def recover_interrupted(ws: Workspace) -> list[str]:
 
     With TL_AUTO_RESUME=1 each such run is queued again once, automatically. A read-only
     workspace is only read: nothing can be marked there."""
-    if ws.read_only or not ws.query("SELECT 1 FROM runs WHERE status = 'running' LIMIT 1"):
+    if ws.read_only or not _any_with_status(ws, RunStatus.RUNNING):
         return []
     interrupted = interrupt_orphans(ws)
     if interrupted and os.environ.get("TL_AUTO_RESUME") == "1":
@@ -94,23 +98,13 @@ def recover_interrupted(ws: Workspace) -> list[str]:
 
 
 def interrupt_orphans(ws: Workspace) -> list[str]:
-    """Mark 'running' runs interrupted when no worker holds the training slot; their ids."""
+    """Mark running runs interrupted when no worker holds the training slot; their ids."""
     with _slot(ws) as held:
-        return _mark_orphans_interrupted(ws) if held else []
+        return runs.mark_interrupted(ws) if held else []
 
 
-def _mark_orphans_interrupted(ws: Workspace) -> list[str]:
-    """Only call with the slot held: then every 'running' run belongs to a dead worker."""
-    with ws.transaction() as db:
-        rows = db.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()
-        db.execute(
-            "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
-            "WHERE status = 'running'",
-            (time.time(), INTERRUPTED_ERROR),
-        )
-        for row in rows:
-            runs.write_run_file(ws, db, row["id"])
-    return [row["id"] for row in rows]
+def _any_with_status(ws: Workspace, status: RunStatus) -> bool:
+    return bool(ws.query("SELECT 1 FROM runs WHERE status = ? LIMIT 1", (status,)))
 
 
 def submit_run(
@@ -122,7 +116,27 @@ def submit_run(
     started_by: str | None = None,
     start_worker: bool = True,
 ) -> Submission:
-    """Queue a run and return at once. Identical work returns the stored run (cached=True)."""
+    """Queue a training run and return at once. Identical work returns the stored run
+    (cached=True)."""
+    return submit_job(ws, project, dataset_id, spec, kind=DEFAULT_KIND, force=force,
+                      started_by=started_by, start_worker=start_worker)
+
+
+def submit_job(
+    ws: Workspace,
+    project: str,
+    dataset_id: str,
+    spec: RunSpec,
+    kind: str = DEFAULT_KIND,
+    force: bool = False,
+    started_by: str | None = None,
+    start_worker: bool = True,
+) -> Submission:
+    """Queue a job of a registered kind (see job_kinds.py) and return at once. Identical
+    work of the same kind returns the stored run (cached=True when it completed)."""
+    if executor_for(kind) is None:
+        raise TLError(f"There is no job kind {kind!r}: the kinds are "
+                      f"{', '.join(list_job_kinds())}.")
     spec = spec.normalized()
     dataset = load_dataset(ws, dataset_id)
     if dataset.project != project:
@@ -133,64 +147,34 @@ def submit_run(
         require_imagenet(entry)  # fail now, in the caller, not minutes later in the worker
     key = cache_key(spec, identity, dataset.content_hash)
     recover_interrupted(ws)
-    with ws.transaction() as db:
-        if not force:
-            same = db.execute(
-                "SELECT id, status FROM runs WHERE cache_key = ? AND project = ? "
-                "AND status IN ('completed', 'queued', 'running') "
-                "ORDER BY status = 'completed' DESC, created_at DESC LIMIT 1",
-                (key, project),
-            ).fetchone()
-            if same:
-                return Submission(same["id"], same["status"] == "completed", same["status"])
-        run_id = "r" + uuid.uuid4().hex[:10]
-        db.execute(
-            "INSERT INTO runs (id, project, dataset_id, spec_json, cache_key, status, "
-            "started_by, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-            (run_id, project, dataset_id, canonical_json(spec.to_dict()), key, started_by,
-             time.time()),
-        )
-        runs.write_run_file(ws, db, run_id)
+    run_id, status, added = runs.queue_run(ws, project, dataset_id, spec, key, kind=kind,
+                                           started_by=started_by, reuse=not force)
+    if not added:  # an equal run completed or is on its way
+        return Submission(run_id, status == RunStatus.COMPLETED, status)
     if start_worker:
         ensure_worker(ws)
-    return Submission(run_id, False, "queued")
+    return Submission(run_id, False, status)
 
 
-def cancel_run(ws: Workspace, run_id: str) -> str:
+def cancel_run(ws: Workspace, run_id: str) -> RunStatus:
     """Queued runs are cancelled at once; a running one stops within a batch or two."""
-    runs.get_run(ws, run_id)  # a clear NotFound for a wrong id
-    with ws.transaction() as db:  # read and change in one step: the worker may claim it now
-        db.execute(
-            "UPDATE runs SET status = 'cancelled', finished_at = ? "
-            "WHERE id = ? AND status = 'queued'",
-            (time.time(), run_id),
-        )
-        db.execute(
-            "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
-            (run_id,),
-        )
-        runs.write_run_file(ws, db, run_id)
-    return runs.get_run(ws, run_id).status
+    return runs.request_cancel(ws, run_id)
 
 
 def resume_run(ws: Workspace, run_id: str, start_worker: bool = True) -> Submission:
     """Queue an interrupted (or failed, or cancelled) run again; it continues from its
     last checkpoint where one exists."""
     recover_interrupted(ws)
-    run = runs.get_run(ws, run_id)
-    if run.status not in ("interrupted", "failed", "cancelled"):
-        raise TLError(f"Run {run_id} is {run.status}: only a stopped run can be resumed.")
-    runs.update_run(ws, run_id, status="queued", error=None, finished_at=None,
-                    cancel_requested=0, created_at=time.time())
+    runs.requeue_run(ws, run_id)
     if start_worker:
         ensure_worker(ws)
-    return Submission(run_id, False, "queued")
+    return Submission(run_id, False, RunStatus.QUEUED)
 
 
 def ensure_worker(ws: Workspace) -> bool:
     """Start a worker when runs are queued and no worker holds the slot."""
     recover_interrupted(ws)
-    if not ws.query("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1"):
+    if not _any_with_status(ws, RunStatus.QUEUED):
         return False
     if slot_busy(ws) or _spawned_worker_alive(ws):
         return False
@@ -236,39 +220,41 @@ def spawn_worker(ws: Workspace) -> int:
     return process.pid
 
 
-def _claim_next(ws: Workspace) -> str | None:
-    with ws.transaction() as db:
-        row = db.execute(
-            "SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return None
-        db.execute(
-            "UPDATE runs SET status = 'running', started_at = ?, heartbeat_at = ?, "
-            "worker_pid = ?, cancel_requested = 0 WHERE id = ?",
-            (time.time(), time.time(), os.getpid(), row["id"]),
-        )
-        runs.write_run_file(ws, db, row["id"])
-        return row["id"]
+def run_job(ws: Workspace, run_id: str) -> RunStatus:
+    """Run one claimed job with its kind's executor, to its end state. Never raises: a job
+    of a kind this worker does not know, or whose executor raised, is stored as failed."""
+    kind = runs.get_run(ws, run_id).kind
+    executor = executor_for(kind)
+    if executor is None:
+        runs.finish_run(ws, run_id, RunStatus.FAILED, error=(
+            f"This worker cannot run a job of kind {kind!r}: it runs "
+            f"{', '.join(list_job_kinds())}. Delete the run, or run it with the version of the "
+            "app that queued it."))
+        return RunStatus.FAILED
+    try:
+        return executor(ws, run_id)
+    except Exception as exc:  # a failed job is a stored state, not a crashed worker
+        ws.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        (ws.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
+        runs.finish_run(ws, run_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return RunStatus.FAILED
 
 
 def worker_main(ws: Workspace) -> int:
-    """Train queued runs until none is left. Returns how many it trained."""
-    from .training import execute_run
-
-    trained = 0
+    """Run queued jobs until none is left. Returns how many it ran."""
+    done = 0
     while True:
         with _slot(ws, wait_s=5.0) as held:
             if not held:
-                return trained
+                return done
             _forget_spawn_record(ws)
-            _mark_orphans_interrupted(ws)
-            while (run_id := _claim_next(ws)) is not None:
-                execute_run(ws, run_id)
-                trained += 1
+            runs.mark_interrupted(ws)  # the slot is ours: every running run is an orphan
+            while (run_id := runs.claim_next_run(ws)) is not None:
+                run_job(ws, run_id)
+                done += 1
         # A run queued just as we released the slot might have found it busy: look again.
-        if not ws.query("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1"):
-            return trained
+        if not _any_with_status(ws, RunStatus.QUEUED):
+            return done
 
 
 def _forget_spawn_record(ws: Workspace) -> None:
@@ -295,7 +281,7 @@ def wait_for_run(
             on_update(run)
         if not run.is_active:
             return run
-        if run.status == "queued":
+        if run.status == RunStatus.QUEUED:
             ensure_worker(ws)  # cheap when a worker already holds the slot
         elif recover_interrupted(ws):
             continue  # its worker died: read the run again, now interrupted

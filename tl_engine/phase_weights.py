@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import runs
 from .errors import RunNotReady, TLError
-from .runs import RunRecord
+from .runs import RunRecord, RunStatus
 from .store import Workspace
 
 HEAD_MODEL = "model-head.keras"
@@ -68,7 +68,7 @@ def use_head_phase_weights(ws: Workspace, run_id: str) -> RunRecord:
     """
     with _run_lock(ws, run_id):
         run = runs.get_run(ws, run_id)
-        if run.status != "completed":
+        if run.status != RunStatus.COMPLETED:
             raise RunNotReady(f"Run {run_id} is {run.status}: only a completed run has "
                               "weights to choose from.")
         summary = dict(run.summary)

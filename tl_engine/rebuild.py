@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .runs import METRICS_FILE, RUN_FILE
+from .runs import ACTIVE, DEFAULT_KIND, INTERRUPTED_ERROR, METRICS_FILE, RUN_FILE, RunStatus
 from .spec import canonical_json
 from .store import PROJECTS_FILE, create_index_file
 
-ACTIVE_STATUSES = ("queued", "running")
+ACTIVE_STATUSES = ACTIVE
 
 
 def rebuild_index(root: str | os.PathLike[str], target: Path) -> list[str]:
@@ -90,8 +90,6 @@ def restore_from_folders(root: Path, db: sqlite3.Connection) -> list[str]:
         ).rowcount
 
     known_datasets = {row[0] for row in db.execute("SELECT id FROM datasets")}
-    from .jobs import INTERRUPTED_ERROR
-
     added_runs = interrupted = epochs = 0
     for record in run_records:
         run_id = record["id"]
@@ -104,12 +102,13 @@ def restore_from_folders(root: Path, db: sqlite3.Connection) -> list[str]:
         status, finished_at, error = record["status"], record.get("finished_at"), \
             record.get("error")
         if status in ACTIVE_STATUSES:
-            status, finished_at, error = "interrupted", time.time(), INTERRUPTED_ERROR
+            status, finished_at, error = RunStatus.INTERRUPTED, time.time(), INTERRUPTED_ERROR
         db.execute(
-            "INSERT INTO runs (id, project, dataset_id, spec_json, cache_key, status, "
+            "INSERT INTO runs (id, project, dataset_id, kind, spec_json, cache_key, status, "
             "started_by, created_at, started_at, finished_at, progress_json, summary_json, "
-            "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, record["project"], record["dataset_id"], canonical_json(record["spec"]),
+            "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, record["project"], record["dataset_id"],
+             record.get("kind") or DEFAULT_KIND, canonical_json(record["spec"]),
              record["cache_key"], status, record.get("started_by"),
              float(record["created_at"]), record.get("started_at"), finished_at,
              json.dumps(record.get("progress") or {}), json.dumps(record.get("summary") or {}),

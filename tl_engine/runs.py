@@ -1,28 +1,60 @@
-"""Run records in the store: reading them, and the few state changes a run goes through."""
+"""Run records in the store: reading them, and the few state changes a run goes through.
+
+A run is one job in the queue; `kind` says what the worker does with it (train, and later
+probe, sweep, explain). Every change of a run's status is one function below, each one
+transaction that checks the status it starts from, so the worker, the pages and the CLI
+can race without a run ever taking a step its status does not allow:
+
+    queued --claim_next_run--> running --finish_run--> completed | failed | cancelled
+    queued --request_cancel--> cancelled      running --request_cancel--> (cancel asked)
+    running --mark_interrupted--> interrupted (its worker died)
+    interrupted | failed | cancelled --requeue_run--> queued
+"""
 
 from __future__ import annotations
 
+import enum
 import json
+import os
 import shutil
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import NotFound, RunNotReady, TLError
-from .spec import RunSpec
+from .spec import RunSpec, canonical_json
 from .store import Workspace
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE_FORMAT = 1
 # The runs columns a run folder keeps in run.json: enough to rebuild its index row.
-RUN_FILE_FIELDS = ("id", "project", "dataset_id", "cache_key", "status", "started_by",
-                   "created_at", "started_at", "finished_at", "error")
-ACTIVE = ("queued", "running")
-FINISHED = ("completed", "failed", "cancelled", "interrupted")
+RUN_FILE_FIELDS = ("id", "project", "dataset_id", "kind", "cache_key", "status",
+                   "started_by", "created_at", "started_at", "finished_at", "error")
+DEFAULT_KIND = "train"
+INTERRUPTED_ERROR = "The worker process stopped before the run finished; resume it."
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is. A `str`: stored in SQLite and JSON as its plain value, and equal to it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+FINISHED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
 STATUSES = ACTIVE + FINISHED
+# Where a worker's own end of a run may leave it; interrupted is set only for dead workers.
+END_STATES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+RESUMABLE = (RunStatus.INTERRUPTED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -32,7 +64,7 @@ class RunRecord:
     dataset_id: str
     spec: RunSpec
     cache_key: str
-    status: str
+    status: RunStatus
     started_by: str | None
     created_at: float
     started_at: float | None
@@ -43,6 +75,7 @@ class RunRecord:
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     cancel_requested: bool = False
+    kind: str = DEFAULT_KIND
 
     @property
     def val_accuracy(self) -> float | None:
@@ -65,6 +98,7 @@ class RunRecord:
             "run_id": self.id,
             "project": self.project,
             "dataset_id": self.dataset_id,
+            "kind": self.kind,
             "status": self.status,
             "spec": self.spec.to_dict(),
             "started_by": self.started_by,
@@ -84,7 +118,7 @@ def _record(row: Any) -> RunRecord:
         dataset_id=row["dataset_id"],
         spec=RunSpec.from_dict(json.loads(row["spec_json"])),
         cache_key=row["cache_key"],
-        status=row["status"],
+        status=RunStatus(row["status"]),
         started_by=row["started_by"],
         created_at=row["created_at"],
         started_at=row["started_at"],
@@ -95,6 +129,8 @@ def _record(row: Any) -> RunRecord:
         summary=json.loads(row["summary_json"] or "{}"),
         error=row["error"],
         cancel_requested=bool(row["cancel_requested"]),
+        # A read-only workspace's index may predate the column; its runs all trained.
+        kind=row["kind"] if "kind" in row.keys() else DEFAULT_KIND,
     )
 
 
@@ -127,26 +163,26 @@ def run_metrics(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
 def queue_position(ws: Workspace, run_id: str) -> int | None:
     """1 when the run is next in line, None when it is not queued."""
     run = get_run(ws, run_id)
-    if run.status != "queued":
+    if run.status != RunStatus.QUEUED:
         return None
     ahead = ws.query(
-        "SELECT COUNT(*) AS n FROM runs WHERE status = 'queued' AND created_at < ?",
-        (run.created_at,),
+        "SELECT COUNT(*) AS n FROM runs WHERE status = ? AND created_at < ?",
+        (RunStatus.QUEUED, run.created_at),
     )[0]["n"]
     return int(ahead) + 1
 
 
 def running_run(ws: Workspace) -> RunRecord | None:
-    rows = ws.query("SELECT * FROM runs WHERE status = 'running' ORDER BY started_at LIMIT 1")
+    rows = ws.query("SELECT * FROM runs WHERE status = ? ORDER BY started_at LIMIT 1",
+                    (RunStatus.RUNNING,))
     return _record(rows[0]) if rows else None
 
 
 def active_runs(ws: Workspace, project: str) -> list[RunRecord]:
     """The project's queued and running runs, oldest first: what a live page polls."""
     rows = ws.query(
-        "SELECT * FROM runs WHERE project = ? AND status IN ('queued', 'running') "
-        "ORDER BY created_at",
-        (project,),
+        "SELECT * FROM runs WHERE project = ? AND status IN (?, ?) ORDER BY created_at",
+        (project, *ACTIVE),
     )
     return [_record(row) for row in rows]
 
@@ -155,7 +191,7 @@ def evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:
     """The stored evaluation of a completed run (accuracy, per class, confusion, mistakes)."""
     run = get_run(ws, run_id)
     path = ws.run_dir(run_id) / "evaluation.json"
-    if run.status != "completed" or not path.is_file():
+    if run.status != RunStatus.COMPLETED or not path.is_file():
         raise RunNotReady(f"Run {run_id} is {run.status}: it has no evaluation yet.")
     return json.loads(path.read_text())
 
@@ -163,7 +199,7 @@ def evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:
 def model_path(ws: Workspace, run_id: str) -> Path:
     run = get_run(ws, run_id)
     path = ws.run_dir(run_id) / "model.keras"
-    if run.status != "completed" or not path.is_file():
+    if run.status != RunStatus.COMPLETED or not path.is_file():
         raise RunNotReady(
             f"Run {run_id} is {run.status}: only a completed run has a model to use."
         )
@@ -181,8 +217,8 @@ def delete_run(ws: Workspace, run_id: str) -> None:
         raise TLError(f"Run {run_id} is {run.status}: cancel it before deleting it.")
     with ws.transaction() as db:
         # Checked again inside the transaction: a resume may have queued it meanwhile.
-        deleted = db.execute("DELETE FROM runs WHERE id = ? AND status NOT IN "
-                             "('queued', 'running')", (run_id,)).rowcount
+        deleted = db.execute("DELETE FROM runs WHERE id = ? AND status NOT IN (?, ?)",
+                             (run_id, *ACTIVE)).rowcount
         if not deleted:
             raise TLError(f"Run {run_id} was resumed just now: cancel it before deleting it.")
         # Before the commit: a folder left by a crash below can never be restored as a run.
@@ -190,7 +226,134 @@ def delete_run(ws: Workspace, run_id: str) -> None:
     shutil.rmtree(ws.run_dir(run_id), ignore_errors=True)
 
 
-# --- state changes used by jobs and training ---------------------------------------
+# --- status changes: the only places a run's status is written -----------------------
+def queue_run(
+    ws: Workspace,
+    project: str,
+    dataset_id: str,
+    spec: RunSpec,
+    key: str,
+    *,
+    kind: str = DEFAULT_KIND,
+    started_by: str | None = None,
+    reuse: bool = True,
+) -> tuple[str, RunStatus, bool]:
+    """A new queued run, or with `reuse` the project's run of the same kind and cache key
+    that completed or is on its way (completed first, then the newest): its id, its
+    status and whether it was added now."""
+    with ws.transaction() as db:  # look and add in one step: two equal submits add one run
+        if reuse:
+            same = db.execute(
+                "SELECT id, status FROM runs WHERE cache_key = ? AND project = ? AND kind = ? "
+                "AND status IN (?, ?, ?) ORDER BY status = ? DESC, created_at DESC LIMIT 1",
+                (key, project, kind, RunStatus.COMPLETED, *ACTIVE, RunStatus.COMPLETED),
+            ).fetchone()
+            if same:
+                return same["id"], RunStatus(same["status"]), False
+        run_id = "r" + uuid.uuid4().hex[:10]
+        db.execute(
+            "INSERT INTO runs (id, project, dataset_id, kind, spec_json, cache_key, status, "
+            "started_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, project, dataset_id, kind, canonical_json(spec.to_dict()), key,
+             RunStatus.QUEUED, started_by, time.time()),
+        )
+        write_run_file(ws, db, run_id)
+    return run_id, RunStatus.QUEUED, True
+
+
+def claim_next_run(ws: Workspace, worker_pid: int | None = None) -> str | None:
+    """queued -> running for the oldest queued run, on behalf of `worker_pid` (this
+    process by default); its id, or None when nothing is queued."""
+    with ws.transaction() as db:
+        row = db.execute(
+            "SELECT id FROM runs WHERE status = ? ORDER BY created_at LIMIT 1",
+            (RunStatus.QUEUED,),
+        ).fetchone()
+        if row is None:
+            return None
+        db.execute(
+            "UPDATE runs SET status = ?, started_at = ?, heartbeat_at = ?, "
+            "worker_pid = ?, cancel_requested = 0 WHERE id = ?",
+            (RunStatus.RUNNING, time.time(), time.time(),
+             os.getpid() if worker_pid is None else worker_pid, row["id"]),
+        )
+        write_run_file(ws, db, row["id"])
+        return row["id"]
+
+
+def request_cancel(ws: Workspace, run_id: str) -> RunStatus:
+    """queued -> cancelled at once; a running run gets a cancel request that its worker
+    acts on within a batch or two (see `heartbeat`). Other runs are left as they are.
+    Returns the run's status afterwards."""
+    get_run(ws, run_id)  # a clear NotFound for a wrong id
+    with ws.transaction() as db:  # read and change in one step: the worker may claim it now
+        db.execute(
+            "UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND status = ?",
+            (RunStatus.CANCELLED, time.time(), run_id, RunStatus.QUEUED),
+        )
+        db.execute(
+            "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = ?",
+            (run_id, RunStatus.RUNNING),
+        )
+        write_run_file(ws, db, run_id)
+    return get_run(ws, run_id).status
+
+
+def mark_interrupted(ws: Workspace) -> list[str]:
+    """running -> interrupted for every running run; their ids. Only for a caller that
+    holds the training slot (jobs.py): then every running run belongs to a dead worker."""
+    with ws.transaction() as db:
+        rows = db.execute("SELECT id FROM runs WHERE status = ?",
+                          (RunStatus.RUNNING,)).fetchall()
+        db.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE status = ?",
+            (RunStatus.INTERRUPTED, time.time(), INTERRUPTED_ERROR, RunStatus.RUNNING),
+        )
+        for row in rows:
+            write_run_file(ws, db, row["id"])
+    return [row["id"] for row in rows]
+
+
+def requeue_run(ws: Workspace, run_id: str) -> None:
+    """interrupted, failed or cancelled -> queued, at the back of the queue and with its
+    error and cancel request cleared. Raises TLError for a run in any other status."""
+    get_run(ws, run_id)  # a clear NotFound for a wrong id
+    with ws.transaction() as db:
+        row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None or row["status"] not in RESUMABLE:
+            status = row["status"] if row else "deleted"
+            raise TLError(f"Run {run_id} is {status}: only a stopped run can be resumed.")
+        db.execute(
+            "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, "
+            "cancel_requested = 0, created_at = ? WHERE id = ?",
+            (RunStatus.QUEUED, time.time(), run_id),
+        )
+        write_run_file(ws, db, run_id)
+
+
+def finish_run(
+    ws: Workspace,
+    run_id: str,
+    status: RunStatus,
+    *,
+    summary: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    """The worker's end of a claimed run: completed (with its summary; progress then reads
+    done), failed (with its error) or cancelled."""
+    if status not in END_STATES:
+        raise ValueError(f"a run cannot finish as {status!r}")
+    columns: dict[str, Any] = {"status": status, "finished_at": time.time()}
+    if error is not None:
+        columns["error"] = error
+    if summary is not None:
+        columns["summary"] = summary
+    if status == RunStatus.COMPLETED:
+        columns["progress"] = {"phase": "done", "fraction": 1.0}
+    update_run(ws, run_id, **columns)
+
+
+# --- other changes used by jobs and training -----------------------------------------
 def update_run(ws: Workspace, run_id: str, **columns: Any) -> None:
     for name in ("progress", "summary"):
         if name in columns:

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
     dataset_id TEXT NOT NULL REFERENCES datasets(id),
+    kind TEXT NOT NULL DEFAULT 'train',
     spec_json TEXT NOT NULL,
     cache_key TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -93,6 +94,12 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (run_id, kind)
 );
 """
+# Columns added to a table after indexes with that table were made: (table, column,
+# declaration). An older index gets them when it is opened; the default is what the
+# rows it already holds were.
+ADDED_COLUMNS = (
+    ("runs", "kind", "TEXT NOT NULL DEFAULT 'train'"),
+)
 
 
 def resolve_workspace(path: str | os.PathLike[str] | None = None) -> Path:
@@ -143,6 +150,8 @@ class Workspace:
                 present = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
                 if not set(schema_objects()) <= present:
                     db.executescript(SCHEMA)  # tables added since this index was made
+                if missing_columns(db):
+                    add_missing_columns(db)
             finally:
                 db.close()
 
@@ -351,6 +360,29 @@ def read_only_error(root: Path, path: Path) -> WorkspaceReadOnly:
 def schema_objects() -> list[str]:
     """The tables and indexes SCHEMA creates."""
     return re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA)
+
+
+def missing_columns(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """The ADDED_COLUMNS that the index open on `db` lacks."""
+    missing = []
+    for table, column, declaration in ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            missing.append((table, column, declaration))
+    return missing
+
+
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    """Add the ADDED_COLUMNS an older index lacks, in one transaction that looks again
+    first: two processes opening the same old workspace add each column once."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, declaration in missing_columns(db):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _file_identity(path: Path) -> tuple[str, int, int, int, int]:

@@ -421,24 +421,23 @@ class RunTrainer:
         self.ws.write_json_atomic(self.dir / "spec.json", self.spec.to_dict())
 
 
-def execute_run(ws: Workspace, run_id: str) -> str:
+def execute_run(ws: Workspace, run_id: str) -> runs.RunStatus:
     """Train one claimed run to its end state; returns that state. Never raises."""
     import traceback
 
     try:
         summary = RunTrainer(ws, run_id).train()
     except RunCancelled:
-        runs.update_run(ws, run_id, status="cancelled", finished_at=time.time())
-        return "cancelled"
+        runs.finish_run(ws, run_id, runs.RunStatus.CANCELLED)
+        return runs.RunStatus.CANCELLED
     except Exception as exc:  # a failed run is a stored state, not a crashed worker
         message = f"{type(exc).__name__}: {exc}"
         (ws.run_dir(run_id)).mkdir(parents=True, exist_ok=True)
         (ws.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
-        runs.update_run(ws, run_id, status="failed", finished_at=time.time(), error=message)
-        return "failed"
+        runs.finish_run(ws, run_id, runs.RunStatus.FAILED, error=message)
+        return runs.RunStatus.FAILED
     finally:
         keras.backend.clear_session()
-    runs.update_run(ws, run_id, status="completed", finished_at=time.time(),
-                    summary=summary, progress={"phase": "done", "fraction": 1.0})
+    runs.finish_run(ws, run_id, runs.RunStatus.COMPLETED, summary=summary)
     ws.write_json_atomic(ws.run_dir(run_id) / "summary.json", summary)
-    return "completed"
+    return runs.RunStatus.COMPLETED

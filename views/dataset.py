@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, state, widgets
+from dashboard import access, charts, formats, state, widgets
 from dashboard.text import md_escape
 
 PER_PAGE = 24
@@ -251,7 +251,7 @@ cols = st.columns([0.6, 0.4], vertical_alignment="bottom")
 cols[0].selectbox(
     "Dataset", list(by_id), key="dataset_pick",
     format_func=lambda i: f"{by_id[i].name} · {len(by_id[i].records)} images · "
-    f"{len(by_id[i].classes)} classes · {widgets.format_time(by_id[i].created_at)} ({i})",
+    f"{len(by_id[i].classes)} classes · {formats.format_time(by_id[i].created_at)} ({i})",
     on_change=lambda: state.set_dataset(st.session_state["dataset_pick"]),
 )
 dataset = by_id[st.session_state["dataset_pick"]]

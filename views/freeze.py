@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import controls, state, widgets
+from dashboard import controls, pages, state, widgets
 from dashboard.text import md_escape
 
 DEFAULT_DEPTH = {"layers": 20, "blocks": 2}
@@ -129,4 +129,4 @@ with right:
             hide_index=True, width="stretch", height=320,
         )
 
-st.page_link("views/training.py", label="Next: training", icon=":material/arrow_forward:")
+st.page_link(pages.TRAINING, label="Next: training", icon=":material/arrow_forward:")

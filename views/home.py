@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, state, widgets
+from dashboard import access, pages, state, widgets
 from dashboard.text import md_escape
 
 
@@ -47,8 +47,8 @@ if project is None:
 
 datasets = tle.list_datasets(ws, project)
 runs = tle.list_runs(ws, project)
-completed = [r for r in runs if r.status == "completed"]
-active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != "running")
+completed = [r for r in runs if r.status == tle.RunStatus.COMPLETED]
+active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != tle.RunStatus.RUNNING)
 best = max((r.val_accuracy for r in completed if r.val_accuracy is not None), default=None)
 
 st.subheader(f"Project · {md_escape(project)}")
@@ -62,12 +62,12 @@ st.markdown("**What to do next**")
 with st.container(border=True):
     steps = [
         (bool(datasets), "Add a dataset: upload photos per class, a folder, a .zip or a sample",
-         "views/dataset.py", "Dataset"),
+         pages.DATASET, "Dataset"),
         (bool(runs), "Choose a backbone and what to freeze",
-         "views/model.py", "Model"),
-        (bool(runs), "Start a training run", "views/training.py", "Training"),
+         pages.MODEL, "Model"),
+        (bool(runs), "Start a training run", pages.TRAINING, "Training"),
         (bool(completed), "Try the model on new photos and compare runs",
-         "views/prediction.py", "Prediction"),
+         pages.PREDICTION, "Prediction"),
     ]
     next_found = False
     for done, text, page, label in steps:
@@ -83,14 +83,14 @@ with st.container(border=True):
         cols[2].page_link(page, label=f"Open {label}", icon=":material/arrow_forward:")
     if active:
         run = active[0]
-        where = "is training" if run.status == "running" else "is waiting in the queue"
+        where = "is training" if run.status == tle.RunStatus.RUNNING else "is waiting in the queue"
         who = f" by {md_escape(run.started_by)}" if run.started_by else ""
         st.info(f"Run {run.id} ({md_escape(run.spec.backbone)}{who}) {where}.",
                 icon=":material/directions_run:")
-        st.page_link("views/training.py", label="Watch it on the Training page",
+        st.page_link(pages.TRAINING, label="Watch it on the Training page",
                      icon=":material/monitoring:")
     elif completed:
-        st.page_link("views/runs.py", label="Compare runs and export a model",
+        st.page_link(pages.RUNS, label="Compare runs and export a model",
                      icon=":material/leaderboard:")
 
 access.members_panel(project)

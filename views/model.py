@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import controls, state, widgets
+from dashboard import controls, pages, state, widgets
 from dashboard.text import md_escape
 
 WEIGHT_SOURCES = {"imagenet": "ImageNet (pretrained)", "none": "None — random init (baseline)",
@@ -151,6 +151,6 @@ with st.container(border=True):
     summary = widgets.spec_summary(state.spec_draft())
     st.markdown(f"**Model** &nbsp; {md_escape(summary['Model'])}")
     cols = st.columns([0.25, 0.25, 0.5])
-    cols[0].page_link("views/freeze.py", label="Next: freeze strategy",
+    cols[0].page_link(pages.FREEZE, label="Next: freeze strategy",
                       icon=":material/arrow_forward:")
-    cols[1].page_link("views/training.py", label="Training", icon=":material/model_training:")
+    cols[1].page_link(pages.TRAINING, label="Training", icon=":material/model_training:")

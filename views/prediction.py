@@ -4,17 +4,17 @@ a camera shot): a card per image, and a table of every class's probability to do
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, run_views, state
+from dashboard import access, pages, run_views, state
 from dashboard.text import md_escape
 
 st.title("Prediction")
 project = state.require_project()
 ws = state.workspace()
 
-completed = [r for r in tle.list_runs(ws, project) if r.status == "completed"]
+completed = [r for r in tle.list_runs(ws, project) if r.status == tle.RunStatus.COMPLETED]
 if not completed:
     st.info("No completed run in this project yet: train a model first, then try it here.")
-    st.page_link("views/training.py", label="Go to Training", icon=":material/model_training:")
+    st.page_link(pages.TRAINING, label="Go to Training", icon=":material/model_training:")
     st.stop()
 
 run = run_views.pick_run(completed, "Model", key="prediction_run")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, run_views, state, widgets
+from dashboard import access, charts, formats, pages, run_views, state, widgets
 from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
@@ -27,7 +27,7 @@ if flash := st.session_state.pop("runs_flash", None):
 runs = tle.list_runs(ws, project)
 if not runs:
     st.info("No runs in this project yet.")
-    st.page_link("views/training.py", label="Start one on Training",
+    st.page_link(pages.TRAINING, label="Start one on Training",
                  icon=":material/model_training:")
     st.stop()
 
@@ -36,7 +36,7 @@ if active:
     with st.container(border=True):
         st.markdown(f"**{len(active)} run{'s' if len(active) > 1 else ''} queued or training:** "
                     + ", ".join(md_escape(f"{r.id} ({r.status})") for r in active))
-        st.page_link("views/training.py", label="Follow progress on Training",
+        st.page_link(pages.TRAINING, label="Follow progress on Training",
                      icon=":material/model_training:", query_params={"project": project})
 
 runs_table = run_views.runs_table(runs)
@@ -46,7 +46,7 @@ st.dataframe(runs_table, hide_index=True, width="stretch",
 # --- compare ---------------------------------------------------------------------------------
 st.header("Compare")
 by_id = {r.id: r for r in runs}
-finished = [r.id for r in runs if r.status == "completed"]
+finished = [r.id for r in runs if r.status == tle.RunStatus.COMPLETED]
 if "compare_runs" in st.session_state:  # forget runs deleted since (here or elsewhere)
     st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in by_id]
 compared = st.multiselect(
@@ -61,7 +61,7 @@ with state.engine_errors():
         if note := run_views.identical_curves_text(curves):
             st.caption(note)
         evaluations = {r.id: tle.evaluation(ws, r.id).get("val", {}) for r in chosen
-                       if r.status == "completed"}
+                       if r.status == tle.RunStatus.COMPLETED}
         # st.table renders cells as Markdown; file and class names must read as typed.
         st.table(md_escape_frame(run_views.comparison_table(chosen, evaluations)))
         if len(chosen) > 1:
@@ -98,7 +98,7 @@ def export_panel(run: tle.RunRecord) -> None:
             if fmt in prepared:
                 name, data = prepared[fmt]
                 slot.download_button(
-                    f"Download · {run_views.file_size(len(data))}", data,
+                    f"Download · {formats.format_file_size(len(data))}", data,
                     file_name=name, key=f"dl_{fmt}", icon=":material/download:",
                     type="secondary" if fmt in INSTANT else "primary")
 
@@ -114,7 +114,7 @@ with state.engine_errors():
     st.caption(md_escape(
         f"{run.spec.backbone} · {run_views.weights_text(run.spec.weights)} weights · "
         f"{run_views.strategy_text(run.spec)} · started by {run.started_by or 'unknown'} · "
-        f"{run_views.created_text(run)}"))
+        f"{formats.format_time(run.created_at)}"))
     cols = st.columns([0.25, 0.75], vertical_alignment="center")
     if cols[0].button("Load these settings", key=f"load_{run.id}", icon=":material/replay:",
                       help="Make this run's settings the ones the Model, Freeze strategy and "
@@ -122,18 +122,18 @@ with state.engine_errors():
         state.load_run_settings(run.spec)
         st.session_state["runs_loaded"] = run.id
     if st.session_state.get("runs_loaded") == run.id:
-        cols[1].page_link("views/training.py", label="Settings loaded — go to Training",
+        cols[1].page_link(pages.TRAINING, label="Settings loaded — go to Training",
                           icon=":material/arrow_forward:")
     if run.error:
         st.error(md_escape(run.error))
     if run.is_active:
         st.info("This run is still "
-                + ("waiting in the queue." if run.status == "queued" else "training."))
-        st.page_link("views/training.py", label="Follow it on Training",
+                + ("waiting in the queue." if run.status == tle.RunStatus.QUEUED else "training."))
+        st.page_link(pages.TRAINING, label="Follow it on Training",
                      icon=":material/model_training:",
                      query_params={"project": project, "run": run.id})
 
-    if run.status == "completed":
+    if run.status == tle.RunStatus.COMPLETED:
         val = tle.evaluation(ws, run.id)["val"]
         run_views.show_metrics(run_views.detail_metrics(run, val))
         if kept := run_views.weights_caption(run):

@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, controls, run_views, state, widgets
+from dashboard import access, controls, pages, run_views, state, widgets
 from dashboard.text import md_escape
 
 RECENT_RUNS = 30
@@ -83,7 +83,7 @@ def settings_form(dataset: tle.Dataset) -> None:
 
 if dataset is None:
     st.info("Add a dataset first: training needs labelled photos.")
-    st.page_link("views/dataset.py", label="Go to Dataset", icon=":material/photo_library:")
+    st.page_link(pages.DATASET, label="Go to Dataset", icon=":material/photo_library:")
     st.stop()
 
 left, right = st.columns([0.64, 0.36], gap="medium")
@@ -99,9 +99,9 @@ with right, st.container(border=True):
                    "features are computed once and cached, so epochs take seconds.")
     # A horizontal container sizes each link to its label and wraps: nothing is clipped.
     with st.container(horizontal=True, gap="small"):
-        st.page_link("views/dataset.py", label="Dataset", icon=":material/photo_library:")
-        st.page_link("views/model.py", label="Model", icon=":material/memory:")
-        st.page_link("views/freeze.py", label="Freeze strategy", icon=":material/ac_unit:")
+        st.page_link(pages.DATASET, label="Dataset", icon=":material/photo_library:")
+        st.page_link(pages.MODEL, label="Model", icon=":material/memory:")
+        st.page_link(pages.FREEZE, label="Freeze strategy", icon=":material/ac_unit:")
 
 
 # --- which run to show ---------------------------------------------------------------
@@ -302,9 +302,9 @@ def final_panel(run: tle.RunRecord) -> None:
                         key=f"curves_{run.id}")
     cols = st.columns(4, vertical_alignment="center")
     if run.status == "completed":
-        cols[0].page_link("views/prediction.py", label="Try it on new photos",
+        cols[0].page_link(pages.PREDICTION, label="Try it on new photos",
                           icon=":material/image_search:")
-        cols[1].page_link("views/runs.py", label="Compare runs", icon=":material/leaderboard:")
+        cols[1].page_link(pages.RUNS, label="Compare runs", icon=":material/leaderboard:")
     elif cols[0].button("Resume", key=f"resume_{run.id}", icon=":material/play_arrow:",
                         type="primary") and access.permit("resume_run", project, run):
         with state.engine_errors():
