@@ -104,7 +104,7 @@ def test_summary_speaks_of_what_applies():
     lines = tle.describe(RunSpec(strategy="gradual", unfreeze=3, unfreeze_unit="blocks",
                                  epochs_per_stage=2, lr_decay=0.5).normalized())
     assert lines["freeze"] == ["Gradual unfreezing", "top 3 blocks", "after 3 head epochs",
-                               "LR × 0.1", "stages of 2 epochs", "LR × 0.5 per block down"]
+                               "LR × 0.1", "epochs per stage: 2", "LR × 0.5 per block down"]
     assert tle.describe(RunSpec().normalized())["freeze"] == ["Frozen backbone"]
     assert "class weights" in tle.describe(RunSpec(class_weights=True))["training"]
 

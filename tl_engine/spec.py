@@ -209,7 +209,7 @@ class RunSpec:
     # --- added later (left out of older runs' cache keys at their defaults) ---
     epochs_per_stage: int = _setting(
         1, label="Epochs per stage", page="freeze", low=1, high=1000, strategies=("gradual",),
-        off=0, new=True, text="stages of {} epochs",
+        off=0, new=True, text="epochs per stage: {}",
         help="Gradual unfreezing: epochs before the next layer (or block) unfreezes.")
     lr_decay: float = _setting(
         1.0, label="LR × per block down", page="freeze", low=0.0, open_low=True, high=1.0,

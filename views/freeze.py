@@ -32,16 +32,15 @@ def plan_or_stop(trainable_top: int | None, unit: str) -> tle.FreezePlan:
 
 def phase_table(plan: list[tle.Phase], learning_rate: float) -> pd.DataFrame:
     rows = []
-    for number, phase in enumerate(plan, start=1):
+    for phase in plan:
         freeze = plan_or_stop(phase.trainable_top, phase.unit)
         rate = f"{learning_rate * phase.lr_factor:g}"
         if phase.trains_backbone and phase.lr_decay != 1.0:
-            rate += f", × {phase.lr_decay:g} per block down"
-        rows.append({"#": number, "phase": phase.title, "epochs": phase.epochs,
+            rate += f" (× {phase.lr_decay:g} per block down)"
+        rows.append({"phase": phase.title, "epochs": phase.epochs,
                      "trains": phase.trainable_text,
-                     "trainable parameters": widgets.format_params(freeze.trainable_params),
-                     "learning rate": rate,
-                     "features": "cached" if phase.cached_features else "computed each step"})
+                     "parameters": widgets.format_params(freeze.trainable_params),
+                     "learning rate": rate})
     return pd.DataFrame(rows)
 
 
@@ -111,8 +110,10 @@ with right:
         if layer.batch_norm and not layer.trainable and i >= plan.first_trainable
     )
     if len(phases) > 1:
+        cached = " The head phase runs on cached features." if phases[0].cached_features \
+            else ""
         st.markdown(f"**{len(phases)} phases, {sum(p.epochs for p in phases)} epochs** "
-                    "— the picture shows the last one.")
+                    f"— the picture shows the last one.{cached}")
         st.dataframe(phase_table(phases, spec.learning_rate), hide_index=True,
                      width="stretch")
     if frozen_bn:

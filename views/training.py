@@ -94,9 +94,11 @@ with right, st.container(border=True):
                 f"{len(dataset.classes)} classes")
     widgets.show_spec(state.spec_draft(), dataset.has_given_val, dataset.has_given_test)
     widgets.show_hints(tle.spec_hints(tle.RunSpec.from_dict(state.spec_draft())))
-    if tle.RunSpec.from_dict(state.spec_draft()).uses_feature_cache:
-        st.caption(":material/bolt: Frozen backbone without augmentation: each image's "
-                   "features are computed once and cached, so epochs take seconds.")
+    plan = tle.phases(tle.RunSpec.from_dict(state.spec_draft()))
+    if any(phase.cached_features for phase in plan):
+        which = "" if len(plan) == 1 else " in the head phase"
+        st.caption(f":material/bolt: Frozen backbone without augmentation{which}: each "
+                   "image's features are computed once and cached, so epochs take seconds.")
     # A horizontal container sizes each link to its label and wraps: nothing is clipped.
     with st.container(horizontal=True, gap="small"):
         st.page_link(pages.DATASET, label="Dataset", icon=":material/photo_library:")
