@@ -212,3 +212,35 @@ def test_a_head_phase_file_of_an_earlier_version_still_resumes(tmp_path):
     assert read_resume_state(tmp_path, plan, metrics, keep_best=True).done == (
         PhaseResult(3, 3, 0.8, 3),)
     assert read_resume_state(tmp_path, plan, metrics, keep_best=False).done[0].kept_epoch == 3
+
+
+# --- features outside a run --------------------------------------------------------------
+
+
+def test_feature_extraction_is_a_function_any_job_can_call(workspace, tiny_dataset):
+    from tl_engine.features import FeaturesCancelled
+
+    extractor = tle.feature_extractor("MobileNetV2-0.35", weights="none", image_size=32)
+    records = list(tiny_dataset.records)
+    seen: list[dict] = []
+
+    def report(progress: dict) -> bool:
+        seen.append(progress)
+        return False
+
+    first = tle.extract_features(workspace, extractor.model, extractor.key,
+                                 [("all images", records[:20]), ("rest", records[10:])],
+                                 batch_size=8, report=report)
+    assert [m.shape for m in first.matrices] == [(20, 1280), (20, 1280)]
+    assert (first.computed, first.reused) == (30, 10)  # the overlap is computed once
+    assert seen and seen[-1]["pass_name"] == "rest" and seen[-1]["fraction"] == 1.0
+    np.testing.assert_allclose(first.matrices[0][10:], first.matrices[1][:10], atol=1e-6)
+
+    again = tle.extract_features(workspace, extractor.model, extractor.key,
+                                 [("all images", records)], batch_size=8)
+    assert (again.computed, again.reused, again.seconds_per_image) == (0, 30, None)
+
+    other = tle.feature_extractor("MobileNetV2-0.35", weights="none", image_size=48)
+    with pytest.raises(FeaturesCancelled):
+        tle.extract_features(workspace, other.model, other.key, [("all images", records)],
+                             batch_size=8, report=lambda progress: True)
