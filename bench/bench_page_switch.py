@@ -91,7 +91,7 @@ def main() -> None:
             run_id = tle.submit_run(ws, "bench", dataset.id, spec, started_by="trainer",
                                     force=True).run_id
             while tle.get_run(ws, run_id).status != "running" or not tle.get_run(
-                    ws, run_id).progress.get("epochs"):
+                    ws, run_id).progress.epochs:
                 time.sleep(0.5)
             watchers = []
             for name in [f"watcher-{i + 1}" for i in range(args.watchers)]:

@@ -69,7 +69,7 @@ def engine(data: Path, epochs: int, workspace: Path, hidden_units: int) -> dict:
     worker_main(ws)
     run = runs.get_run(ws, submission.run_id)
     return {"val_accuracy": run.val_accuracy, "train_seconds": time.perf_counter() - started,
-            "features_computed": run.summary["features_computed"]}
+            "features_computed": run.result.features_computed}
 
 
 def measure(mode: str, args: argparse.Namespace, workspace: Path) -> dict:

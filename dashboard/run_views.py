@@ -59,24 +59,24 @@ def strategy_text(spec: tle.RunSpec) -> str:
 def top_k_of(run: tle.RunRecord) -> int | None:
     """The k of the run's top-k accuracy (1 with two classes: then it is plain accuracy),
     None while the run has no classes recorded."""
-    classes = run.summary.get("classes")
+    classes = run.result.classes
     return top_k_for(len(classes)) if classes else None
 
 
 def top_k_accuracy(run: tle.RunRecord) -> float | None:
     """The run's top-k accuracy when it says more than its accuracy (k > 1), else None."""
     k = top_k_of(run)
-    return run.summary.get("val_top_k_accuracy") if k and k > 1 else None
+    return run.result.val_top_k_accuracy if k and k > 1 else None
 
 
 def weights_kept_text(run: tle.RunRecord, short: bool = False) -> str | None:
     """Which epoch's weights the run's model holds: "best epoch 3 of 10 (restored)" or
     "last epoch (10)"; None for runs that did not record it. `short` says "best 3" or
     "last", for the runs table, where the epochs are in the column beside."""
-    restored = run.summary.get("restored_best")
+    restored = run.result.restored_best
     if restored is None:
         return None
-    best = run.summary.get("best_epoch")
+    best = run.result.best_epoch
     if restored and best is not None:
         return f"best {best}" if short else f"best epoch {best} of {run.epochs_run} (restored)"
     return "last" if short else f"last epoch ({run.epochs_run})"
@@ -275,7 +275,7 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
     splits, top-k with two classes, ...) are left out."""
     rows = []
     for run in runs:
-        summary = run.summary
+        summary = run.result
         kept = weights_kept_text(run, short=True)
         epochs = run.epochs_run if run.status == tle.RunStatus.COMPLETED else None
         rows.append({
@@ -284,8 +284,8 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
             "strategy": strategy_text(run.spec),
             "epochs": None if epochs is None else f"{epochs}" + (f" · {kept}" if kept else ""),
             "val acc": run.val_accuracy,
-            "last val acc": summary.get("final_val_accuracy"),
-            "test acc": summary.get("test_accuracy"),
+            "last val acc": summary.final_val_accuracy,
+            "test acc": summary.test_accuracy,
             "top-k acc": top_k_accuracy(run),
             "time": format_duration(run.seconds) if run.seconds is not None else None,
             "status": run.status,
@@ -361,17 +361,17 @@ def comparison_table(runs: Sequence[tle.RunRecord],
         "Val accuracy": lambda r, e: format_percent(r.val_accuracy),
         "Weights kept": lambda r, e: weights_kept_text(r) or "–",
         "Val accuracy, last epoch":
-            lambda r, e: format_percent(r.summary.get("final_val_accuracy")),
+            lambda r, e: format_percent(r.result.final_val_accuracy),
         "Val accuracy after the head phase":
-            lambda r, e: format_percent(r.summary.get("head_val_accuracy")),
-        "Test accuracy": lambda r, e: format_percent(r.summary.get("test_accuracy")),
+            lambda r, e: format_percent(r.result.head_val_accuracy),
+        "Test accuracy": lambda r, e: format_percent(r.result.test_accuracy),
         # With two classes top-k is top-1, the accuracy again: "–", and the row goes.
         "Top-k accuracy": lambda r, e: format_percent(top_k_accuracy(r)),
         "Macro F1": lambda r, e: "–" if not e else f"{e['macro_f1']:.3f}",
         "Epochs run":
             lambda r, e: str(r.epochs_run) if r.status == tle.RunStatus.COMPLETED else "–",
         "Time": lambda r, e: format_duration(r.seconds),
-        "Trainable params": lambda r, e: format_params(r.summary.get("trainable_params")),
+        "Trainable params": lambda r, e: format_params(r.result.trainable_params),
         "Status": lambda r, e: r.status,
     }
     for title, value in metrics.items():
@@ -391,17 +391,18 @@ def spec_table(spec: tle.RunSpec) -> pd.DataFrame:
 def detail_metrics(run: tle.RunRecord, val: dict[str, Any]) -> dict[str, str]:
     """The headline numbers of a completed run, label -> value, leaving out what it lacks
     (test accuracy without a test split, top-k with two classes, ...)."""
+    summary = run.result
     items = {"Val accuracy": format_percent(run.val_accuracy)}
-    if run.summary.get("final_val_accuracy") is not None:
-        items["Val accuracy, last epoch"] = format_percent(run.summary["final_val_accuracy"])
-    if run.summary.get("test_accuracy") is not None:
-        items["Test accuracy"] = format_percent(run.summary["test_accuracy"])
+    if summary.final_val_accuracy is not None:
+        items["Val accuracy, last epoch"] = format_percent(summary.final_val_accuracy)
+    if summary.test_accuracy is not None:
+        items["Test accuracy"] = format_percent(summary.test_accuracy)
     if val.get("top_k", 1) > 1:
         items[f"Top-{val['top_k']} accuracy"] = format_percent(val["top_k_accuracy"])
     items["Macro F1"] = f"{val['macro_f1']:.3f}"
     items["Epochs"] = str(run.epochs_run)
     items["Training time"] = format_duration(run.seconds)
-    items["Trainable params"] = format_params(run.summary.get("trainable_params"))
+    items["Trainable params"] = format_params(summary.trainable_params)
     return items
 
 
@@ -420,10 +421,10 @@ def weights_caption(run: tle.RunRecord) -> str | None:
     if kept is None:
         return None
     text = f"Val accuracy with the weights of the {kept}"
-    final = run.summary.get("final_val_accuracy")
+    final = run.result.final_val_accuracy
     if final is not None:
         text += f"; the last epoch reached {format_percent(final)}"
-    head = run.summary.get("head_val_accuracy")
+    head = run.result.head_val_accuracy
     if head is not None:
         text += f"; the head phase alone reached {format_percent(head)}"
     return text + "."

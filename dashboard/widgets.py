@@ -14,9 +14,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import access, charts, state
-from dashboard.formats import format_duration as format_duration  # the pages' old names
 from dashboard.formats import format_params, format_percent, format_time
-from dashboard.formats import ordinal as ordinal
 from dashboard.text import md_escape
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

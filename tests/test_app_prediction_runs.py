@@ -115,9 +115,9 @@ def test_runs_table_comparison_and_evaluation(monkeypatch, demo_root):
     # Both completed runs are compared by default: only the settings that differ are listed.
     compared = at.table[0].value
     assert list(compared.columns) == [learned.id, random.id]  # newest first
-    assert {"Weights", "Image size", "Epochs"} <= set(compared.index)
+    assert {"Starting weights", "Input size (px)", "Epochs"} <= set(compared.index)
     assert "Backbone" not in compared.index and "Strategy" not in compared.index
-    assert compared.loc["Weights"].tolist() == ["imagenet", "none"]
+    assert compared.loc["Starting weights"].tolist() == ["imagenet", "none"]
     curves = plotly_specs(at)[0]
     assert {t["name"] for t in curves["data"]} >= {f"{learned.id} val", f"{random.id} train"}
 
@@ -201,9 +201,9 @@ def test_comparison_lists_only_differing_settings(demo_root):
     ws = tle.Workspace(demo_root)
     runs = list(runs_by_weights(ws).values())
     table = run_views.comparison_table(runs, {})
-    assert "Dropout" not in table.index and "Weights" in table.index
+    assert "Dropout" not in table.index and "Starting weights" in table.index
     alone = run_views.comparison_table(runs[:1], {})
-    assert "Weights" not in alone.index and "Val accuracy" in alone.index
+    assert "Starting weights" not in alone.index and "Val accuracy" in alone.index
     assert "Test accuracy" not in alone.index  # no run has a test split
 
 

@@ -88,18 +88,19 @@ def test_feature_passes_share_one_bar_and_skip_cached_passes():
     passes.start("training images")
     passes.batch_done(10, 1.0)  # first batch: a rate at once
     first = passes.snapshot()
-    assert (first["pass_name"], first["pass_index"], first["passes"]) == ("training images", 1, 2)
-    assert first["images_done"] == 10 and first["images_total"] == 40
-    assert first["fraction"] == pytest.approx(10 / 60)
-    assert first["eta_s"] == pytest.approx(50 * 0.1) and first["images_per_s"] == pytest.approx(10)
+    assert (first.pass_name, first.pass_index, first.passes) == ("training images", 1, 2)
+    assert first.phase == "features"
+    assert first.images_done == 10 and first.images_total == 40
+    assert first.fraction == pytest.approx(10 / 60)
+    assert first.eta_s == pytest.approx(50 * 0.1) and first.images_per_s == pytest.approx(10)
     for _ in range(3):
         passes.batch_done(10, 0.5)
     passes.start("test images")
     passes.batch_done(10, 0.5)
     later = passes.snapshot()
-    assert (later["pass_name"], later["pass_index"]) == ("test images", 2)
-    assert later["fraction"] == pytest.approx(50 / 60)  # does not restart at the new pass
-    assert later["eta_s"] == pytest.approx(10 * 0.05)
+    assert (later.pass_name, later.pass_index) == ("test images", 2)
+    assert later.fraction == pytest.approx(50 / 60)  # does not restart at the new pass
+    assert later.eta_s == pytest.approx(10 * 0.05)
 
 
 # --- the callbacks with a real model and a real workspace ----------------------------
@@ -126,18 +127,18 @@ def test_predict_progress_names_passes_and_has_an_eta_from_the_first_batch(
     report = functools.partial(runs.heartbeat, workspace, run_id)
     model.predict(np.zeros((20, 4)), batch_size=4, verbose=0, callbacks=[
         PredictProgress(report, passes, "training images", 4, time.time()), reader])
-    assert reader.seen["phase"] == "features" and reader.seen["eta_s"] is not None
-    assert reader.seen["images_done"] == 4 and reader.seen["pass_name"] == "training images"
+    assert reader.seen.phase == "features" and reader.seen.eta_s is not None
+    assert reader.seen.images_done == 4 and reader.seen.pass_name == "training images"
     done = runs.get_run(workspace, run_id).progress
-    assert (done["pass_index"], done["passes"], done["images_done"], done["images_total"]) == (
-        1, 2, 20, 20)
-    assert done["fraction"] == pytest.approx(20 / 30) and done["eta_s"] > 0
-    assert done["images_per_s"] > 0 and done["step"] == done["steps"] == 5
+    assert (done.pass_index, done.passes, done.images_done, done.images_total) == (1, 2, 20, 20)
+    assert done.fraction == pytest.approx(20 / 30) and done.eta_s > 0
+    assert done.images_per_s > 0 and done.step == done.steps == 5
+    assert done.epoch is None and done.logs is None  # training's fields are not stored
 
     model.predict(np.zeros((10, 4)), batch_size=4, verbose=0, callbacks=[
         PredictProgress(report, passes, "test images", 4, time.time())])
     last = runs.get_run(workspace, run_id).progress
-    assert (last["pass_name"], last["pass_index"], last["fraction"], last["eta_s"]) == (
+    assert (last.pass_name, last.pass_index, last.fraction, last.eta_s) == (
         "test images", 2, 1.0, 0.0)
 
 
@@ -164,10 +165,10 @@ def test_training_progress_counts_later_phases_and_reports_images_per_second(
     assert len(reader.seen) == 3
     for seen in reader.seen:
         assert {"phase", "epoch", "epochs", "step", "steps", "fraction", "eta_s", "elapsed_s",
-                "logs", "images_per_s"} <= set(seen)
-        assert seen["eta_s"] >= 1000.0 and seen["eta_scope"] == "run"
-        assert seen["images_per_s"] > 0
-    assert [s["fraction"] for s in reader.seen] == pytest.approx([1 / 3, 2 / 3, 1.0])
+                "logs", "images_per_s"} <= set(seen.to_dict())
+        assert seen.eta_s >= 1000.0 and seen.eta_scope == "run"
+        assert seen.images_per_s > 0 and seen.pass_name is None
+    assert [s.fraction for s in reader.seen] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert [m["epoch"] for m in runs.run_metrics(workspace, run_id)] == [1, 2, 3]
 
 
@@ -315,6 +316,8 @@ def test_worse_fine_tuning_keeps_head_weights_and_switching_to_them(
     assert summary["head_val_accuracy"] > summary["val_accuracy"]
     assert summary["head_best_epoch"] in [m["epoch"] for m in head_metrics]
     assert summary["head_model_available"] is True and summary["best_epoch"] == 4
+    assert list(summary)[-4:] == ["weights_identity", "head_val_accuracy", "head_best_epoch",
+                                  "head_model_available"]  # the stored JSON as before
     head_evaluation = json.loads((folder / "evaluation-head.json").read_text())
     assert set(head_evaluation) == set(runs.evaluation(workspace, run.id))
     assert head_evaluation["val"]["accuracy"] == summary["head_val_accuracy"]
@@ -333,6 +336,10 @@ def test_worse_fine_tuning_keeps_head_weights_and_switching_to_them(
     assert switched.summary["finetuned_val_accuracy"] == fine_tuned_val
     assert switched.summary["head_model_available"] is False
     assert json.loads((folder / "summary.json").read_text()) == switched.summary
+    assert list(switched.summary) == [*summary, "finetuned_val_accuracy", "finetuned_best_epoch",
+                                      "weights_from"]
+    assert switched.result.weights_from == "head" and switched.result.best_epoch == \
+        summary["head_best_epoch"]
     assert runs.evaluation(workspace, run.id) == head_evaluation
     assert (folder / "model-finetuned.keras").is_file()
     assert (folder / "evaluation-finetuned.json").is_file()

@@ -232,8 +232,7 @@ def test_doctor_reports_a_run_whose_worker_was_killed(workspace, tiny_dataset, c
     ws = workspace
     run_id = tle.submit_run(ws, "test", tiny_dataset.id, tle.RunSpec(**LONG_TINY)).run_id
     deadline = time.monotonic() + 180
-    while (run := tle.get_run(ws, run_id)).status != "running" or not run.progress.get(
-            "epoch"):
+    while (run := tle.get_run(ws, run_id)).status != "running" or not run.progress.epoch:
         assert run.is_active and time.monotonic() < deadline, run.error
         time.sleep(0.2)  # polling a separate process's progress in the store
 

@@ -82,7 +82,7 @@ def test_cancel_a_running_run_asks_its_worker(workspace, tiny_dataset):
     assert runs.request_cancel(workspace, run_id) is RunStatus.RUNNING
     run = runs.get_run(workspace, run_id)
     assert run.status == "running" and run.cancel_requested and run.finished_at is None
-    assert runs.heartbeat(workspace, run_id, {"phase": "head"})  # what the worker reads
+    assert runs.heartbeat(workspace, run_id, tle.Progress(phase="head"))  # the worker reads it
     runs.finish_run(workspace, run_id, RunStatus.CANCELLED)
     assert runs.get_run(workspace, run_id).status == "cancelled"
 
@@ -175,7 +175,9 @@ def test_a_job_of_an_unknown_kind_fails_and_the_worker_goes_on(workspace, tiny_d
     assert "the probe had no features" in (workspace.run_dir(broken) / "error.log").read_text()
     done = runs.get_run(workspace, echo)
     assert done.status == "completed" and done.summary == {"kind": "echo"}
-    assert done.progress == {"phase": "done", "fraction": 1.0}
+    assert done.progress == tle.Progress(phase="done", fraction=1.0)
+    assert json.loads(workspace.query("SELECT progress_json FROM runs WHERE id = ?", (echo,))[0][
+        "progress_json"]) == {"phase": "done", "fraction": 1.0}
 
 
 def test_a_workspace_from_before_job_kinds_opens_and_keeps_working(workspace, tiny_dataset):

@@ -147,7 +147,7 @@ def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_datase
     assert running
     assert runs.queue_position(workspace, second.run_id) == 1
     # Progress arrives while the epoch is running.
-    _wait_until(lambda: runs.get_run(workspace, first.run_id).progress.get("epoch"))
+    _wait_until(lambda: runs.get_run(workspace, first.run_id).progress.epoch)
     assert cancel_run(workspace, second.run_id) == "cancelled"
     cancel_run(workspace, first.run_id)
     final = wait_for_run(workspace, first.run_id, timeout_s=120)

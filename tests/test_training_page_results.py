@@ -115,10 +115,10 @@ def test_live_progress_names_the_pass_and_has_an_eta(monkeypatch, tmp_path):
     with jobs._slot(ws) as held:
         assert held
         runs.update_run(ws, run_id, status="running")
-        runs.heartbeat(ws, run_id, {
-            "phase": "features", "pass_name": "validation images", "pass_index": 2,
-            "passes": 2, "images_done": 32, "images_total": 64, "images_per_s": 41.5,
-            "fraction": 0.8, "eta_s": 12.0, "elapsed_s": 30.0, "step": 1, "steps": 2})
+        runs.heartbeat(ws, run_id, tle.Progress(
+            phase="features", pass_name="validation images", pass_index=2,
+            passes=2, images_done=32, images_total=64, images_per_s=41.5,
+            fraction=0.8, eta_s=12.0, elapsed_s=30.0, step=1, steps=2))
         at = open_app(monkeypatch, ws.root, "views/training.py", project="demo", user="ann")
         progress = at.get("progress")[0].proto.text
         assert "validation images (2 of 2)" in progress

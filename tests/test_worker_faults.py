@@ -31,7 +31,7 @@ def _running_with_progress(ws: tle.Workspace, run_id: str, timeout_s: float) -> 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run = tle.get_run(ws, run_id)
-        if run.status == "running" and run.progress.get("epoch", 0) >= 1:
+        if run.status == "running" and (run.progress.epoch or 0) >= 1:
             return run
         assert run.is_active, run.error
         time.sleep(0.2)  # polling a separate process's progress in the store

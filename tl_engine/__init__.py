@@ -65,6 +65,7 @@ from .predict import (
     predict_images,
     prediction_batch,
 )
+from .progress import Progress
 from .registry import BACKBONES, Backbone, get_backbone, list_backbones
 from .runs import (
     RunRecord,
@@ -93,6 +94,7 @@ from .spec import (
     settings,
 )
 from .store import Workspace
+from .summary import RunSummary
 from .weights import (
     WeightsFile,
     find_weight_file,
@@ -123,12 +125,14 @@ __all__ = [
     "NotFound",
     "Phase",
     "Prediction",
+    "Progress",
     "Refused",
     "Role",
     "RunNotReady",
     "RunRecord",
     "RunStatus",
     "RunSpec",
+    "RunSummary",
     "STRATEGIES",
     "STRATEGY_HELP",
     "STRATEGY_NAMES",

@@ -3,6 +3,7 @@ and the best epoch's weights kept in a tagged file."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import keras
 import numpy as np
 
 from . import runs
-from .progress import EtaEstimator, FeaturePassProgress
+from .progress import EtaEstimator, FeaturePassProgress, Progress
 from .store import Workspace
 
 PROGRESS_INTERVAL_S = 1.5
@@ -47,27 +48,27 @@ class StoreProgress(keras.callbacks.Callback):
         self._mark = time.time()
         self._pause_from: float | None = None
 
-    def _progress(self, step: int, logs: dict[str, Any] | None) -> dict[str, Any]:
+    def _progress(self, step: int, logs: dict[str, Any] | None) -> Progress:
         done = self._epoch * self.steps_per_epoch + step
         total = self.total_epochs * self.steps_per_epoch
         eta = self.eta.seconds_left(total - done, self.total_epochs - self._epoch)
         later = self.later_seconds(self.eta) if self.later_seconds else 0.0
         step_s = self.eta.step_seconds
-        return {
-            "phase": self.phase,
-            "phase_title": self.title,
-            "epoch": self._epoch + 1,
-            "epochs": self.total_epochs,
-            "step": step,
-            "steps": self.steps_per_epoch,
-            "fraction": min(1.0, done / total) if total else 0.0,
-            "eta_s": eta + later if eta is not None and later is not None else eta,
-            "eta_scope": "run" if later is not None else "phase",
-            "images_per_s": self.images_per_step / step_s
+        return Progress(
+            phase=self.phase,
+            phase_title=self.title,
+            epoch=self._epoch + 1,
+            epochs=self.total_epochs,
+            step=step,
+            steps=self.steps_per_epoch,
+            fraction=min(1.0, done / total) if total else 0.0,
+            eta_s=eta + later if eta is not None and later is not None else eta,
+            eta_scope="run" if later is not None else "phase",
+            images_per_s=self.images_per_step / step_s
             if step_s and self.images_per_step else None,
-            "elapsed_s": time.time() - self.started,
-            "logs": {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)},
-        }
+            elapsed_s=time.time() - self.started,
+            logs={k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)},
+        )
 
     def _write(self, step: int, logs: dict[str, Any] | None, force: bool = False) -> None:
         now = time.time()
@@ -108,11 +109,11 @@ class StoreProgress(keras.callbacks.Callback):
 class PredictProgress(keras.callbacks.Callback):
     """Progress and cancel checks while the frozen backbone computes one feature pass.
 
-    `report` stores a progress dict and says whether a cancel was asked for. `passes` is
+    `report` stores the progress and says whether a cancel was asked for. `passes` is
     shared by every pass of the run, so the bar and the ETA cover all of them.
     """
 
-    def __init__(self, report: Callable[[dict[str, Any]], bool], passes: FeaturePassProgress,
+    def __init__(self, report: Callable[[Progress], bool], passes: FeaturePassProgress,
                  pass_name: str, batch_size: int, started: float) -> None:
         super().__init__()
         self.report = report
@@ -138,13 +139,8 @@ class PredictProgress(keras.callbacks.Callback):
         if batch > 0 and now - self._last < PROGRESS_INTERVAL_S and batch + 1 < total_steps:
             return
         self._last = now
-        progress = {
-            "phase": "features",
-            "step": batch + 1,
-            "steps": total_steps,
-            **self.passes.snapshot(),
-            "elapsed_s": now - self.started,
-        }
+        progress = dataclasses.replace(self.passes.snapshot(), step=batch + 1,
+                                       steps=total_steps, elapsed_s=now - self.started)
         if self.report(progress):
             self.cancelled = True
             self.model.stop_predicting = True

@@ -134,21 +134,21 @@ class _ProgressBar:
         self.phase: str | None = None
 
     def __call__(self, run: Any) -> None:
-        progress = run.progress or {}
-        if progress.get("phase") != self.phase and run.status == RunStatus.RUNNING:
-            self.phase = progress.get("phase")
+        progress = run.progress
+        if progress.phase != self.phase and run.status == RunStatus.RUNNING:
+            self.phase = progress.phase
             self.bar.reset()  # each phase (features, head, fine-tune) has its own bar
         if run.status == RunStatus.QUEUED:
             self.bar.set_description_str(RunStatus.QUEUED)
         else:
-            phase = progress.get("phase", run.status)
-            epoch = progress.get("epoch")
-            label = f"{phase} epoch {epoch}/{progress.get('epochs')}" if epoch else phase
-            if progress.get("pass_name"):
-                label += f": {progress['pass_name']}"
-            acc = (progress.get("logs") or {}).get("accuracy")
+            phase = progress.phase if progress.phase is not None else run.status
+            epoch = progress.epoch
+            label = f"{phase} epoch {epoch}/{progress.epochs}" if epoch else phase
+            if progress.pass_name:
+                label += f": {progress.pass_name}"
+            acc = (progress.logs or {}).get("accuracy")
             self.bar.set_description_str(label + (f" acc {acc:.3f}" if acc is not None else ""))
-        target = int(1000 * float(progress.get("fraction") or 0))
+        target = int(1000 * float(progress.fraction or 0))
         if run.status == RunStatus.COMPLETED:
             target = 1000
         if target > self.bar.n:
@@ -172,19 +172,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = wait_for_run(ws, submission.run_id, on_update=bar)
     finally:
         bar.close()
+    summary = run.result
     result = {
         "run_id": run.id,
         "status": run.status,
         "cached": submission.cached,
         "dataset_id": dataset.id,
-        "val_accuracy": run.summary.get("val_accuracy"),
-        "epochs_run": run.summary.get("epochs_run"),
-        "best_epoch": run.summary.get("best_epoch"),
-        "final_val_accuracy": run.summary.get("final_val_accuracy"),
-        "seconds": run.summary.get("seconds"),
-        "model_path": run.summary.get("model_path"),
-        "features_computed": run.summary.get("features_computed"),
-        "features_reused": run.summary.get("features_reused"),
+        "val_accuracy": summary.val_accuracy,
+        "epochs_run": summary.epochs_run,
+        "best_epoch": summary.best_epoch,
+        "final_val_accuracy": summary.final_val_accuracy,
+        "seconds": summary.seconds,
+        "model_path": summary.model_path,
+        "features_computed": summary.features_computed,
+        "features_reused": summary.features_reused,
         "error": run.error,
     }
     if args.json:
@@ -195,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run.status == RunStatus.COMPLETED:
             print(f"val accuracy {result['val_accuracy']:.4f} after {result['epochs_run']} "
                   f"epochs, model at {result['model_path']}")
-            if run.summary.get("restored_best") and result["final_val_accuracy"] is not None:
+            if summary.restored_best and result["final_val_accuracy"] is not None:
                 print(f"the model holds epoch {result['best_epoch']}'s weights (best validation "
                       f"accuracy); the last epoch validated at "
                       f"{result['final_val_accuracy']:.4f}")

@@ -32,7 +32,7 @@ _FILE_NAMES = {
 def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
     run = runs.get_run(ws, run_id)
     runs.model_path(ws, run_id)  # raises unless completed
-    spec = run.spec
+    spec, summary = run.spec, run.result
     entry = get_backbone(spec.backbone)
     dataset = load_dataset(ws, run.dataset_id)
     evaluation = runs.evaluation(ws, run_id)
@@ -45,16 +45,16 @@ def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
         "backbone": {"key": entry.key, "keras_application": entry.constructor,
                      "parameters": entry.params, "imagenet_top1": entry.imagenet_top1},
         "weights": spec.weights if spec.weights in ("imagenet", "none") else "file",
-        "weights_identity": run.summary.get("weights_identity"),
+        "weights_identity": summary.weights_identity,
         "strategy": {"name": spec.strategy, "unfreeze": spec.unfreeze,
                      "unit": spec.unfreeze_unit,
-                     "trainable_params": run.summary.get("trainable_params"),
-                     "frozen_params": run.summary.get("frozen_params")},
+                     "trainable_params": summary.trainable_params,
+                     "frozen_params": summary.frozen_params},
         "training": spec.to_dict(),
         "data": {"dataset_id": dataset.id, "content_hash": dataset.content_hash,
                  "classes": list(dataset.classes), "images_per_class": dataset.counts(),
-                 "n_train": run.summary.get("n_train"), "n_val": run.summary.get("n_val"),
-                 "n_test": run.summary.get("n_test")},
+                 "n_train": summary.n_train, "n_val": summary.n_val,
+                 "n_test": summary.n_test},
         "metrics": {"val_accuracy": val.get("accuracy"),
                     "val_top_k_accuracy": val.get("top_k_accuracy"),
                     "top_k": val.get("top_k"), "macro_f1": val.get("macro_f1"),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .progress import Progress
 from .store import Workspace
 
 SCHEMA = """
@@ -126,7 +127,7 @@ class FeatureSet:
     seconds_per_image: float | None  # the backbone's measured forward speed, if it ran
 
 
-def never_cancelled(progress: dict) -> bool:
+def never_cancelled(progress: Progress) -> bool:
     return False
 
 
@@ -136,7 +137,7 @@ def extract_features(
     key: str,
     named: Sequence[tuple[str, Sequence[Any]]],
     batch_size: int,
-    report: Callable[[dict], bool] = never_cancelled,
+    report: Callable[[Progress], bool] = never_cancelled,
 ) -> FeatureSet:
     """Pooled backbone features for each named list of image records, computing only what
     the cache lacks; any job (training, a probe, an embedding map) calls this.

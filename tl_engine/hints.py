@@ -80,9 +80,11 @@ def run_hints(run: RunRecord, metrics: Sequence[dict[str, Any]]) -> list[Hint]:
     hints: list[Hint] = []
     if not metrics:
         return hints
-    summary = run.summary
+    summary = run.result
     last = metrics[-1]
-    final_val = summary.get("final_val_accuracy", last.get("val_accuracy"))
+    final_val = summary.final_val_accuracy
+    if final_val is None:  # a summary stored before the key existed
+        final_val = last.get("val_accuracy")
 
     plan = phases(run.spec)
     head_first = len(plan) > 1 and not plan[0].trains_backbone
@@ -91,9 +93,9 @@ def run_hints(run: RunRecord, metrics: Sequence[dict[str, Any]]) -> list[Hint]:
     best_head = _best(head, "val_accuracy")
     if head_first and fine and best_head and final_val is not None \
             and final_val < best_head["val_accuracy"]:
-        if summary.get("head_model_available"):
+        if summary.head_model_available:
             advice = "Switch to the head-phase weights, or fine-tune with a lower learning rate."
-        elif summary.get("weights_from") == "head":
+        elif summary.weights_from == "head":
             advice = "The run now uses the head-phase weights; fine-tune with a lower rate."
         else:
             advice = "Fine-tune with a lower learning rate, or train the head alone (frozen)."
@@ -102,15 +104,15 @@ def run_hints(run: RunRecord, metrics: Sequence[dict[str, Any]]) -> list[Hint]:
             f"{_percent(best_head['val_accuracy'])}, the end {_percent(final_val)}. {advice}"
         )))
 
-    epochs_run = int(summary.get("epochs_run") or last["epoch"])
-    best_epoch = summary.get("best_epoch")
+    epochs_run = int(summary.epochs_run or last["epoch"])
+    best_epoch = summary.best_epoch
     if best_epoch is None:
         best = _best(metrics, "val_accuracy")
         best_epoch = best["epoch"] if best else None
     idle = epochs_run - int(best_epoch) if best_epoch is not None else 0
     if not run.spec.early_stopping and idle >= 3 and idle >= epochs_run / 2:
         kept = ("the saved model holds that epoch's weights"
-                if summary.get("restored_best", True) else "the saved model is the last epoch's")
+                if summary.restored_best is not False else "the saved model is the last epoch's")
         hints.append(Hint("info", (
             f"Validation accuracy peaked at epoch {best_epoch} of {epochs_run} ({kept}): the "
             f"last {idle} epochs did not improve it. Early stopping (patience 3) would have "

@@ -8,6 +8,7 @@ TensorFlow: it renames files and updates the run's summary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -71,10 +72,10 @@ def use_head_phase_weights(ws: Workspace, run_id: str) -> RunRecord:
         if run.status != RunStatus.COMPLETED:
             raise RunNotReady(f"Run {run_id} is {run.status}: only a completed run has "
                               "weights to choose from.")
-        summary = dict(run.summary)
-        if summary.get("weights_from") == "head":
+        result = run.result
+        if result.weights_from == "head":
             return run
-        if not summary.get("head_model_available"):
+        if not result.head_model_available:
             raise TLError(f"Run {run_id} has no head-phase weights to switch to: only a "
                           "two-phase run whose head phase validated better keeps them.")
         folder = ws.run_dir(run_id)
@@ -87,17 +88,20 @@ def use_head_phase_weights(ws: Workspace, run_id: str) -> RunRecord:
         shutil.rmtree(folder / "exports", ignore_errors=True)
 
         evaluation = runs.evaluation(ws, run_id)
-        summary.update(
-            finetuned_val_accuracy=summary.get("val_accuracy"),
-            finetuned_best_epoch=summary.get("best_epoch"),
+        switched = dataclasses.replace(
+            result,
+            finetuned_val_accuracy=result.val_accuracy,
+            finetuned_best_epoch=result.best_epoch,
             val_accuracy=evaluation["val"]["accuracy"],
             val_top_k_accuracy=evaluation["val"]["top_k_accuracy"],
             test_accuracy=evaluation.get("test", {}).get("accuracy"),
-            best_epoch=summary.get("head_best_epoch"),
+            best_epoch=result.head_best_epoch,
             restored_best=True,
             head_model_available=False,
             weights_from="head",
         )
+        # Laid over the stored summary, so keys this version does not know are kept.
+        summary = {**run.summary, **switched.to_dict()}
         runs.update_run(ws, run_id, summary=summary)
         ws.write_json_atomic(folder / "summary.json", summary)
         return runs.get_run(ws, run_id)

@@ -2,13 +2,58 @@
 
 Two kinds of work report progress: feature passes (the frozen backbone runs once over
 the training, validation and test images that the cache lacks) and training phases
-(epochs of steps, each epoch followed by a validation pause).
+(epochs of steps, each epoch followed by a validation pause). Both store a `Progress`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+DONE = "done"
+FEATURES = "features"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A run's live progress, as the worker last stored it (`runs.heartbeat`).
+
+    `phase` names what runs: "features" (a feature pass), a training phase of the plan
+    ("head", "fine-tune", ...) or "done". Fields the current kind of work does not report
+    stay None and are left out of the stored JSON; an empty Progress is a run that has
+    reported nothing yet.
+    """
+
+    phase: str | None = None
+    phase_title: str | None = None  # a training phase's title in words
+    epoch: int | None = None  # of the phase, 1-based
+    epochs: int | None = None
+    step: int | None = None  # in the epoch, or batch of a feature pass
+    steps: int | None = None
+    fraction: float | None = None  # of all the work of this kind so far, 0..1
+    eta_s: float | None = None
+    eta_scope: str | None = None  # "run" or "phase": what `eta_s` covers
+    images_per_s: float | None = None
+    elapsed_s: float | None = None  # since the run started
+    logs: dict[str, float] | None = None  # Keras's batch logs (loss, accuracy, ...)
+    # Feature passes only.
+    pass_name: str | None = None  # "training images", "validation images", "test images"
+    pass_index: int | None = None  # 1-based, among `passes`
+    passes: int | None = None
+    images_done: int | None = None  # in the current pass
+    images_total: int | None = None  # of the current pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: value for f in dataclasses.fields(self)
+                if (value := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Progress:
+        """Keys this version does not know are ignored; missing ones read as None."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in names})
 
 
 class RateAverage:
@@ -120,20 +165,21 @@ class FeaturePassProgress:
         self.images_done = min(current, self.images_done + images)
         self.rate.add(images, seconds)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The feature-phase keys of a run's progress."""
+    def snapshot(self) -> Progress:
+        """Where the passes are, as a run's progress (without the step and the time)."""
         current = self.passes[self.index]
         before = sum(p.images for p in self.passes[: self.index])
         done_overall = before + self.images_done
         left = self.images_total - done_overall
         per_image = self.rate.value
-        return {
-            "pass_name": current.name,
-            "pass_index": self.index + 1,
-            "passes": len(self.passes),
-            "images_done": self.images_done,
-            "images_total": current.images,
-            "images_per_s": 1 / per_image if per_image else None,
-            "eta_s": left * per_image if per_image is not None else None,
-            "fraction": done_overall / self.images_total if self.images_total else 1.0,
-        }
+        return Progress(
+            phase=FEATURES,
+            pass_name=current.name,
+            pass_index=self.index + 1,
+            passes=len(self.passes),
+            images_done=self.images_done,
+            images_total=current.images,
+            images_per_s=1 / per_image if per_image else None,
+            eta_s=left * per_image if per_image is not None else None,
+            fraction=done_overall / self.images_total if self.images_total else 1.0,
+        )

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotFound, RunNotReady, TLError
+from .progress import DONE, Progress
 from .spec import RunSpec, canonical_json
 from .store import Workspace
+from .summary import RunSummary
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -71,23 +73,29 @@ class RunRecord:
     finished_at: float | None
     heartbeat_at: float | None
     worker_pid: int | None
-    progress: dict[str, Any] = field(default_factory=dict)
+    progress: Progress = field(default_factory=Progress)
+    # The summary as its job stored it, a JSON object: every kind of job writes its own.
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     cancel_requested: bool = False
     kind: str = DEFAULT_KIND
 
     @property
+    def result(self) -> RunSummary:
+        """The summary as a training run's result; empty (all None) until the run has one."""
+        return RunSummary.from_dict(self.summary)
+
+    @property
     def val_accuracy(self) -> float | None:
-        return self.summary.get("val_accuracy")
+        return self.result.val_accuracy
 
     @property
     def epochs_run(self) -> int:
-        return int(self.summary.get("epochs_run", 0))
+        return int(self.result.epochs_run or 0)
 
     @property
     def seconds(self) -> float | None:
-        return self.summary.get("seconds")
+        return self.result.seconds
 
     @property
     def is_active(self) -> bool:
@@ -105,7 +113,7 @@ class RunRecord:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
-            "progress": self.progress,
+            "progress": self.progress.to_dict(),
             "summary": self.summary,
             "error": self.error,
         }
@@ -125,7 +133,7 @@ def _record(row: Any) -> RunRecord:
         finished_at=row["finished_at"],
         heartbeat_at=row["heartbeat_at"],
         worker_pid=row["worker_pid"],
-        progress=json.loads(row["progress_json"] or "{}"),
+        progress=Progress.from_dict(json.loads(row["progress_json"] or "{}")),
         summary=json.loads(row["summary_json"] or "{}"),
         error=row["error"],
         cancel_requested=bool(row["cancel_requested"]),
@@ -349,7 +357,7 @@ def finish_run(
     if summary is not None:
         columns["summary"] = summary
     if status == RunStatus.COMPLETED:
-        columns["progress"] = {"phase": "done", "fraction": 1.0}
+        columns["progress"] = Progress(phase=DONE, fraction=1.0).to_dict()
     update_run(ws, run_id, **columns)
 
 
@@ -364,12 +372,12 @@ def update_run(ws: Workspace, run_id: str, **columns: Any) -> None:
         write_run_file(ws, db, run_id)
 
 
-def heartbeat(ws: Workspace, run_id: str, progress: dict[str, Any]) -> bool:
+def heartbeat(ws: Workspace, run_id: str, progress: Progress) -> bool:
     """Store progress; return whether a cancel was requested."""
     with ws.transaction() as db:
         db.execute(
             "UPDATE runs SET progress_json = ?, heartbeat_at = ? WHERE id = ?",
-            (json.dumps(progress), time.time(), run_id),
+            (json.dumps(progress.to_dict()), time.time(), run_id),
         )
         row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
     return bool(row and row["cancel_requested"])

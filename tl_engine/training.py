@@ -9,6 +9,7 @@ continues the phase it was in from Keras's BackupAndRestore state.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,11 +39,12 @@ from .phases import (
     tag_phase_file,
 )
 from .pipeline import image_dataset
-from .progress import EtaEstimator
+from .progress import EtaEstimator, Progress
 from .registry import get_backbone
 from .scoring import evaluate_predictions, top_k_for
 from .spec import RunSpec
 from .store import Workspace
+from .summary import RunSummary
 from .weights import weights_identity
 
 
@@ -127,7 +129,7 @@ class RunTrainer:
             augment_seed=spec.seed,
         )
 
-    def _report(self, progress: dict[str, Any]) -> bool:
+    def _report(self, progress: Progress) -> bool:
         """Store live progress; True when someone asked to cancel the run."""
         return runs.heartbeat(self.ws, self.run.id, progress)
 
@@ -285,7 +287,7 @@ class RunTrainer:
         return result, None, None
 
     # --- the run -------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
+    def train(self) -> RunSummary:
         spec = self.spec
         device = configure()
         keras.utils.set_random_seed(spec.seed)
@@ -330,30 +332,30 @@ class RunTrainer:
         self._save(clf, evaluation)
         metrics = runs.run_metrics(self.ws, self.run.id)
         last_epoch = metrics[-1]["epoch"] if metrics else final.last_epoch
-        summary = {
-            "val_accuracy": evaluation["val"]["accuracy"],
-            "val_top_k_accuracy": evaluation["val"]["top_k_accuracy"],
-            "test_accuracy": evaluation.get("test", {}).get("accuracy"),
-            "epochs_run": int(last_epoch),
-            "best_epoch": int(final.kept_epoch),
-            "final_val_accuracy": metrics[-1].get("val_accuracy") if metrics else None,
-            "restored_best": bool(final.kept_epoch < last_epoch),
-            "seconds": time.time() - self.started,
-            "model_path": str(self.dir / "model.keras"),
-            "classes": self.classes,
-            "n_train": len(self.splits.train),
-            "n_val": len(self.splits.val),
-            "n_test": len(self.splits.test),
-            "features_computed": self.features_computed,
-            "features_reused": self.features_reused,
-            "trainable_params": final_freeze.trainable_params,
-            "frozen_params": final_freeze.frozen_params,
-            "device": device.label,
-            "weights_identity": self._weights_id,
-        }
+        summary = RunSummary(
+            val_accuracy=evaluation["val"]["accuracy"],
+            val_top_k_accuracy=evaluation["val"]["top_k_accuracy"],
+            test_accuracy=evaluation.get("test", {}).get("accuracy"),
+            epochs_run=int(last_epoch),
+            best_epoch=int(final.kept_epoch),
+            final_val_accuracy=metrics[-1].get("val_accuracy") if metrics else None,
+            restored_best=bool(final.kept_epoch < last_epoch),
+            seconds=time.time() - self.started,
+            model_path=str(self.dir / "model.keras"),
+            classes=tuple(self.classes),
+            n_train=len(self.splits.train),
+            n_val=len(self.splits.val),
+            n_test=len(self.splits.test),
+            features_computed=self.features_computed,
+            features_reused=self.features_reused,
+            trainable_params=final_freeze.trainable_params,
+            frozen_params=final_freeze.frozen_params,
+            device=device.label,
+            weights_identity=self._weights_id,
+        )
         if len(plan) > 1 and not plan[0].trains_backbone:
-            summary.update(self._offer_head_weights(clf, done_path(self.dir, plan[0].name),
-                                                    results[0], evaluation["val"]["accuracy"]))
+            summary = self._offer_head_weights(clf, done_path(self.dir, plan[0].name),
+                                               results[0], summary)
         return summary
 
     def _keep_phase_weights(self, clf: Classifier, phase: Phase, result: PhaseResult) -> None:
@@ -366,13 +368,14 @@ class RunTrainer:
         tmp.replace(path)
 
     def _offer_head_weights(self, clf: Classifier, phase1_done: Path, head: PhaseResult,
-                            kept_val_accuracy: float) -> dict[str, Any]:
-        """When fine-tuning ended below the head phase, keep the head-phase model beside it."""
+                            summary: RunSummary) -> RunSummary:
+        """When fine-tuning ended below the head phase, keep the head-phase model beside it;
+        `summary` gains the head phase's result."""
         head_model = self.dir / "model-head.keras"
         head_evaluation = self.dir / "evaluation-head.json"
         head_val = head.kept_val_accuracy
         # Accuracies are counts over the same images; the margin only absorbs float32.
-        better = head_val is not None and head_val > kept_val_accuracy + 1e-6
+        better = head_val is not None and head_val > summary.val_accuracy + 1e-6
         if better:
             with warnings.catch_warnings():
                 # Saved before the fine-tune optimizer existed; only the weights matter here.
@@ -387,11 +390,9 @@ class RunTrainer:
         else:  # an earlier attempt of this run may have left them
             head_model.unlink(missing_ok=True)
             head_evaluation.unlink(missing_ok=True)
-        return {
-            "head_val_accuracy": head_val,
-            "head_best_epoch": int(head.kept_epoch),
-            "head_model_available": bool(better),
-        }
+        return dataclasses.replace(summary, head_val_accuracy=head_val,
+                                   head_best_epoch=int(head.kept_epoch),
+                                   head_model_available=bool(better))
 
     def _evaluate(self, clf: Classifier, val_features: np.ndarray | None,
                   test_features: np.ndarray | None = None) -> dict[str, Any]:
@@ -438,6 +439,6 @@ def execute_run(ws: Workspace, run_id: str) -> runs.RunStatus:
         return runs.RunStatus.FAILED
     finally:
         keras.backend.clear_session()
-    runs.finish_run(ws, run_id, runs.RunStatus.COMPLETED, summary=summary)
-    ws.write_json_atomic(ws.run_dir(run_id) / "summary.json", summary)
+    runs.finish_run(ws, run_id, runs.RunStatus.COMPLETED, summary=summary.to_dict())
+    ws.write_json_atomic(ws.run_dir(run_id) / "summary.json", summary.to_dict())
     return runs.RunStatus.COMPLETED

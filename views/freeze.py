@@ -7,6 +7,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import controls, pages, state, widgets
+from dashboard.formats import format_params
 from dashboard.text import md_escape
 
 DEFAULT_DEPTH = {"layers": 20, "blocks": 2}
@@ -39,7 +40,7 @@ def phase_table(plan: list[tle.Phase], learning_rate: float) -> pd.DataFrame:
             rate += f" (× {phase.lr_decay:g} per block down)"
         rows.append({"phase": phase.title, "epochs": phase.epochs,
                      "trains": phase.trainable_text,
-                     "parameters": widgets.format_params(freeze.trainable_params),
+                     "parameters": format_params(freeze.trainable_params),
                      "learning rate": rate})
     return pd.DataFrame(rows)
 
@@ -97,9 +98,9 @@ with right:
     plan = plan_or_stop(phases[-1].trainable_top, phases[-1].unit)
     total = plan.trainable_params + plan.frozen_params
     cols = st.columns(3)
-    cols[0].metric("Trainable parameters", widgets.format_params(plan.trainable_params),
+    cols[0].metric("Trainable parameters", format_params(plan.trainable_params),
                    help=f"{plan.trainable_params:,} incl. the head's {plan.head_params:,}")
-    cols[1].metric("Frozen parameters", widgets.format_params(plan.frozen_params),
+    cols[1].metric("Frozen parameters", format_params(plan.frozen_params),
                    help=f"{plan.frozen_params:,}")
     cols[2].metric("Trainable share", f"{plan.trainable_params / max(total, 1):.1%}")
     by_params = st.toggle("Block width by parameter count", key="freeze_by_params")

@@ -7,6 +7,7 @@ import streamlit as st
 
 import tl_engine as tle
 from dashboard import controls, pages, state, widgets
+from dashboard.formats import format_params
 from dashboard.text import md_escape
 
 WEIGHT_SOURCES = {"imagenet": "ImageNet (pretrained)", "none": "None — random init (baseline)",
@@ -27,7 +28,7 @@ def backbone_table(chosen: str, statuses: dict[str, str]) -> pd.io.formats.style
         {
             "Backbone": entry.key,
             "Family": entry.family,
-            "Parameters": widgets.format_params(entry.params),
+            "Parameters": format_params(entry.params),
             "Input size": f"{entry.default_size} px",
             "ImageNet top-1": entry.imagenet_top1,
             "Features": entry.feature_dim,
@@ -72,7 +73,7 @@ with choice_col:
                        on_change=_on_backbone_change, help=tle.setting("backbone").help,
                        format_func=lambda k: f"{k} · {AVAILABILITY[statuses[k]]}")
     entry = tle.get_backbone(key)
-    st.caption(f"{entry.family} · {widgets.format_params(entry.params)} parameters · "
+    st.caption(f"{entry.family} · {format_params(entry.params)} parameters · "
                f"{entry.feature_dim} features · ImageNet top-1 "
                f"{'–' if entry.imagenet_top1 is None else f'{entry.imagenet_top1:.1%}'}")
 

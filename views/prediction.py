@@ -23,8 +23,9 @@ if not access.permit("predict", project, run):
 with state.engine_errors():
     model = run_views.predictor(str(ws.root), run.id)
     classes = ", ".join(md_escape(label) for label in model.labels)
+    n_train = run.result.n_train
     st.caption(f"Classes: {classes} · input {model.image_size} px · "
-               f"trained on {run.summary.get('n_train', '?')} images")
+               f"trained on {'?' if n_train is None else n_train} images")
 
     upload_col, camera_col = st.columns([3, 2])
     with upload_col:

@@ -175,9 +175,10 @@ with state.engine_errors():
 
         with settings:
             st.dataframe(run_views.spec_table(run.spec), hide_index=True)
-            st.caption(md_escape(f"Dataset {run.dataset_id} · {run.summary.get('n_train')} "
-                                 f"train / {run.summary.get('n_val')} val images · device "
-                                 f"{run.summary.get('device', '?')}"))
+            summary = run.result
+            st.caption(md_escape(f"Dataset {run.dataset_id} · {summary.n_train} "
+                                 f"train / {summary.n_val} val images · device "
+                                 f"{'?' if summary.device is None else summary.device}"))
 
     with st.expander("Delete this run"):
         sure = st.checkbox(f"Yes, delete run {md_escape(run.id)}, its model and exports",

@@ -4,12 +4,11 @@ tab or a second browser all show the same job."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import streamlit as st
 
 import tl_engine as tle
 from dashboard import access, controls, pages, run_views, state, widgets
+from dashboard.formats import format_duration, format_params, ordinal
 from dashboard.text import md_escape
 
 RECENT_RUNS = 30
@@ -73,7 +72,7 @@ def settings_form(dataset: tle.Dataset) -> None:
         if submission.cached:
             s["training_flash"] = ("info", "An identical run already exists — showing it. "
                                    "Tick “Force retrain” to train it again.")
-        elif submission.status == "running":
+        elif submission.status == tle.RunStatus.RUNNING:
             s["training_flash"] = ("info", "An identical run is already training — showing it.")
         else:
             s["training_flash"] = ("success", f"Run {submission.run_id} is queued.")
@@ -138,24 +137,24 @@ else:
 # --- live and final views ------------------------------------------------------------
 
 
-def eta_text(progress: dict[str, Any]) -> str:
-    parts = [progress.get("phase_title")
-             or widgets.PHASE_NAMES.get(progress.get("phase", ""), "Working")]
-    if progress.get("pass_name"):
-        of = f" ({progress['pass_index']} of {progress['passes']})" if progress.get(
-            "passes", 1) > 1 else ""
-        parts.append(f"{progress['pass_name']}{of}")
-    if progress.get("images_total"):
-        parts.append(f"{progress.get('images_done', 0)} / {progress['images_total']} images")
-    elif progress.get("epochs"):
-        parts.append(f"epoch {progress.get('epoch', 0)} / {progress['epochs']}")
-        if progress.get("steps"):
-            parts.append(f"step {progress.get('step', 0)} / {progress['steps']}")
-    if progress.get("images_per_s"):
-        parts.append(f"{progress['images_per_s']:.0f} images/s")
-    if progress.get("eta_s") is not None:
-        scope = " in this phase" if progress.get("eta_scope") == "phase" else ""
-        parts.append(f"about {widgets.format_duration(progress['eta_s'])} left{scope}")
+def eta_text(progress: tle.Progress) -> str:
+    parts = [progress.phase_title
+             or widgets.PHASE_NAMES.get(progress.phase or "", "Working")]
+    if progress.pass_name:
+        passes = 1 if progress.passes is None else progress.passes
+        of = f" ({progress.pass_index} of {passes})" if passes > 1 else ""
+        parts.append(f"{progress.pass_name}{of}")
+    if progress.images_total:
+        parts.append(f"{progress.images_done or 0} / {progress.images_total} images")
+    elif progress.epochs:
+        parts.append(f"epoch {progress.epoch or 0} / {progress.epochs}")
+        if progress.steps:
+            parts.append(f"step {progress.step or 0} / {progress.steps}")
+    if progress.images_per_s:
+        parts.append(f"{progress.images_per_s:.0f} images/s")
+    if progress.eta_s is not None:
+        scope = " in this phase" if progress.eta_scope == "phase" else ""
+        parts.append(f"about {format_duration(progress.eta_s)} left{scope}")
     return " · ".join(parts)
 
 
@@ -169,7 +168,7 @@ def queue_list(active: list[tle.RunRecord], shown_id: str | None) -> None:
                     "queued or training in this project")
         for run in others:
             cols = st.columns([0.8, 0.2], vertical_alignment="center")
-            where = "training" if run.status == "running" else "waiting"
+            where = "training" if run.status == tle.RunStatus.RUNNING else "waiting"
             cols[0].markdown(
                 f"{widgets.STATUS_ICONS[run.status]} {run.id} · {where} · "
                 f"{md_escape(run.spec.backbone)} · started by "
@@ -185,30 +184,30 @@ def show_queued(run: tle.RunRecord) -> None:
     if training is None:
         # Nobody trains: make sure a worker is on its way (cheap when one already is).
         tle.ensure_worker(ws)
-        st.info(f"{widgets.ordinal(waiting_ahead + 1)} in queue — starting the worker "
+        st.info(f"{ordinal(waiting_ahead + 1)} in queue — starting the worker "
                 "(loading TensorFlow takes a few seconds)…", icon=":material/schedule:")
     elif training.project not in access.visible_projects():
         # One worker serves every project: say that it is busy, not what with or for whom.
-        st.info(f"{widgets.ordinal(waiting_ahead + 2)} in queue — a run of another project "
+        st.info(f"{ordinal(waiting_ahead + 2)} in queue — a run of another project "
                 "is training.", icon=":material/schedule:")
     else:
         # The run in training counts as first in the queue, as people read a queue.
         who = md_escape(training.started_by or "someone")
-        st.info(f"{widgets.ordinal(waiting_ahead + 2)} in queue — another run is training: "
+        st.info(f"{ordinal(waiting_ahead + 2)} in queue — another run is training: "
                 f"{md_escape(training.spec.backbone)} by {who}.", icon=":material/schedule:")
 
 
 def show_running(run: tle.RunRecord) -> None:
     progress = run.progress
-    if not progress:
+    if progress == tle.Progress():  # nothing reported yet
         st.progress(0.0, text="Preparing: loading the backbone and the images…")
     else:
-        st.progress(min(1.0, float(progress.get("fraction") or 0.0)), text=eta_text(progress))
-        logs = progress.get("logs") or {}
+        st.progress(min(1.0, float(progress.fraction or 0.0)), text=eta_text(progress))
+        logs = progress.logs or {}
         cols = st.columns(4)
-        cols[0].metric("Elapsed", widgets.format_duration(progress.get("elapsed_s")))
-        eta = progress.get("eta_s")
-        cols[1].metric("Time left", "estimating…" if eta is None else widgets.format_duration(eta))
+        cols[0].metric("Elapsed", format_duration(progress.elapsed_s))
+        eta = progress.eta_s
+        cols[1].metric("Time left", "estimating…" if eta is None else format_duration(eta))
         cols[2].metric("Loss (batch)", f"{logs['loss']:.3f}" if "loss" in logs else "–")
         cols[3].metric("Accuracy (batch)",
                        f"{logs['accuracy']:.1%}" if "accuracy" in logs else "–")
@@ -221,7 +220,7 @@ def live_panel(shown_id: str | None, shown_status: str | None,
     """The queue and the shown run while anything in this project is queued or running.
     Each refresh reads only the active runs and the shown run's metrics."""
     active = tle.active_runs(ws, project)
-    if any(r.status == "running" for r in active) and tle.recover_interrupted(ws):
+    if any(r.status == tle.RunStatus.RUNNING for r in active) and tle.recover_interrupted(ws):
         st.rerun()  # a worker died: show its run as interrupted, with Resume
     if tuple(r.id for r in active) != seen_active:
         st.rerun()  # a run started or finished: redraw the whole page once, in the new state
@@ -242,7 +241,7 @@ def live_panel(shown_id: str | None, shown_status: str | None,
             with state.engine_errors():
                 tle.cancel_run(ws, run.id)
                 st.rerun()
-        if run.status == "queued":
+        if run.status == tle.RunStatus.QUEUED:
             show_queued(run)
         else:
             show_running(run)
@@ -263,8 +262,8 @@ def use_head_weights(run_id: str) -> None:
 
 def final_panel(run: tle.RunRecord) -> None:
     who = md_escape(run.started_by or "anonymous")
-    if run.status == "completed":
-        summary = run.summary
+    if run.status == tle.RunStatus.COMPLETED:
+        summary = run.result
         kept = run_views.weights_kept_text(run)
         st.success(f"Completed — validation accuracy **{run.val_accuracy:.1%}**"
                    + (f" · {kept}" if kept else "")
@@ -272,38 +271,39 @@ def final_panel(run: tle.RunRecord) -> None:
                    icon=":material/check_circle:")
         cols = st.columns(5)
         cols[0].metric("Val accuracy", f"{run.val_accuracy:.1%}", help=kept)
-        final = summary.get("final_val_accuracy")
+        final = summary.final_val_accuracy
         cols[1].metric("Val accuracy, last epoch", "–" if final is None else f"{final:.1%}")
-        test = summary.get("test_accuracy")
+        test = summary.test_accuracy
         cols[2].metric("Test accuracy", "–" if test is None else f"{test:.1%}",
                        help=None if test is not None else "No test split: set one in the "
                        "form above for an untouched holdout.")
         cols[3].metric("Epochs · time", f"{run.epochs_run} · "
-                       f"{widgets.format_duration(run.seconds)}")
-        cols[4].metric("Trainable params", widgets.format_params(summary.get("trainable_params")))
+                       f"{format_duration(run.seconds)}")
+        cols[4].metric("Trainable params", format_params(summary.trainable_params))
         if caption := run_views.weights_caption(run):
             st.caption(caption)
-    elif run.status == "failed":
+    elif run.status == tle.RunStatus.FAILED:
         st.error(f"The run failed: {md_escape(run.error)}", icon=":material/error:")
     else:
         st.warning(f"The run was {run.status}." + (f" {md_escape(run.error)}" if run.error
                                                    else ""), icon="⏸️")
     metrics = tle.run_metrics(ws, run.id)
-    if run.status == "completed":
+    if run.status == tle.RunStatus.COMPLETED:
         widgets.show_hints(tle.run_hints(run, metrics))
-        if run.summary.get("head_model_available") and run.summary.get("weights_from") != "head":
+        result = run.result
+        if result.head_model_available and result.weights_from != "head":
             st.button("Use the head-phase weights", key=f"use_head_{run.id}",
                       icon=":material/undo:", on_click=use_head_weights, args=(run.id,),
                       help="Make the model the one from the end of the head phase (the "
                       "fine-tuned one is kept beside it).")
-        elif run.summary.get("weights_from") == "head":
+        elif result.weights_from == "head":
             st.caption("This run's model holds the head-phase weights; the fine-tuned model "
-                       f"reached {run.summary.get('finetuned_val_accuracy', 0):.1%}.")
+                       f"reached {result.finetuned_val_accuracy or 0:.1%}.")
     if metrics:
         st.plotly_chart(widgets.curves(run.id, metrics), width="stretch",
                         key=f"curves_{run.id}")
     cols = st.columns(4, vertical_alignment="center")
-    if run.status == "completed":
+    if run.status == tle.RunStatus.COMPLETED:
         cols[0].page_link(pages.PREDICTION, label="Try it on new photos",
                           icon=":material/image_search:")
         cols[1].page_link(pages.RUNS, label="Compare runs", icon=":material/leaderboard:")
