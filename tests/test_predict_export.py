@@ -220,6 +220,8 @@ def test_labels_and_model_card(learned, exported):
     assert card["weights"] == "imagenet"
     assert card["strategy"]["name"] == "frozen"
     assert card["strategy"]["trainable_params"] < card["strategy"]["frozen_params"]
+    assert [(p["name"], p["trains"]) for p in card["strategy"]["phases"]] == [
+        ("head", "head only")]
     assert card["data"]["classes"] == CLASSES
     assert card["data"]["images_per_class"] == {c: 10 for c in CLASSES}
     assert card["data"]["content_hash"] == dataset.content_hash

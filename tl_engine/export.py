@@ -15,6 +15,7 @@ from . import runs
 from .datasets import load_dataset
 from .errors import SpecError
 from .model_file import checked_model_path, load_run_model
+from .phases import phases
 from .registry import get_backbone
 from .store import Workspace
 
@@ -49,7 +50,10 @@ def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
         "strategy": {"name": spec.strategy, "unfreeze": spec.unfreeze,
                      "unit": spec.unfreeze_unit,
                      "trainable_params": summary.trainable_params,
-                     "frozen_params": summary.frozen_params},
+                     "frozen_params": summary.frozen_params,
+                     "phases": [{"name": p.name, "epochs": p.epochs, "trains": p.trainable_text,
+                                 "learning_rate": spec.learning_rate * p.lr_factor,
+                                 "lr_per_block_down": p.lr_decay} for p in phases(spec)]},
         "training": spec.to_dict(),
         "data": {"dataset_id": dataset.id, "content_hash": dataset.content_hash,
                  "classes": list(dataset.classes), "images_per_class": dataset.counts(),
