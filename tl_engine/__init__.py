@@ -21,6 +21,7 @@ from .datasets import (
     ingest_zip,
     list_datasets,
     load_dataset,
+    revise_dataset,
     split_records,
 )
 from .device import DeviceInfo
@@ -53,6 +54,14 @@ from .jobs import (
     submit_job,
     submit_run,
     wait_for_run,
+)
+from .label_issues import (
+    Suspect,
+    find_label_issues,
+    latest_label_issues,
+    map_of,
+    submit_label_issues,
+    suspects_of,
 )
 from .phase_weights import use_head_phase_weights
 from .phases import Phase, phases
@@ -140,6 +149,7 @@ __all__ = [
     "SignInRefused",
     "SpecError",
     "Submission",
+    "Suspect",
     "TLError",
     "Upload",
     "WeightsFile",
@@ -165,10 +175,12 @@ __all__ = [
     "export_run",
     "extract_features",
     "feature_extractor",
+    "find_label_issues",
     "find_weight_file",
     "get_backbone",
     "get_run",
     "images_in_zip",
+    "latest_label_issues",
     "ingest_folder",
     "ingest_tree",
     "ingest_uploads",
@@ -181,6 +193,7 @@ __all__ = [
     "load_dataset",
     "load_draft",
     "load_predictor",
+    "map_of",
     "model_card",
     "phases",
     "predict_images",
@@ -189,6 +202,7 @@ __all__ = [
     "recover_interrupted",
     "register_job_kind",
     "resume_run",
+    "revise_dataset",
     "run_hints",
     "run_metrics",
     "running_run",
@@ -198,7 +212,9 @@ __all__ = [
     "spec_hints",
     "split_records",
     "submit_job",
+    "submit_label_issues",
     "submit_run",
+    "suspects_of",
     "synthetic_shapes",
     "top_k_for",
     "use_head_phase_weights",

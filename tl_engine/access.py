@@ -66,6 +66,8 @@ ACTIONS: dict[str, tuple[Role, str]] = {
     "export": (Role.VIEWER, "Exporting a model"),
     "upload": (Role.EDITOR, "Adding a dataset"),
     "delete_dataset": (Role.EDITOR, "Deleting a dataset"),
+    "analyse_dataset": (Role.EDITOR, "Looking for wrong labels"),
+    "revise_dataset": (Role.EDITOR, "Saving a new version of a dataset"),
     "train": (Role.EDITOR, "Starting a training run"),
     "resume_run": (Role.EDITOR, "Resuming a run"),
     "cancel_run": (Role.EDITOR, "Cancelling a run"),

@@ -13,6 +13,7 @@ from typing import Any
 from . import spec as spec_table
 from .cli_format import print_json as _print_json
 from .cli_format import table as _table
+from .cli_labels import add_label_issues_parser
 from .cli_users import add_users_parser
 from .errors import SpecError, TLError
 from .runs import RunStatus
@@ -414,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_backup)
 
+    add_label_issues_parser(sub, common)
     add_users_parser(sub, common)
 
     p = sub.add_parser("worker", parents=[common], help=argparse.SUPPRESS)

@@ -46,3 +46,12 @@ def _train(ws: Workspace, run_id: str) -> RunStatus:
 
 
 register_job_kind(DEFAULT_KIND, _train)
+
+
+def _label_issues(ws: Workspace, run_id: str) -> RunStatus:
+    from .label_issues import execute_label_issues
+
+    return execute_label_issues(ws, run_id)
+
+
+register_job_kind("label-issues", _label_issues)

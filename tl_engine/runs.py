@@ -149,12 +149,16 @@ def get_run(ws: Workspace, run_id: str) -> RunRecord:
     return _record(rows[0])
 
 
-def list_runs(ws: Workspace, project: str | None = None) -> list[RunRecord]:
+def list_runs(ws: Workspace, project: str | None = None,
+              kind: str | None = DEFAULT_KIND) -> list[RunRecord]:
+    """Runs newest first; training runs unless `kind` names another (None: every kind).
+    Pages list models to compare and predict with: other jobs (label issues, ...) are not."""
     if project is None:
         rows = ws.query("SELECT * FROM runs ORDER BY created_at DESC")
     else:
         rows = ws.query("SELECT * FROM runs WHERE project = ? ORDER BY created_at DESC", (project,))
-    return [_record(row) for row in rows]
+    # Filtered here, not in SQL: a read-only workspace's index may lack the kind column.
+    return [r for r in map(_record, rows) if kind is None or r.kind == kind]
 
 
 def run_metrics(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
@@ -186,13 +190,14 @@ def running_run(ws: Workspace) -> RunRecord | None:
     return _record(rows[0]) if rows else None
 
 
-def active_runs(ws: Workspace, project: str) -> list[RunRecord]:
-    """The project's queued and running runs, oldest first: what a live page polls."""
+def active_runs(ws: Workspace, project: str, kind: str | None = DEFAULT_KIND) -> list[RunRecord]:
+    """The project's queued and running runs (of `kind`; None: every kind), oldest first:
+    what a live page polls."""
     rows = ws.query(
         "SELECT * FROM runs WHERE project = ? AND status IN (?, ?) ORDER BY created_at",
         (project, *ACTIVE),
     )
-    return [_record(row) for row in rows]
+    return [r for r in map(_record, rows) if kind is None or r.kind == kind]
 
 
 def evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:

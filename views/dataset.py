@@ -1,5 +1,6 @@
 """Dataset: bring photos in (per class, a folder, a .zip or a sample), then see the health
-report, the split and the images themselves."""
+report, the split, which labels look wrong, the dataset as a map and the images
+themselves."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, formats, state, widgets
+from dashboard import access, charts, formats, label_views, state, widgets
 from dashboard.text import md_escape
 
 PER_PAGE = 24
@@ -331,6 +332,12 @@ if report.cross_class_duplicates:
         thumbnails_of(report.cross_class_duplicates, lambda g: "**"
                       + " / ".join(md_escape(label) for label in g["labels"]) + "** · "
                       + " · ".join(md_escape(f) for f in g["files"]))
+
+# --- which labels are wrong, and the dataset as a map --------------------------------------
+
+st.divider()
+label_job = label_views.label_issues_section(ws, project, dataset)
+label_views.dataset_map_section(ws, dataset, label_job)
 
 # --- browse ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ outside the workspace.
 One module per job: `collect` (folders, archives, uploads) and `layout` (classes and
 splits in a tree of files), `decode` (decoding, de-duplicating), `health` (the report),
 `storage` (manifests and index rows), `splits` (train / val / test), and `ingest`,
-which runs them in that order.
+which runs them in that order; `revise` makes a new version of a stored dataset.
 """
 
 from .collect import (
@@ -44,6 +44,7 @@ from .ingest import (
 )
 from .layout import IMAGE_SUFFIXES, NAMED_FILES, _is_junk, _Unreadable, shown_name
 from .records import ImageRecord, Progress, Upload
+from .revise import revise_dataset
 from .splits import SPLITS, split_records
 from .storage import (
     MANIFEST_FORMAT,
@@ -86,6 +87,7 @@ __all__ = [
     "ingest_zip",
     "list_datasets",
     "load_dataset",
+    "revise_dataset",
     "max_archive_bytes",
     "shown_name",
     "split_records",

@@ -30,6 +30,9 @@ class Dataset:
     # The health report as stored (HealthReport.to_dict()); `health` reads it typed.
     report: dict[str, Any] = field(hash=False)
     created_at: float = 0.0
+    # A revised version's origin: {"id": the dataset it was made from, "version": n,
+    # "relabelled": {hash: [old, new]}, "removed": [hash, ...]}; None for an ingest.
+    parent: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def health(self) -> HealthReport:
@@ -113,7 +116,8 @@ def dataset_id_for(project: str, content_hash: str) -> str:
 
 
 def _save(
-    ws: Workspace, project: str, name: str, records: list[ImageRecord], health: HealthReport
+    ws: Workspace, project: str, name: str, records: list[ImageRecord], health: HealthReport,
+    parent: dict[str, Any] | None = None,
 ) -> Dataset:
     report = health.to_dict()
     content_hash = content_hash_of(records)
@@ -140,6 +144,7 @@ def _save(
                     "classes": classes,
                     "records": [_record_to_json(r) for r in records],
                     "report": report,
+                    **({"parent": parent} if parent is not None else {}),
                 },
             )
             db.execute(
@@ -178,6 +183,7 @@ def _from_row(ws: Workspace, row: Any) -> Dataset:
         records=records,
         report=manifest.get("report") or json.loads(row["report_json"]),
         created_at=float(row["created_at"]),
+        parent=manifest.get("parent"),
     )
 
 
