@@ -46,3 +46,12 @@ def _train(ws: Workspace, run_id: str) -> RunStatus:
 
 
 register_job_kind(DEFAULT_KIND, _train)
+
+
+def _probe(ws: Workspace, run_id: str) -> RunStatus:
+    from .probe import execute_probe  # TensorFlow is imported by the worker only
+
+    return execute_probe(ws, run_id)
+
+
+register_job_kind("probe", _probe)
