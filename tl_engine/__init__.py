@@ -65,6 +65,14 @@ from .predict import (
     predict_images,
     prediction_batch,
 )
+from .probe import (
+    ProbeChoice,
+    ProbeRow,
+    default_choices,
+    probe_jobs,
+    probe_table,
+    submit_probes,
+)
 from .registry import BACKBONES, Backbone, get_backbone, list_backbones
 from .runs import (
     RunRecord,
@@ -123,6 +131,8 @@ __all__ = [
     "NotFound",
     "Phase",
     "Prediction",
+    "ProbeChoice",
+    "ProbeRow",
     "Refused",
     "Role",
     "RunNotReady",
@@ -150,6 +160,7 @@ __all__ = [
     "check_data",
     "check_health",
     "configure_device",
+    "default_choices",
     "delete_dataset",
     "delete_run",
     "describe",
@@ -181,6 +192,8 @@ __all__ = [
     "phases",
     "predict_images",
     "prediction_batch",
+    "probe_jobs",
+    "probe_table",
     "queue_position",
     "recover_interrupted",
     "register_job_kind",
@@ -194,6 +207,7 @@ __all__ = [
     "spec_hints",
     "split_records",
     "submit_job",
+    "submit_probes",
     "submit_run",
     "synthetic_shapes",
     "top_k_for",
