@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CLASSES, open_app, write_color_classes
+from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, write_color_classes
+from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
 from tl_engine.jobs import wait_for_run
@@ -29,10 +30,6 @@ def texts(elements) -> str:
 
 
 def test_probe_table_and_use_this_backbone(monkeypatch, demo_ws, keras_home):
-    from streamlit.testing.v1 import AppTest
-
-    from conftest import PROJECT_ROOT
-
     monkeypatch.setenv("TL_WORKSPACE", str(demo_ws.root))
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
     at.query_params["project"] = "demo"
