@@ -154,6 +154,13 @@ def load_run_settings(spec: tle.RunSpec) -> None:
     _forget_setting_widgets()
 
 
+def load_model_choice(**changes: Any) -> None:
+    """Put a backbone (and its weights, size) in the draft from outside the Model page's
+    own widgets, which then re-seed from the draft."""
+    update_spec(**changes)
+    _forget_setting_widgets()
+
+
 def user_name() -> str | None:
     """Who starts a run: the signed-in user when auth is configured, else what they typed."""
     from dashboard import auth  # auth builds on this module

@@ -55,3 +55,10 @@ def _label_issues(ws: Workspace, run_id: str) -> RunStatus:
 
 
 register_job_kind("label-issues", _label_issues)
+def _probe(ws: Workspace, run_id: str) -> RunStatus:
+    from .probe import execute_probe  # TensorFlow is imported by the worker only
+
+    return execute_probe(ws, run_id)
+
+
+register_job_kind("probe", _probe)

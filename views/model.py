@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import controls, pages, state, widgets
+from dashboard import controls, pages, probe_panel, state, widgets
 from dashboard.formats import format_params
 from dashboard.text import md_escape
 
@@ -155,3 +155,5 @@ with st.container(border=True):
     cols[0].page_link(pages.FREEZE, label="Next: freeze strategy",
                       icon=":material/arrow_forward:")
     cols[1].page_link(pages.TRAINING, label="Training", icon=":material/model_training:")
+
+probe_panel.render(state.workspace(), project, state.current_dataset(project), state.spec_draft())
