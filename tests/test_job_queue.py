@@ -198,3 +198,21 @@ def test_a_workspace_from_before_job_kinds_opens_and_keeps_working(workspace, ti
     # Opening it again adds nothing twice.
     assert {row["name"] for row in Workspace(ws.root).query("PRAGMA table_info(runs)")} == \
         columns
+
+
+def test_deleting_a_dataset_takes_its_finished_analyses_but_not_its_models(
+        workspace, tiny_dataset, echo_kind):
+    from tl_engine.datasets import delete_dataset
+    from tl_engine.errors import DatasetError
+    from tl_engine.jobs import worker_main
+
+    echo = submit_job(workspace, "test", tiny_dataset.id, TINY, kind=echo_kind,
+                      start_worker=False).run_id
+    with pytest.raises(DatasetError, match=echo):  # still queued: the dataset stays
+        delete_dataset(workspace, tiny_dataset.id)
+    while runs.get_run(workspace, echo).status != RunStatus.COMPLETED:
+        worker_main(workspace)
+    workspace.run_dir(echo).mkdir(parents=True, exist_ok=True)
+    delete_dataset(workspace, tiny_dataset.id)
+    assert not workspace.query("SELECT id FROM runs WHERE id = ?", (echo,))
+    assert not workspace.run_dir(echo).exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -77,24 +78,33 @@ def list_datasets(ws: Workspace, project: str) -> list[Dataset]:
 
 
 def delete_dataset(ws: Workspace, dataset_id: str) -> None:
-    """Forget a dataset (its manifest and row); stored images stay, other sets share them."""
+    """Forget a dataset (its manifest and row); stored images stay, other sets share them.
+
+    Training runs keep a dataset (their models were learnt from it); finished analyses of
+    it (probes, label issues) go with it; one still queued or running keeps it too.
+    """
+    analyses: list[str] = []
     with ws.transaction() as db:
         if db.execute("SELECT 1 FROM datasets WHERE id = ?", (dataset_id,)).fetchone() is None:
             raise NotFound(f"dataset {dataset_id!r} is not in the workspace {ws.root}")
-        runs = [
-            row[0]
-            for row in db.execute(
-                "SELECT id FROM runs WHERE dataset_id = ? ORDER BY created_at", (dataset_id,)
-            )
-        ]
+        rows = db.execute("SELECT id, kind, status FROM runs WHERE dataset_id = ? "
+                          "ORDER BY created_at", (dataset_id,)).fetchall()
+        analyses = [row[0] for row in rows
+                    if row[1] != "train" and row[2] not in ("queued", "running")]
+        runs = [row[0] for row in rows if row[0] not in analyses]
         if runs:
             shown = ", ".join(runs[:5]) + (", ..." if len(runs) > 5 else "")
             raise DatasetError(
                 f"dataset {dataset_id!r} is used by {len(runs)} run(s) ({shown}): "
                 "delete those runs first"
             )
+        for run_id in analyses:
+            db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
     # After the commit: a crash here leaves an orphan manifest, never a row without one.
+    for run_id in analyses:
+        shutil.rmtree(ws.run_dir(run_id), ignore_errors=True)
     folder = ws.dataset_dir(dataset_id)
     (folder / "manifest.json").unlink(missing_ok=True)
     try:
