@@ -222,9 +222,9 @@ def test_feature_extraction_is_a_function_any_job_can_call(workspace, tiny_datas
 
     extractor = tle.feature_extractor("MobileNetV2-0.35", weights="none", image_size=32)
     records = list(tiny_dataset.records)
-    seen: list[dict] = []
+    seen: list[tle.Progress] = []
 
-    def report(progress: dict) -> bool:
+    def report(progress: tle.Progress) -> bool:
         seen.append(progress)
         return False
 
@@ -233,7 +233,7 @@ def test_feature_extraction_is_a_function_any_job_can_call(workspace, tiny_datas
                                  batch_size=8, report=report)
     assert [m.shape for m in first.matrices] == [(20, 1280), (20, 1280)]
     assert (first.computed, first.reused) == (30, 10)  # the overlap is computed once
-    assert seen and seen[-1]["pass_name"] == "rest" and seen[-1]["fraction"] == 1.0
+    assert seen and seen[-1].pass_name == "rest" and seen[-1].fraction == 1.0
     np.testing.assert_allclose(first.matrices[0][10:], first.matrices[1][:10], atol=1e-6)
 
     again = tle.extract_features(workspace, extractor.model, extractor.key,

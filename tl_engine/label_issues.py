@@ -22,6 +22,7 @@ the forty lines below.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +32,11 @@ import numpy as np
 
 from . import runs
 from .datasets import ImageRecord, load_dataset
+from .progress import Progress
 from .runs import RunRecord, RunStatus
 from .spec import RunSpec
 from .store import Workspace
+from .transfer_scores import out_of_fold_probabilities, stratified_folds
 
 KIND = "label-issues"
 MAP_FILE = "map.json"
@@ -49,83 +52,15 @@ L2_PER_FEATURE = 1 / 160
 # --- the probe ----------------------------------------------------------------------------
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def _squared_norm(x: np.ndarray, iterations: int = 50) -> float:
-    """The largest eigenvalue of X^T X by power iteration (a full SVD takes seconds),
-    with a little headroom for what 50 iterations leave."""
-    v = np.random.default_rng(0).normal(size=x.shape[1])
-    value = 0.0
-    for _ in range(iterations):
-        w = x.T @ (x @ v)
-        value = float(np.linalg.norm(w))
-        if value == 0.0:
-            return 0.0
-        v = w / value
-    return 1.05 * value
-
-
-def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float | None = None,
-                steps: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression (weights, bias) by accelerated gradient descent.
-    The loss is smooth with a known curvature bound, so the step needs no tuning."""
-    n, d = x.shape
-    l2 = L2_PER_FEATURE * d if l2 is None else l2
-    targets = np.eye(n_classes)[y]
-    # The softmax loss's Hessian is at most 0.5 * X^T X / n (+ the L2 term): 1/L is safe.
-    curvature = 0.5 * (_squared_norm(x) + n) / n + l2
-    step = 1.0 / curvature
-    w = np.zeros((d, n_classes))
-    b = np.zeros(n_classes)
-    w_prev, b_prev = w, b
-    for t in range(1, steps + 1):
-        momentum = (t - 1) / (t + 2)
-        vw = w + momentum * (w - w_prev)
-        vb = b + momentum * (b - b_prev)
-        error = _softmax(x @ vw + vb) - targets
-        grad_w = x.T @ error / n + l2 * vw
-        grad_b = error.mean(axis=0)
-        w_prev, b_prev = w, b
-        w, b = vw - step * grad_w, vb - step * grad_b
-    return w, b
-
-
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Each example's fold, every class spread evenly over the folds."""
-    rng = np.random.default_rng(seed)
-    assignment = np.empty(len(labels), dtype=int)
-    offset = 0
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        # Continue where the last class stopped, so small classes do not all land in fold 0.
-        assignment[members] = (np.arange(len(members)) + offset) % folds
-        offset += len(members)
-    return assignment
-
-
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int,
-                              folds: int = FOLDS, seed: int = 42,
-                              l2: float | None = None) -> np.ndarray:
-    """Each example's class probabilities from a probe that never saw it."""
+def probe_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int,
+                        seed: int = 42) -> np.ndarray:
+    """Out-of-fold probabilities of the transferability probe's linear model, with the
+    stronger penalty that suits noisy labels (L2_PER_FEATURE per dimension and image)."""
     features = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
-    folds = max(2, min(folds, len(labels)))
-    fold_of = stratified_folds(labels, folds, seed)
-    probs = np.zeros((len(labels), n_classes))
-    for fold in range(folds):
-        held = fold_of == fold
-        if not held.any():
-            continue
-        train = ~held
-        mean = features[train].mean(axis=0)
-        scale = features[train].std(axis=0) + 1e-6
-        w, b = fit_softmax((features[train] - mean) / scale, labels[train], n_classes, l2)
-        probs[held] = _softmax(((features[held] - mean) / scale) @ w + b)
-    return probs
+    folds = stratified_folds(labels, FOLDS, seed)
+    n_train = len(labels) * (len(folds) - 1) / len(folds)
+    return out_of_fold_probabilities(features, labels, n_classes, folds,
+                                     l2=L2_PER_FEATURE * features.shape[1] * n_train)
 
 
 # --- confident learning -------------------------------------------------------------------
@@ -226,7 +161,7 @@ def label_issues_of(records: Sequence[ImageRecord], classes: Sequence[str],
     """Suspects among `records` (rows of `features` in the same order)."""
     index = {label: i for i, label in enumerate(classes)}
     labels = np.array([index[r.label] for r in records])
-    probs = out_of_fold_probabilities(features, labels, len(classes), seed=seed)
+    probs = probe_probabilities(features, labels, len(classes), seed=seed)
     found = find_label_issues(probs, labels)
     confident = confident_labels(probs, class_thresholds(probs, labels))
     suspects = []
@@ -301,12 +236,12 @@ def execute_label_issues(ws: Workspace, run_id: str) -> RunStatus:
     dataset = load_dataset(ws, run.dataset_id)
     records = list(dataset.records)
 
-    def report(progress: dict[str, Any]) -> bool:
+    def report(progress: Progress) -> bool:
         # Features are most of the work; the folds and the map take the last tenth.
-        progress = {**progress, "fraction": 0.9 * float(progress.get("fraction") or 0.0)}
-        return runs.heartbeat(ws, run_id, progress)
+        return runs.heartbeat(ws, run_id, dataclasses.replace(
+            progress, fraction=0.9 * float(progress.fraction or 0.0)))
 
-    if report({"phase": "features", "fraction": 0.0}):
+    if report(Progress(phase="features", fraction=0.0)):
         runs.finish_run(ws, run_id, RunStatus.CANCELLED)
         return RunStatus.CANCELLED
     try:
@@ -322,7 +257,7 @@ def execute_label_issues(ws: Workspace, run_id: str) -> RunStatus:
         runs.finish_run(ws, run_id, RunStatus.CANCELLED)
         return RunStatus.CANCELLED
     features = found.matrices[0]
-    if runs.heartbeat(ws, run_id, {"phase": "label issues", "fraction": 0.92}):
+    if runs.heartbeat(ws, run_id, Progress(phase="label issues", fraction=0.92)):
         runs.finish_run(ws, run_id, RunStatus.CANCELLED)
         return RunStatus.CANCELLED
     issues = label_issues_of(records, dataset.classes, features, seed=spec.seed)

@@ -377,8 +377,10 @@ def update_run(ws: Workspace, run_id: str, **columns: Any) -> None:
         write_run_file(ws, db, run_id)
 
 
-def heartbeat(ws: Workspace, run_id: str, progress: Progress) -> bool:
+def heartbeat(ws: Workspace, run_id: str, progress: Progress | dict[str, Any]) -> bool:
     """Store progress; return whether a cancel was requested."""
+    if isinstance(progress, dict):
+        progress = Progress.from_dict(progress)
     with ws.transaction() as db:
         db.execute(
             "UPDATE runs SET progress_json = ?, heartbeat_at = ? WHERE id = ?",

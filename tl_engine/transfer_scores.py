@@ -93,17 +93,19 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = PROBE_
 
 
 def out_of_fold_probabilities(features: np.ndarray, y: np.ndarray, n_classes: int,
-                              folds: Sequence[np.ndarray]) -> np.ndarray:
+                              folds: Sequence[np.ndarray] | None = None,
+                              l2: float = PROBE_L2, seed: int = 42) -> np.ndarray:
     """Each image's class probabilities from a linear probe that never saw it (one probe
     per fold, fitted on the other folds): the probe's accuracy, and the input confident
-    learning wants."""
+    learning wants. `l2` weighs |W|²/2 against the loss summed over the training images."""
+    folds = stratified_folds(y, seed=seed) if folds is None else folds
     probabilities = np.zeros((len(y), n_classes))
     everything = np.arange(len(y))
     for held_out in folds:
         train = np.setdiff1d(everything, held_out)
         x_train, x_test = _standardize(features[train].astype(np.float64),
                                        features[held_out].astype(np.float64))
-        weights, bias = fit_softmax(x_train, y[train], n_classes)
+        weights, bias = fit_softmax(x_train, y[train], n_classes, l2)
         probabilities[held_out] = _softmax(x_test @ weights + bias)
     return probabilities
 
