@@ -39,12 +39,12 @@ def _start(ws: tle.Workspace, project: str, dataset: tle.Dataset, force: bool = 
 
 
 def _progress_text(run: tle.RunRecord) -> str:
-    progress = run.progress or {}
+    progress = run.progress
     if run.status == tle.RunStatus.QUEUED:
         return "Waiting for the worker (another job is running)…"
-    if progress.get("phase") == "features":
-        done, total = progress.get("images_done"), progress.get("images_total")
-        eta = progress.get("eta_s")
+    if progress.phase == "features":
+        done, total = progress.images_done, progress.images_total
+        eta = progress.eta_s
         text = f"Backbone features: {done} / {total} images" if total else "Backbone features…"
         return text + (f" · about {formats.format_duration(eta)} left" if eta else "")
     return "Fitting the probe on 5 folds and looking for label issues…"
@@ -57,7 +57,7 @@ def _follow(ws: tle.Workspace, project: str, run_id: str) -> None:
         st.rerun()
     if run.status == tle.RunStatus.RUNNING and tle.recover_interrupted(ws):
         st.rerun()
-    st.progress(float((run.progress or {}).get("fraction") or 0.0), text=_progress_text(run))
+    st.progress(float(run.progress.fraction or 0.0), text=_progress_text(run))
     if st.button("Cancel", key="label_issues_cancel", icon=":material/cancel:") and (
             access.permit("cancel_run", project, run)):
         tle.cancel_run(ws, run_id)

@@ -98,9 +98,9 @@ def live_probes(ws: tle.Workspace, dataset_id: str, seen_active: tuple[str, ...]
     if tuple(run.id for run in active) != seen_active:
         st.rerun()
     for run in active:
-        progress = run.progress or {}
-        what = progress.get("phase_title") or progress.get("pass_name") or run.status
-        st.progress(min(1.0, float(progress.get("fraction") or 0.0)),
+        progress = run.progress
+        what = progress.phase_title or progress.pass_name or run.status
+        st.progress(min(1.0, float(progress.fraction or 0.0)),
                     text=f"{md_escape(run.spec.backbone)} · "
                          f"{md_escape(widgets.weights_label(run.spec.weights))}: "
                          f"{md_escape(str(what))}")
