@@ -20,6 +20,7 @@ import numpy as np
 from . import runs
 from .datasets import ImageRecord, load_dataset, split_records
 from .errors import SpecError
+from .progress import Progress
 from .registry import get_backbone, list_backbones
 from .runs import RunStatus
 from .spec import RunSpec
@@ -126,7 +127,7 @@ class _ProbeCancelled(Exception):
 
 
 def run_probe(ws: Workspace, dataset_id: str, spec: RunSpec,
-              report: Callable[[dict], bool] | None = None) -> ProbeResult:
+              report: Callable[[Progress], bool] | None = None) -> ProbeResult:
     """Score one backbone on a dataset's images; `report(progress)` returns True to stop
     (then FeaturesCancelled is raised)."""
     import keras
@@ -144,8 +145,8 @@ def run_probe(ws: Workspace, dataset_id: str, spec: RunSpec,
         keras.backend.clear_session()
 
     def scoring_cancelled() -> bool:
-        return report({"phase": "scoring", "phase_title": "Scoring the features",
-                       "fraction": 1.0, "elapsed_s": time.time() - started})
+        return report(Progress(phase="scoring", phase_title="Scoring the features",
+                               fraction=1.0, elapsed_s=time.time() - started))
 
     try:
         if scoring_cancelled():
