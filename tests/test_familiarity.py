@@ -54,7 +54,19 @@ def test_validation_calibrates_the_threshold_and_far_images_are_flagged():
     assert (np.diff(values) <= 1e-12).all()
     # The threshold in familiarity terms: what the flag means on the 0-1 scale.
     assert (fresh_familiarity[fresh_flagged] < profile.threshold_familiarity + 1e-9).all()
-    assert 0.03 <= profile.threshold_familiarity <= 0.08
+    assert profile.threshold_familiarity == pytest.approx(0.05)
+    assert profile.familiarity_of([profile.threshold])[0] == pytest.approx(0.05)
+    # With 200 validation images that is their 95th percentile.
+    assert profile.threshold == pytest.approx(np.percentile(profile.reference, 95), rel=0.02)
+
+
+def test_with_few_validation_images_the_threshold_lies_past_the_farthest_one():
+    train, labels = clusters(100, seed=7)
+    val, _ = clusters(6, seed=8)
+    profile = familiarity.fit_profile(train, labels, val, np.ones(40))
+    # 6 images cannot tell the farthest 5 %: flagging starts beyond all of them.
+    assert profile.threshold > profile.reference[-1]
+    assert not profile.score(val)[1].any()
 
 
 def test_without_validation_images_it_calibrates_on_the_training_images():

@@ -70,7 +70,9 @@ def table_of(at: AppTest) -> pd.DataFrame:
 
 
 def card_count(at: AppTest) -> int:
-    return sum(1 for m in at.metric if m.label == "Prediction")
+    """Cards with a label, and cards of images like none of the training images."""
+    return (sum(1 for m in at.metric if m.label == "Prediction")
+            + sum(1 for w in at.warning if run_views.UNFAMILIAR_TEXT in w.value))
 
 
 def shown(elements) -> list[str]:

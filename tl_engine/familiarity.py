@@ -12,8 +12,9 @@ images than feature dimensions, and small to store). An image's distance is its
 Mahalanobis distance to the nearest class mean. Its familiarity is the share of the run's
 validation images that lie at least as far (a conformal p-value, interpolated, with an
 exponential tail past the farthest one): about 0.5 for a typical image, near 0 for one
-far from everything. Past the threshold distance (by default the 95th percentile of the
-validation distances, so about 1 validation image in 20 is flagged) it is `unfamiliar`.
+far from everything. Below 5 % it is `unfamiliar` (by default: about the 95th percentile
+of the validation distances, so about 1 validation image in 20 is flagged; past the
+farthest one when a run has fewer than 19 validation images to tell).
 
 The profile also keeps the features the model gives a fixed synthetic image; a model whose
 features differ (its file replaced by other weights) gets no familiarity rather than a
@@ -22,6 +23,7 @@ wrong one. Runs trained before this version have no profile: familiarity is None
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import asdict, dataclass
@@ -65,7 +67,7 @@ class FamiliarityProfile:
     residual_variance: float  # average variance in every other direction
     reference: np.ndarray  # sorted distances of the calibration (validation) images
     threshold: float  # distance past which an image is unfamiliar
-    percentile: float  # of the reference distances, giving the threshold
+    percentile: float  # familiarity below 1 - percentile / 100 is unfamiliar
     fingerprint: np.ndarray  # (dim,): the model's features of fingerprint_image
     n_train: int
     calibrated_on: str  # "validation images", or "training images" when a run has none
@@ -83,23 +85,33 @@ class FamiliarityProfile:
         # Per dimension, so the numbers read alike across backbones.
         return np.sqrt(best / x.shape[1])
 
+    def _curve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The survival function's knots (0, 1) and (ref_i, 1 - i / (n + 1)), and the
+        length over which the tail past the last one falls by a factor e."""
+        ref = self.reference
+        xs = np.concatenate([[0.0], ref])
+        ys = 1.0 - np.arange(len(ref) + 1) / (len(ref) + 1)
+        return xs, ys, max(float(ref[-1] - np.median(ref)), _EPS)
+
     def familiarity_of(self, distances: np.ndarray) -> np.ndarray:
         """Share of the reference images at least as far, in [0, 1], decreasing with distance."""
-        ref = self.reference
-        n = len(ref)
+        xs, ys, scale = self._curve()
         distances = np.asarray(distances, dtype=np.float64)
-        # Survival function through (0, 1) and (ref_i, 1 - i / (n + 1)).
-        xs = np.concatenate([[0.0], ref])
-        ys = 1.0 - np.arange(n + 1) / (n + 1)
         inside = np.interp(distances, xs, ys)
-        scale = max(float(ref[-1] - np.median(ref)), _EPS)
-        tail = ys[-1] * np.exp(-(distances - ref[-1]) / scale)
-        return np.clip(np.where(distances > ref[-1], tail, inside), 0.0, 1.0)
+        tail = ys[-1] * np.exp(-(distances - xs[-1]) / scale)
+        return np.clip(np.where(distances > xs[-1], tail, inside), 0.0, 1.0)
+
+    def distance_at(self, level: float) -> float:
+        """The distance at which familiarity falls to `level` (0 < level < 1)."""
+        xs, ys, scale = self._curve()
+        if level >= ys[-1]:
+            return float(np.interp(level, ys[::-1], xs[::-1]))
+        return float(xs[-1] + scale * np.log(ys[-1] / level))
 
     @property
     def threshold_familiarity(self) -> float:
         """The familiarity below which an image is unfamiliar."""
-        return float(self.familiarity_of(np.array([self.threshold]))[0])
+        return 1.0 - self.percentile / 100.0
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(familiarity, unfamiliar) per row of pooled features."""
@@ -138,6 +150,8 @@ def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
                 max_components: int = MAX_COMPONENTS) -> FamiliarityProfile:
     """The profile of a run's training images, calibrated on its validation images (on the
     training images themselves when there are none: then fewer images get flagged)."""
+    if not 50.0 <= percentile < 100.0:
+        raise ValueError(f"percentile must be in [50, 100), not {percentile}")
     x = _normalised(train_features)
     labels = np.asarray(train_labels)
     classes = np.unique(labels)
@@ -146,8 +160,10 @@ def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
     _, singular, directions = np.linalg.svd(scatter, full_matrices=False)
     eigen = singular**2 / max(1, len(x))
     total = float(eigen.sum()) / x.shape[1] + _EPS
-    # Directions the few training images cannot tell from noise stay in the isotropic part.
-    k = int(min(max_components, max(0, len(x) - len(classes) - 1), len(eigen)))
+    # A direction needs a few images to be estimated; the ones the training images cannot
+    # tell from noise stay in the isotropic part (else new images of the same kind, off the
+    # span of the few training ones, all look far).
+    k = int(min(max_components, max(0, (len(x) - len(classes)) // 4), len(eigen)))
     floor = 1e-3 * total
     residual = max(float(eigen[k:].sum()) / max(1, x.shape[1] - k), floor)
     partial = FamiliarityProfile(
@@ -157,11 +173,11 @@ def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
         n_train=len(x), calibrated_on="")
     has_val = val_features is not None and len(val_features) > 0
     calibration = val_features if has_val else train_features
-    reference = np.sort(partial.distances(calibration))
-    return FamiliarityProfile(**{
-        **partial.__dict__, "reference": reference,
-        "threshold": float(np.percentile(reference, percentile)),
-        "calibrated_on": "validation images" if has_val else "training images"})
+    calibrated = dataclasses.replace(
+        partial, reference=np.sort(partial.distances(calibration)),
+        calibrated_on="validation images" if has_val else "training images")
+    return dataclasses.replace(
+        calibrated, threshold=calibrated.distance_at(calibrated.threshold_familiarity))
 
 
 def save_profile(ws: Workspace, run_dir: Path, profile: FamiliarityProfile) -> None:
