@@ -167,7 +167,8 @@ def predictions_table(predictions: Sequence[tle.Prediction],
                       labels: Sequence[str]) -> pd.DataFrame:
     """One row per image: its path (relative, inside a folder or archive), the predicted
     label and confidence, the top-k text with the run's fixed k (`tle.top_k_for`, whatever
-    the cards show), one probability column (0–1) per class and the error, if any."""
+    the cards show), one probability column (0–1) per class, its familiarity (0–1, empty
+    for runs without a familiarity profile) and whether it is unfamiliar, and the error."""
     k = tle.top_k_for(len(labels))
     rows = []
     for p in predictions:
@@ -176,14 +177,32 @@ def predictions_table(predictions: Sequence[tle.Prediction],
             "path": p.name, "label": p.label or "", "confidence": p.confidence,
             "top-k": top_k_text(ranked[:k]),
             **{probability_column(label): p.probabilities.get(label) for label in labels},
+            "familiarity": p.familiarity,
+            "unfamiliar": p.unfamiliar,
             "error": p.error or "",
         })
     columns = ["path", "label", "confidence", "top-k",
-               *(probability_column(label) for label in labels), "error"]
+               *(probability_column(label) for label in labels), "familiarity", "unfamiliar",
+               "error"]
     table = pd.DataFrame(rows, columns=columns)
-    probabilities = [probability_column(label) for label in labels]
-    table[["confidence", *probabilities]] = table[["confidence", *probabilities]].astype(float)
+    numbers = ["confidence", *(probability_column(label) for label in labels), "familiarity"]
+    table[numbers] = table[numbers].astype(float)
+    table["unfamiliar"] = table["unfamiliar"].astype(bool)
     return table
+
+
+UNFAMILIAR_TEXT = "This looks like none of the training images"
+
+
+def familiarity_text(familiarity: float | None) -> str:
+    return "familiarity –" if familiarity is None else f"familiarity {familiarity:.0%}"
+
+
+FAMILIARITY_HELP = (
+    "The share of this run's validation images that look less like the training images "
+    "than this one, in the model's feature space: about 50 % for a typical image, near 0 % "
+    "for one unlike any of them. Below the run's threshold (what 1 validation image in 20 "
+    "falls under) the image is unfamiliar and no label is given.")
 
 
 def prediction_card(prediction: tle.Prediction, data: bytes | None, position: int) -> None:
@@ -197,9 +216,19 @@ def prediction_card(prediction: tle.Prediction, data: bytes | None, position: in
         picture, result = st.columns([2, 3], vertical_alignment="center")
         picture.image(thumbnail(data), width="stretch", alt=prediction.name)
         picture.text(prediction.name)  # user-supplied: never Markdown
+        if prediction.unfamiliar:
+            # A class name here would read as an answer; the model has none for this image.
+            result.warning(f"**{UNFAMILIAR_TEXT}** ({familiarity_text(prediction.familiarity)})",
+                           icon=":material/help:")
+            result.caption(f"Closest class: {md_escape(prediction.label)} "
+                           f"({prediction.confidence:.1%}), which means little here.")
+            return
         result.metric("Prediction", md_escape(prediction.label),
                       f"{prediction.confidence:.1%} confident", delta_color="off",
                       delta_arrow="off")
+        if prediction.familiarity is not None:
+            result.caption(f"{familiarity_text(prediction.familiarity).capitalize()}: "
+                           "how much it looks like the training images", help=FAMILIARITY_HELP)
         result.plotly_chart(charts.top_k_bar(prediction.top), width="stretch",
                             config={"displayModeBar": False},
                             key=f"prediction_chart_{position}")
@@ -212,10 +241,12 @@ def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchI
     ranked = _predict_all(str(ws.root), run_id, model_version(ws, run_id), tuple(images))
     predictions = [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
     failed = sum(1 for p in predictions if p.error)
-    cols = st.columns(3)
+    unfamiliar = sum(1 for p in predictions if p.unfamiliar)
+    cols = st.columns(4)
     cols[0].metric("Images", len(predictions))
     cols[1].metric("Predicted", len(predictions) - failed)
-    cols[2].metric("Unreadable", failed)
+    cols[2].metric("Unfamiliar", unfamiliar, help="Like none of the training images")
+    cols[3].metric("Unreadable", failed)
 
     cards = [(position, prediction, None if isinstance(item, tle.Refused) else item[1])
              for position, (prediction, item) in enumerate(zip(predictions, images,
@@ -245,13 +276,18 @@ def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchI
             **{probability_column(label): st.column_config.NumberColumn(
                 probability_column(label), format="%.4f",
                 help="Probability of this class, from 0 to 1") for label in labels},
+            "familiarity": st.column_config.NumberColumn(
+                "familiarity", format="%.3f", help=FAMILIARITY_HELP),
+            "unfamiliar": st.column_config.CheckboxColumn(
+                "unfamiliar", help="Like none of the training images: its label means little"),
         },
     )
     st.download_button("Download CSV", table.to_csv(index=False).encode(),
                        file_name=f"predictions-{run_id}.csv", mime="text/csv",
                        icon=":material/download:",
-                       help=f"One row per image: path, label, confidence, top-{k} text and "
-                       "a p(class) column per class with its probability (0–1).")
+                       help=f"One row per image: path, label, confidence, top-{k} text, "
+                       "a p(class) column per class with its probability (0–1), its "
+                       "familiarity (0–1) and whether it is unfamiliar.")
     return predictions
 
 

@@ -70,7 +70,9 @@ def table_of(at: AppTest) -> pd.DataFrame:
 
 
 def card_count(at: AppTest) -> int:
-    return sum(1 for m in at.metric if m.label == "Prediction")
+    """Cards with a label, and cards of images like none of the training images."""
+    return (sum(1 for m in at.metric if m.label == "Prediction")
+            + sum(1 for w in at.warning if run_views.UNFAMILIAR_TEXT in w.value))
 
 
 def shown(elements) -> list[str]:
@@ -105,7 +107,7 @@ def test_the_table_has_a_probability_per_class_and_a_fixed_top_k(monkeypatch,
                 ("green.png", png((40, 190, 60)), "image/png")])
     table = table_of(at)
     assert list(table.columns) == ["path", "label", "confidence", "top-k",
-                                   *PROBABILITY_COLUMNS, "error"]
+                                   *PROBABILITY_COLUMNS, "familiarity", "unfamiliar", "error"]
     assert table["path"].tolist() == ["red.jpg", "x.jpg", "green.png"]
     good = table[table["error"] == ""]
     assert len(good) == 2
@@ -119,6 +121,9 @@ def test_the_table_has_a_probability_per_class_and_a_fixed_top_k(monkeypatch,
         assert row["label"] == best
         assert row["confidence"] == pytest.approx(row[f"p({best})"])
     assert "x.jpg" in table.loc[1, "error"] and np.isnan(table.loc[1, "p(red)"])
+    # How much each image looks like the training images; nothing for an unreadable one.
+    assert ((good["familiarity"] >= 0) & (good["familiarity"] <= 1)).all()
+    assert np.isnan(table.loc[1, "familiarity"]) and not table.loc[1, "unfamiliar"]
 
     # The CSV written from that table reads back as numbers, one row per image.
     csv = pd.read_csv(io.BytesIO(run_views.predictions_table(

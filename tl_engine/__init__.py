@@ -41,6 +41,7 @@ from .errors import (
 )
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
+from .familiarity import FamiliarityProfile, load_profile
 from .features import FeatureExtractor, FeatureSet, extract_features, feature_extractor
 from .freeze import FreezePlan, describe_freeze
 from .hints import Hint, run_hints, spec_hints
@@ -185,6 +186,8 @@ __all__ = [
     "export_bytes",
     "export_run",
     "extract_features",
+    "FamiliarityProfile",
+    "load_profile",
     "feature_extractor",
     "find_label_issues",
     "find_weight_file",

@@ -263,6 +263,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"{p.name}: error: {p.error}")
             else:
                 tops = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top)
+                if p.unfamiliar:
+                    tops = (f"unfamiliar (familiarity {p.familiarity:.3f}): looks like none "
+                            f"of the training images; closest {tops}")
                 print(f"{p.name}: {tops}")
     return 2 if any(p.error for p in predictions) else 0
 

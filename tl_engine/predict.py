@@ -31,6 +31,12 @@ from .datasets import (
     _Unreadable,
 )
 from .errors import DatasetError
+from .familiarity import (
+    FamiliarityProfile,
+    features_and_probabilities_model,
+    fingerprint_image,
+    load_profile,
+)
 from .images import load_rgb_array
 from .model_file import checked_model_path, load_run_model
 from .pipeline import to_model_input
@@ -69,6 +75,10 @@ class Prediction:
     error: str | None = None
     # Every class's probability (0-1), in the model's label order; empty for a failed image.
     probabilities: dict[str, float] = field(default_factory=dict)
+    # How much the image looks like the training images (0-1, see tl_engine.familiarity);
+    # None for runs without a familiarity profile (trained before it existed).
+    familiarity: float | None = None
+    unfamiliar: bool = False  # like none of the training images: its label means little
 
     @property
     def label(self) -> str | None:
@@ -86,6 +96,8 @@ class Prediction:
             "top": [{"label": label, "probability": p} for label, p in self.top],
             "error": self.error,
             "probabilities": dict(self.probabilities),
+            "familiarity": self.familiarity,
+            "unfamiliar": self.unfamiliar,
         }
 
 
@@ -100,9 +112,20 @@ def _display_name(image: ImageInput) -> str:
 
 
 class Predictor:
-    def __init__(self, model: Any, labels: list[str], image_size: int, run_id: str) -> None:
+    def __init__(self, model: Any, labels: list[str], image_size: int, run_id: str,
+                 profile: FamiliarityProfile | None = None) -> None:
         self.model, self.labels, self.image_size, self.run_id = model, labels, image_size, run_id
         self._lock = threading.Lock()  # Keras models are not safe to call from many threads
+        # The same model with its pooled features as a second output, when the run has a
+        # familiarity profile that was made from this model's features.
+        self.profile: FamiliarityProfile | None = None
+        self._scoring_model: Any = None
+        if profile is not None:
+            scoring = features_and_probabilities_model(model)
+            if scoring is not None:
+                _, found = scoring.predict_on_batch(fingerprint_image(image_size))
+                if profile.matches(np.asarray(found)):
+                    self.profile, self._scoring_model = profile, scoring
 
     def pixels(self, image: ImageInput) -> tuple[str, np.ndarray]:
         """(name, uint8 model input) exactly as this model sees the image."""
@@ -118,13 +141,23 @@ class Predictor:
         return name, to_model_input(rgb, self.image_size)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self._outputs(batch)[0]
+
+    def _outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and, with a profile, pooled features, in one forward pass."""
         # predict_on_batch reuses one compiled function: about 15 ms for one photo where
         # Model.predict spends about 90 ms setting up its input pipeline on every call.
         batch = batch.astype(np.float32)
+        model = self._scoring_model or self.model
         with self._lock:
-            parts = [np.asarray(self.model.predict_on_batch(batch[start:start + _MODEL_BATCH]))
+            parts = [model.predict_on_batch(batch[start:start + _MODEL_BATCH])
                      for start in range(0, len(batch), _MODEL_BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
+        if not parts:
+            return np.zeros((0, len(self.labels)), np.float32), None
+        if self._scoring_model is None:
+            return np.concatenate([np.asarray(p) for p in parts]), None
+        return (np.concatenate([np.asarray(p[0]) for p in parts]),
+                np.concatenate([np.asarray(p[1], dtype=np.float32) for p in parts]))
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
         """One Prediction per image, in order: the top-k classes and every class's
@@ -150,18 +183,24 @@ class Predictor:
                 arrays.append(None)
                 errors.append(str(exc))
         good = [a for a in arrays if a is not None]
-        probs = iter(self.probabilities(np.stack(good)) if good else [])
+        probs, features = self._outputs(np.stack(good)) if good else (np.zeros((0, 1)), None)
+        scores = (self.profile.score(features) if self.profile is not None
+                  and features is not None else None)
         results = []
+        row_index = 0
         for name, array, error in zip(names, arrays, errors, strict=True):
             if array is None:
                 results.append(Prediction(name, [], error))
                 continue
-            row = next(probs)
+            row = probs[row_index]
             order = np.argsort(-row)[:k]
             results.append(Prediction(
                 name, [(self.labels[i], float(row[i])) for i in order],
                 probabilities={label: float(p) for label, p in zip(self.labels, row,
-                                                                    strict=True)}))
+                                                                    strict=True)},
+                familiarity=None if scores is None else float(scores[0][row_index]),
+                unfamiliar=False if scores is None else bool(scores[1][row_index])))
+            row_index += 1
         return results
 
 
@@ -180,7 +219,8 @@ def load_predictor(ws: Workspace, run_id: str) -> Predictor:
     checked_model_path(ws, run_id)
     run = runs.get_run(ws, run_id)
     model = load_run_model(ws, run_id)
-    predictor = Predictor(model, runs.labels(ws, run_id), run.spec.image_size, run_id)
+    predictor = Predictor(model, runs.labels(ws, run_id), run.spec.image_size, run_id,
+                          load_profile(ws.run_dir(run_id)))
     with _loaded_lock:
         _loaded[key] = predictor
         while len(_loaded) > _CACHE_SIZE:

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import runs
+from . import familiarity, runs
 from .callbacks import KeepBestWeights, StoreProgress, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import configure, distribution_strategy
@@ -330,6 +330,7 @@ class RunTrainer:
         final_freeze = freeze_for(plan[-1])
         evaluation = self._evaluate(clf, val_features, test_features)
         self._save(clf, evaluation)
+        self._store_familiarity(clf, any(phase.trains_backbone for phase in plan))
         metrics = runs.run_metrics(self.ws, self.run.id)
         last_epoch = metrics[-1]["epoch"] if metrics else final.last_epoch
         summary = RunSummary(
@@ -357,6 +358,28 @@ class RunTrainer:
             summary = self._offer_head_weights(clf, done_path(self.dir, plan[0].name),
                                                results[0], summary)
         return summary
+
+    def _store_familiarity(self, clf: Classifier, backbone_trained: bool) -> None:
+        """What the training images look like to the saved model, for prediction to flag
+        images unlike them. A trained backbone's features are not the cached ones."""
+        parts = [self.splits.train, self.splits.val]
+        if backbone_trained:
+            matrices = [np.asarray(clf.feature_model.predict(
+                self._pixels(part, False, labels=False), verbose=0)) if part
+                else np.zeros((0, 1)) for part in parts]
+        else:
+            key = feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
+            try:
+                matrices = extract_features(self.ws, clf.feature_model, key, list(zip(
+                    ("training images", "validation images"), parts, strict=True)),
+                    self.spec.batch_size, self._report).matrices
+            except FeaturesCancelled:
+                raise RunCancelled() from None
+        fingerprint = clf.feature_model.predict_on_batch(
+            familiarity.fingerprint_image(self.spec.image_size))
+        familiarity.save_profile(self.ws, self.dir, familiarity.fit_profile(
+            matrices[0], np.array([self.index[r.label] for r in parts[0]]), matrices[1],
+            np.asarray(fingerprint)))
 
     def _keep_phase_weights(self, clf: Classifier, phase: Phase, result: PhaseResult) -> None:
         """The weights a finished phase leaves, tagged with its result, written atomically:

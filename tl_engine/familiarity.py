@@ -1,0 +1,231 @@
+"""Familiarity: does an image look like any of the images a run was trained on?
+
+A classifier answers every image with one of its classes, often confidently, even a photo
+of something it never saw. So at the end of training a run stores a profile of its
+training images in the saved model's pooled-feature space, and prediction measures each
+new image against it.
+
+The profile: class means plus one shared covariance of the L2-normalised features,
+low-rank plus isotropic (the top principal directions of the within-class scatter and the
+average variance of the rest, as in probabilistic PCA: well conditioned even with fewer
+images than feature dimensions, and small to store). An image's distance is its
+Mahalanobis distance to the nearest class mean. Its familiarity is the share of the run's
+validation images that lie at least as far (a conformal p-value, interpolated, with an
+exponential tail past the farthest one): about 0.5 for a typical image, near 0 for one
+far from everything. Below 5 % it is `unfamiliar` (by default: about the 95th percentile
+of the validation distances, so about 1 validation image in 20 is flagged; past the
+farthest one when a run has fewer than 19 validation images to tell).
+
+The profile also keeps the features the model gives a fixed synthetic image; a model whose
+features differ (its file replaced by other weights) gets no familiarity rather than a
+wrong one. Runs trained before this version have no profile: familiarity is None for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import Workspace
+
+PROFILE_FILE = "familiarity.npz"
+SUMMARY_FILE = "familiarity.json"
+DEFAULT_PERCENTILE = 95.0
+MAX_COMPONENTS = 64
+# Relative difference between the fingerprint features stored at training and those of the
+# loaded model above which the profile belongs to another model. Mixed precision and
+# another device stay far below it.
+FINGERPRINT_TOLERANCE = 0.02
+_EPS = 1e-12
+
+
+def _normalised(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    return features / (np.linalg.norm(features, axis=1, keepdims=True) + _EPS)
+
+
+def fingerprint_image(image_size: int) -> np.ndarray:
+    """A fixed RGB image (a batch of one, float32 0-255) whose features identify a model."""
+    rng = np.random.default_rng(20240917)
+    ramp = np.linspace(0, 255, image_size)
+    pixels = np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, ramp[::-1]) / 2,
+                       rng.uniform(0, 255, (image_size, image_size))], axis=-1)
+    return pixels[None].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FamiliarityProfile:
+    means: np.ndarray  # (classes, dim): class means of the normalised training features
+    components: np.ndarray  # (k, dim): top principal directions of the within-class scatter
+    variances: np.ndarray  # (k,): the scatter's variance along each of them
+    residual_variance: float  # average variance in every other direction
+    reference: np.ndarray  # sorted distances of the calibration (validation) images
+    threshold: float  # distance past which an image is unfamiliar
+    percentile: float  # familiarity below 1 - percentile / 100 is unfamiliar
+    fingerprint: np.ndarray  # (dim,): the model's features of fingerprint_image
+    n_train: int
+    calibrated_on: str  # "validation images", or "training images" when a run has none
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each row of pooled features to its nearest class mean."""
+        x = _normalised(features)
+        best = np.full(len(x), np.inf)
+        for mean in self.means:
+            centred = x - mean
+            projected = centred @ self.components.T
+            rest = np.maximum((centred**2).sum(axis=1) - (projected**2).sum(axis=1), 0.0)
+            squared = (projected**2 / self.variances).sum(axis=1) + rest / self.residual_variance
+            best = np.minimum(best, squared)
+        # Per dimension, so the numbers read alike across backbones.
+        return np.sqrt(best / x.shape[1])
+
+    def _curve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The survival function's knots (0, 1) and (ref_i, 1 - i / (n + 1)), and the
+        length over which the tail past the last one falls by a factor e."""
+        ref = self.reference
+        xs = np.concatenate([[0.0], ref])
+        ys = 1.0 - np.arange(len(ref) + 1) / (len(ref) + 1)
+        return xs, ys, max(float(ref[-1] - np.median(ref)), _EPS)
+
+    def familiarity_of(self, distances: np.ndarray) -> np.ndarray:
+        """Share of the reference images at least as far, in [0, 1], decreasing with distance."""
+        xs, ys, scale = self._curve()
+        distances = np.asarray(distances, dtype=np.float64)
+        inside = np.interp(distances, xs, ys)
+        tail = ys[-1] * np.exp(-(distances - xs[-1]) / scale)
+        return np.clip(np.where(distances > xs[-1], tail, inside), 0.0, 1.0)
+
+    def distance_at(self, level: float) -> float:
+        """The distance at which familiarity falls to `level` (0 < level < 1)."""
+        xs, ys, scale = self._curve()
+        if level >= ys[-1]:
+            return float(np.interp(level, ys[::-1], xs[::-1]))
+        return float(xs[-1] + scale * np.log(ys[-1] / level))
+
+    @property
+    def threshold_familiarity(self) -> float:
+        """The familiarity below which an image is unfamiliar."""
+        return 1.0 - self.percentile / 100.0
+
+    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(familiarity, unfamiliar) per row of pooled features."""
+        distances = self.distances(features)
+        return self.familiarity_of(distances), distances > self.threshold
+
+    def matches(self, fingerprint_features: np.ndarray) -> bool:
+        """Whether a model's features of fingerprint_image are the ones profiled."""
+        found = np.asarray(fingerprint_features, dtype=np.float64).ravel()
+        if found.shape != self.fingerprint.shape:
+            return False
+        difference = np.linalg.norm(found - self.fingerprint)
+        return bool(difference <= FINGERPRINT_TOLERANCE * (np.linalg.norm(self.fingerprint)
+                                                           + _EPS))
+
+    def summary(self) -> dict[str, Any]:
+        """What a person reads in the run folder's familiarity.json."""
+        return {
+            "method": "Mahalanobis distance to the nearest class mean, L2-normalised pooled "
+                      "features, shared low-rank + isotropic covariance",
+            "feature_dim": int(self.means.shape[1]),
+            "classes": int(self.means.shape[0]),
+            "components": int(len(self.variances)),
+            "n_train": self.n_train,
+            "n_reference": int(len(self.reference)),
+            "calibrated_on": self.calibrated_on,
+            "percentile": self.percentile,
+            "threshold_distance": self.threshold,
+            "threshold_familiarity": self.threshold_familiarity,
+        }
+
+
+def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
+                val_features: np.ndarray | None, fingerprint: np.ndarray,
+                percentile: float = DEFAULT_PERCENTILE,
+                max_components: int = MAX_COMPONENTS) -> FamiliarityProfile:
+    """The profile of a run's training images, calibrated on its validation images (on the
+    training images themselves when there are none: then fewer images get flagged)."""
+    if not 50.0 <= percentile < 100.0:
+        raise ValueError(f"percentile must be in [50, 100), not {percentile}")
+    x = _normalised(train_features)
+    labels = np.asarray(train_labels)
+    classes = np.unique(labels)
+    means = np.stack([x[labels == c].mean(axis=0) for c in classes])
+    scatter = x - means[np.searchsorted(classes, labels)]
+    _, singular, directions = np.linalg.svd(scatter, full_matrices=False)
+    eigen = singular**2 / max(1, len(x))
+    total = float(eigen.sum()) / x.shape[1] + _EPS
+    # A direction needs a few images to be estimated; the ones the training images cannot
+    # tell from noise stay in the isotropic part (else new images of the same kind, off the
+    # span of the few training ones, all look far).
+    k = int(min(max_components, max(0, (len(x) - len(classes)) // 4), len(eigen)))
+    floor = 1e-3 * total
+    residual = max(float(eigen[k:].sum()) / max(1, x.shape[1] - k), floor)
+    partial = FamiliarityProfile(
+        means=means, components=directions[:k], variances=np.maximum(eigen[:k], floor),
+        residual_variance=residual, reference=np.zeros(1), threshold=0.0,
+        percentile=float(percentile), fingerprint=np.asarray(fingerprint, np.float64).ravel(),
+        n_train=len(x), calibrated_on="")
+    has_val = val_features is not None and len(val_features) > 0
+    calibration = val_features if has_val else train_features
+    calibrated = dataclasses.replace(
+        partial, reference=np.sort(partial.distances(calibration)),
+        calibrated_on="validation images" if has_val else "training images")
+    return dataclasses.replace(
+        calibrated, threshold=calibrated.distance_at(calibrated.threshold_familiarity))
+
+
+def save_profile(ws: Workspace, run_dir: Path, profile: FamiliarityProfile) -> None:
+    """familiarity.npz (what prediction loads, one atomic write) and familiarity.json."""
+    fields = asdict(profile)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in fields.items()})
+    ws.write_bytes_atomic(run_dir / PROFILE_FILE, buffer.getvalue())
+    ws.write_json_atomic(run_dir / SUMMARY_FILE, profile.summary())
+
+
+def load_profile(run_dir: Path) -> FamiliarityProfile | None:
+    """The run's profile; None for a run trained before profiles existed, or an unreadable
+    file (prediction then goes on without familiarity)."""
+    path = Path(run_dir) / PROFILE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return FamiliarityProfile(
+                means=data["means"], components=data["components"],
+                variances=data["variances"],
+                residual_variance=float(data["residual_variance"]),
+                reference=data["reference"], threshold=float(data["threshold"]),
+                percentile=float(data["percentile"]), fingerprint=data["fingerprint"],
+                n_train=int(data["n_train"]), calibrated_on=str(data["calibrated_on"]))
+    except (OSError, KeyError, ValueError) as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("ignoring unreadable %s: %s", path, exc)
+        return None
+
+
+def features_and_probabilities_model(model: Any) -> Any:
+    """The loaded classifier with its pooled features as a second output (one forward pass
+    for both); None when it has no layer named "pool"."""
+    import keras
+
+    try:
+        pooled = model.get_layer("pool").output
+    except ValueError:
+        return None
+    return keras.Model(model.inputs, [model.outputs[0], pooled], name="probs_and_features")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
