@@ -29,6 +29,7 @@ SCREENSHOTS = Path(os.environ.get("TL_SCREENSHOTS",
 PER_CLASS = 12
 UI_TIMEOUT_MS = 60_000
 TRAIN_TIMEOUT_MS = 300_000
+MISLABELLED = "ant_labelled_bee.jpg"
 
 
 def _free_port() -> int:
@@ -80,13 +81,31 @@ def studio(tmp_path, keras_home):
 
 
 def _subset(hymenoptera: Path, tmp_path: Path) -> tuple[dict[str, list[Path]], Path]:
-    """A few training photos per class and one held-back validation photo."""
+    """A few training photos per class, one ant filed with the bees by mistake, and one
+    held-back validation photo."""
     chosen = {label: sorted((hymenoptera / "train" / label).glob("*.jpg"))[:PER_CLASS]
               for label in ("ants", "bees")}
-    held_back = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[0]
+    mislabelled = tmp_path / MISLABELLED
+    shutil.copyfile(sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[3], mislabelled)
+    chosen["bees"].append(mislabelled)
+    held_back = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[1]
     copy = tmp_path / "held_back_ant.jpg"
     shutil.copyfile(held_back, copy)
     return chosen, copy
+
+
+def _document_photo(tmp_path: Path) -> Path:
+    """A scanned page of text: nothing like an ant or a bee."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (400, 300), "white")
+    draw = ImageDraw.Draw(page)
+    for line in range(12):
+        draw.text((20, 20 + 22 * line), f"Quarterly report: revenue, costs, outlook {line}",
+                  fill="black")
+    path = tmp_path / "quarterly_report.png"
+    page.save(path)
+    return path
 
 
 def _shot(page, name: str) -> None:
@@ -139,6 +158,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
     photos, held_back = _subset(hymenoptera, tmp_path)
     renamed_copy = tmp_path / "same_ant_other_name.jpg"
     shutil.copyfile(held_back, renamed_copy)
+    document = _document_photo(tmp_path)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 2000})
@@ -174,20 +194,51 @@ def test_main_flow_in_chromium(studio, hymenoptera):
             expect(box.get_by_role("button", name=f"Remove {last}")).to_be_attached()
             _idle(page)
         page.get_by_role("button", name="Create dataset", exact=True).click()
-        expect(page.get_by_text(re.compile(rf"Created .*{2 * PER_CLASS} images"))).to_be_visible()
+        expect(page.get_by_text(re.compile(rf"Created .*{2 * PER_CLASS + 1} images"))
+               ).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()  # images per class
         expect(page.get_by_test_id("stImage").locator("img").first).to_be_visible()
         _idle(page)
         _shot(page, "03-dataset")
 
+        # Which labels are wrong: the ant filed with the bees is the suspect; relabelling
+        # it saves a new version of the dataset, which the rest of the flow trains on.
+        page.get_by_role("button", name="Find label issues").click()
+        suspect = page.get_by_text(re.compile(re.escape(MISLABELLED)))
+        expect(suspect.first).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+        expect(page.get_by_text("The dataset as a map")).to_be_visible()
+        _idle(page)
+        _shot(page, "03b-label-issues")
+        page.get_by_text("To ants", exact=True).first.click()
+        _idle(page)
+        page.get_by_role("button", name="Save as a new version").click()
+        expect(page.get_by_text(re.compile(r"Saved .*1 relabelled, 0 removed"))).to_be_visible()
+        _idle(page)
+
         _goto(page, "Model")
         expect(page.get_by_role("combobox", name="Backbone")).to_have_value(
             "MobileNetV2-0.35 · weights here")
         _shot(page, "04-model")
+        # Will it transfer? Every backbone here, each beside its random-init reference.
+        page.get_by_role("button", name=re.compile(r"^Probe \d+ models$")).click()
+        expect(page.get_by_text(re.compile(r"pretraining is worth [+-]\d")).first).to_be_visible(
+            timeout=TRAIN_TIMEOUT_MS)
+        expect(page.get_by_role("button", name="Use this backbone").first).to_be_visible()
+        _idle(page)
+        _shot(page, "04b-model-probe")
 
         _goto(page, "Freeze strategy")
         expect(page.get_by_text("Frozen backbone").first).to_be_visible()
         _shot(page, "05-freeze")
+        # A recipe is a phase plan: gradual unfreezing lists its stages.
+        page.get_by_text("Gradual unfreezing", exact=True).click()
+        expect(page.get_by_text("Epochs per stage")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^\d+ phases, \d+ epochs"))).to_be_visible()
+        _idle(page)
+        _shot(page, "05b-freeze-gradual")
+        page.get_by_text("Frozen backbone", exact=True).click()
+        expect(page.get_by_text("Epochs per stage")).to_have_count(0)
+        _idle(page)
 
         # A setting survives a reload (the draft is stored per project and person).
         _goto(page, "Training")
@@ -246,20 +297,24 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         _idle(page)
         assert ann_run in _selected_run(page) and bob_run not in _selected_run(page)
 
-        # Prediction: the same photo twice, and once more under another name.
+        # Prediction: the same photo twice, once more under another name, and a scanned
+        # page that looks like none of the training images.
         _goto(page, "Prediction")
         page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(
-            [str(held_back), str(held_back), str(renamed_copy)])
+            [str(held_back), str(held_back), str(renamed_copy), str(document)])
         prediction = page.get_by_test_id("stMetric").filter(has_text="Prediction")
         expect(prediction).to_have_count(3)
         for value in prediction.get_by_test_id("stMetricValue").all():
             expect(value).to_have_text(re.compile("ants|bees"))
+        expect(page.get_by_text(re.compile("This looks like none of the training images"))
+               ).to_have_count(1)
         expect(page.get_by_test_id("stException")).to_have_count(0)
         _idle(page)
         with page.expect_download() as download:
             page.get_by_role("button", name="Download CSV").click()
         header, *rows = Path(download.value.path()).read_text().splitlines()
-        assert "p(ants)" in header and "p(bees)" in header and len(rows) == 3
+        assert "p(ants)" in header and "p(bees)" in header and len(rows) == 4
+        assert "unfamiliar" in header
         _shot(page, "08-prediction")
 
         _goto(page, "Runs")
@@ -268,4 +323,4 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         _shot(page, "09-runs")
         browser.close()
     print(f"\nscreenshots: {SCREENSHOTS}")
-    assert len(list(SCREENSHOTS.glob("*.png"))) >= 9
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= 12

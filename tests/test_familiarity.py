@@ -38,7 +38,8 @@ def test_validation_calibrates_the_threshold_and_far_images_are_flagged():
     train, labels = clusters(300, seed=1)
     val, _ = clusters(400, seed=2)
     profile = familiarity.fit_profile(train, labels, val[:200], np.ones(40))
-    assert profile.calibrated_on == "validation images"
+    assert profile.calibrated_on == "held-out training images and validation images"
+    assert len(profile.reference) == 500
     fresh_familiarity, fresh_flagged = profile.score(val[200:])
     far, _ = clusters(200, seed=3, shift=1.0)
     far_familiarity, far_flagged = profile.score(far)
@@ -56,23 +57,27 @@ def test_validation_calibrates_the_threshold_and_far_images_are_flagged():
     assert (fresh_familiarity[fresh_flagged] < profile.threshold_familiarity + 1e-9).all()
     assert profile.threshold_familiarity == pytest.approx(0.05)
     assert profile.familiarity_of([profile.threshold])[0] == pytest.approx(0.05)
-    # With 200 validation images that is their 95th percentile.
+    # With 500 calibration distances that is their 95th percentile.
     assert profile.threshold == pytest.approx(np.percentile(profile.reference, 95), rel=0.02)
 
 
-def test_with_few_validation_images_the_threshold_lies_past_the_farthest_one():
-    train, labels = clusters(100, seed=7)
+def test_few_validation_images_borrow_held_out_training_images_to_calibrate():
+    train, labels = clusters(30, seed=7)
     val, _ = clusters(6, seed=8)
     profile = familiarity.fit_profile(train, labels, val, np.ones(40))
-    # 6 images cannot tell the farthest 5 %: flagging starts beyond all of them.
-    assert profile.threshold > profile.reference[-1]
-    assert not profile.score(val)[1].any()
+    # Each training image measured against a profile fitted without it (5 folds) joins
+    # the 6 validation images: the 95th percentile is then an estimate, not a guess.
+    assert len(profile.reference) == 36
+    fresh, _ = clusters(300, seed=9)
+    assert profile.score(fresh)[1].mean() <= 0.15
+    far, _ = clusters(100, seed=3, shift=1.0)
+    assert profile.score(far)[1].mean() >= 0.95
 
 
 def test_without_validation_images_it_calibrates_on_the_training_images():
     train, labels = clusters(60, seed=4)
     profile = familiarity.fit_profile(train, labels, np.zeros((0, 40)), np.ones(40))
-    assert profile.calibrated_on == "training images"
+    assert profile.calibrated_on == "held-out training images"
     assert len(profile.reference) == 60
     # Fewer training images than dimensions: the covariance stays usable.
     few, few_labels = clusters(8, seed=5)
@@ -90,7 +95,7 @@ def test_a_profile_is_saved_atomically_and_read_back(workspace):
     np.testing.assert_allclose(again.distances(train), profile.distances(train))
     assert again.threshold == profile.threshold and again.n_train == 80
     summary = json.loads((folder / "familiarity.json").read_text())
-    assert summary["percentile"] == 95.0 and summary["n_reference"] == 20
+    assert summary["percentile"] == 95.0 and summary["n_reference"] == 100
     assert summary["threshold_familiarity"] == pytest.approx(profile.threshold_familiarity)
     # A run of an older version has no file; a damaged one is ignored, not fatal.
     assert familiarity.load_profile(workspace.run_dir("r_old")) is None
@@ -119,8 +124,8 @@ def test_a_trained_run_stores_its_profile_and_predictions_carry_familiarity(tiny
     folder = ws.run_dir(run.id)
     summary = familiarity.read_summary(folder)
     assert summary["n_train"] == run.summary["n_train"]
-    assert summary["calibrated_on"] == "validation images"
-    assert summary["n_reference"] == run.summary["n_val"]
+    assert summary["calibrated_on"].endswith("validation images")
+    assert summary["n_reference"] == run.summary["n_train"] + run.summary["n_val"]
     paths = [ws.image_path(r.hash) for r in dataset.records[:4]]
     predictions = tle.predict_images(ws, run.id, [*paths, ("junk.jpg", b"not a picture")])
     for prediction in predictions[:4]:

@@ -9,12 +9,13 @@ The profile: class means plus one shared covariance of the L2-normalised feature
 low-rank plus isotropic (the top principal directions of the within-class scatter and the
 average variance of the rest, as in probabilistic PCA: well conditioned even with fewer
 images than feature dimensions, and small to store). An image's distance is its
-Mahalanobis distance to the nearest class mean. Its familiarity is the share of the run's
-validation images that lie at least as far (a conformal p-value, interpolated, with an
+Mahalanobis distance to the nearest class mean. Its familiarity is the share of the
+calibration images that lie at least as far (a conformal p-value, interpolated, with an
 exponential tail past the farthest one): about 0.5 for a typical image, near 0 for one
-far from everything. Below 5 % it is `unfamiliar` (by default: about the 95th percentile
-of the validation distances, so about 1 validation image in 20 is flagged; past the
-farthest one when a run has fewer than 19 validation images to tell).
+far from everything. The calibration images are the validation images plus every training
+image measured against a profile fitted without it (5-fold), so a small dataset's few
+validation images do not make the threshold a guess. Below 5 % an image is `unfamiliar`
+(about the 95th percentile of the calibration distances).
 
 The profile also keeps the features the model gives a fixed synthetic image; a model whose
 features differ (its file replaced by other weights) gets no familiarity rather than a
@@ -144,16 +145,10 @@ class FamiliarityProfile:
         }
 
 
-def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
-                val_features: np.ndarray | None, fingerprint: np.ndarray,
-                percentile: float = DEFAULT_PERCENTILE,
-                max_components: int = MAX_COMPONENTS) -> FamiliarityProfile:
-    """The profile of a run's training images, calibrated on its validation images (on the
-    training images themselves when there are none: then fewer images get flagged)."""
-    if not 50.0 <= percentile < 100.0:
-        raise ValueError(f"percentile must be in [50, 100), not {percentile}")
-    x = _normalised(train_features)
-    labels = np.asarray(train_labels)
+def _shape(x: np.ndarray, labels: np.ndarray, max_components: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Class means, principal directions, their variances and the residual variance of
+    normalised features `x`."""
     classes = np.unique(labels)
     means = np.stack([x[labels == c].mean(axis=0) for c in classes])
     scatter = x - means[np.searchsorted(classes, labels)]
@@ -166,16 +161,58 @@ def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
     k = int(min(max_components, max(0, (len(x) - len(classes)) // 4), len(eigen)))
     floor = 1e-3 * total
     residual = max(float(eigen[k:].sum()) / max(1, x.shape[1] - k), floor)
+    return means, directions[:k], np.maximum(eigen[:k], floor), residual
+
+
+def _held_out_distances(x: np.ndarray, labels: np.ndarray, max_components: int,
+                        folds: int = 5) -> np.ndarray:
+    """Each training image's distance to a profile fitted without it (k-fold): honest
+    calibration points, so a small validation split does not make the threshold a guess."""
+    counts = np.unique(labels, return_counts=True)[1]
+    folds = min(folds, int(counts.min()) - 1)
+    if folds < 2:
+        return np.zeros(0)
+    fold_of = np.zeros(len(x), dtype=int)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        fold_of[members] = np.arange(len(members)) % folds
+    found = []
+    for fold in range(folds):
+        held = fold_of == fold
+        means, components, variances, residual = _shape(x[~held], labels[~held],
+                                                        max_components)
+        profile = FamiliarityProfile(means, components, variances, residual, np.zeros(1),
+                                     0.0, DEFAULT_PERCENTILE, np.zeros(1), int((~held).sum()),
+                                     "")
+        found.append(profile.distances(x[held]))
+    return np.concatenate(found)
+
+
+def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
+                val_features: np.ndarray | None, fingerprint: np.ndarray,
+                percentile: float = DEFAULT_PERCENTILE,
+                max_components: int = MAX_COMPONENTS) -> FamiliarityProfile:
+    """The profile of a run's training images, calibrated on its validation images and on
+    each training image's distance to a profile fitted without it (5-fold)."""
+    if not 50.0 <= percentile < 100.0:
+        raise ValueError(f"percentile must be in [50, 100), not {percentile}")
+    x = _normalised(train_features)
+    labels = np.asarray(train_labels)
+    means, components, variances, residual = _shape(x, labels, max_components)
     partial = FamiliarityProfile(
-        means=means, components=directions[:k], variances=np.maximum(eigen[:k], floor),
+        means=means, components=components, variances=variances,
         residual_variance=residual, reference=np.zeros(1), threshold=0.0,
         percentile=float(percentile), fingerprint=np.asarray(fingerprint, np.float64).ravel(),
         n_train=len(x), calibrated_on="")
     has_val = val_features is not None and len(val_features) > 0
-    calibration = val_features if has_val else train_features
-    calibrated = dataclasses.replace(
-        partial, reference=np.sort(partial.distances(calibration)),
-        calibrated_on="validation images" if has_val else "training images")
+    held_out = _held_out_distances(x, labels, max_components)
+    parts = [held_out] + ([partial.distances(val_features)] if has_val else [])
+    if not sum(len(p) for p in parts):  # a class of one image: the training images alone
+        parts = [partial.distances(train_features)]
+    where = " and ".join((["held-out training images"] if len(held_out) else [])
+                         + (["validation images"] if has_val else [])) or "training images"
+    calibrated = dataclasses.replace(partial, reference=np.sort(np.concatenate(parts)),
+                                     calibrated_on=where)
     return dataclasses.replace(
         calibrated, threshold=calibrated.distance_at(calibrated.threshold_familiarity))
 
