@@ -242,7 +242,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
 
         # A setting survives a reload (the draft is stored per project and person).
         _goto(page, "Training")
-        epochs = page.get_by_label("Epochs")
+        epochs = page.get_by_role("spinbutton", name="Epochs")
         epochs.fill("3")
         epochs.press("Tab")
         _idle(page)
@@ -259,7 +259,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         expect(completed).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         _idle(page)
-        expect(page.get_by_label("Epochs")).to_have_value("3")
+        expect(page.get_by_role("spinbutton", name="Epochs")).to_have_value("3")
         assert ann_run in _selected_run(page)
         # Nothing is queued or running: the idle page costs the server nothing.
         assert messages.during(page, 4500) == 0
@@ -272,7 +272,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         _idle(bob)
         assert ann_run not in _selected_run(bob)  # Ann's run is not shown as Bob's
         expect(bob.get_by_text("Completed — validation accuracy")).to_have_count(0)
-        bob_epochs = bob.get_by_label("Epochs")
+        bob_epochs = bob.get_by_role("spinbutton", name="Epochs")
         expect(bob_epochs).to_have_value("10")  # Bob's own draft, not Ann's
         bob_epochs.fill("2")
         bob_epochs.press("Tab")
