@@ -57,15 +57,16 @@ def why_panel(ws: tle.Workspace, run_id: str, labels: Sequence[str],
     if not st.toggle("Why?", key=f"why_{position}", help=WHY_HELP):
         return
     labels = list(labels)
-    chosen = st.selectbox(
+    # Beside the photo's own thumbnail width, so the card stays compact.
+    picture_col, text_col = st.columns([2, 3])
+    chosen = text_col.selectbox(
         "Explain the class", labels, key=f"why_class_{position}",
         index=labels.index(prediction.label) if prediction.label in labels else 0,
         help="Where the model finds evidence for this class; the predicted class by default.")
-    with st.spinner("Computing Grad-CAM…"):
-        picture, shown, _, probability = explained(ws, run_id, data, class_name=chosen)
-    st.image(picture, width="stretch", alt=f"Grad-CAM for {shown}")
-    st.caption(md_escape(f"Grad-CAM for {shown} ({probability:.1%}): warm areas drove the "
-                         "score of this class, cold ones did not."))
+    picture, shown, _, probability = explained(ws, run_id, data, class_name=chosen)
+    picture_col.image(picture, width="stretch", alt=f"Grad-CAM for {shown}")
+    text_col.caption(md_escape(f"Grad-CAM for {shown} ({probability:.1%}): warm areas drove "
+                               "the score of this class, cold ones did not."))
 
 
 # --- Runs page: mistakes ----------------------------------------------------------------------
@@ -121,12 +122,18 @@ def confusion_chart(split: dict[str, Any], key: str) -> tuple[int, int] | None:
         y=[labels[i] for i in range(n) for j in range(n)],
         customdata=[counts[i][j] for i in range(n) for j in range(n)],
         mode="markers", showlegend=False, name="cells",
-        marker={"symbol": "square", "size": max(12, 300 // max(n, 1)),
-                "color": "rgba(0,0,0,0)"},
-        selected={"marker": {"color": "rgba(255,140,0,0.35)"}},
+        # An outline around the clicked cell's count; invisible on the others.
+        marker={"symbol": "square-open", "size": 26, "color": "rgba(0,0,0,0)",
+                "line": {"width": 3}},
+        selected={"marker": {"color": "#ff8c00", "opacity": 0.4}},
         unselected={"marker": {"opacity": 0}},
         hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images"
                       "<br>click to see them<extra></extra>"))
+    # The nearest marker answers wherever a cell is clicked, and the axes stay the
+    # heatmap's own (the markers would otherwise pad them).
+    fig.update_layout(hovermode="closest", hoverdistance=-1,
+                      xaxis={"range": [-0.5, n - 0.5]},
+                      yaxis={"range": [n - 0.5, -0.5], "autorange": False})
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points",
                             key=key)
     points = event.selection.points if event and event.selection else []
