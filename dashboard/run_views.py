@@ -5,7 +5,7 @@ table shaping only; every number comes from tl_engine."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -199,15 +199,17 @@ def familiarity_text(familiarity: float | None) -> str:
 
 
 FAMILIARITY_HELP = (
-    "The share of this run's validation images that look less like the training images "
-    "than this one, in the model's feature space: about 50 % for a typical image, near 0 % "
-    "for one unlike any of them. Below the run's threshold (what 1 validation image in 20 "
-    "falls under) the image is unfamiliar and no label is given.")
+    "The share of this run's calibration images (validation images, and training images "
+    "measured against a profile fitted without them) that look less like the training "
+    "images than this one, in the model's feature space: about 50 % for a typical image, "
+    "near 0 % for one unlike any of them. Below 5 % the image is unfamiliar and no label "
+    "is given.")
 
 
-def prediction_card(prediction: tle.Prediction, data: bytes | None, position: int) -> None:
+def prediction_card(prediction: tle.Prediction, data: bytes | None, position: int,
+                    why: Callable[[tle.Prediction, bytes, int], None] | None = None) -> None:
     """One image's card; `position` (its place in the batch) keys the card's elements, so
-    the same photo twice in a batch gets two cards."""
+    the same photo twice in a batch gets two cards. `why` adds an explanation under it."""
     with st.container(border=True):
         if prediction.error:
             st.text(prediction.name)
@@ -232,12 +234,15 @@ def prediction_card(prediction: tle.Prediction, data: bytes | None, position: in
         result.plotly_chart(charts.top_k_bar(prediction.top), width="stretch",
                             config={"displayModeBar": False},
                             key=f"prediction_chart_{position}")
+        if why is not None and data is not None:
+            why(prediction, data, position)
 
 
 def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchItem],
-                     top_k: int) -> list[tle.Prediction]:
+                     top_k: int, why: Callable[[tle.Prediction, bytes, int], None] | None = None
+                     ) -> list[tle.Prediction]:
     """Per-image cards (paged) with the slider's top-k, then the batch table with a CSV
-    download (fixed top-k, every class's probability)."""
+    download (fixed top-k, every class's probability); `why` explains a card on request."""
     ranked = _predict_all(str(ws.root), run_id, model_version(ws, run_id), tuple(images))
     predictions = [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
     failed = sum(1 for p in predictions if p.error)
@@ -257,7 +262,7 @@ def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchI
         for column, (position, prediction, data) in zip(columns, shown[row_start:row_start + 2],
                                                         strict=False):
             with column:
-                prediction_card(prediction, data, position)
+                prediction_card(prediction, data, position, why)
 
     st.subheader("All predictions")
     labels = predictor(str(ws.root), run_id).labels

@@ -39,6 +39,7 @@ from .errors import (
     WorkspaceDamaged,
     WorkspaceReadOnly,
 )
+from .explain import Explanation, GradCam, explain_image, write_explanation
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_bytes, export_run, model_card
 from .familiarity import FamiliarityProfile, load_profile
@@ -98,7 +99,7 @@ from .runs import (
     running_run,
 )
 from .samples import synthetic_shapes
-from .scoring import top_k_for
+from .scoring import cell_images, confused_pairs, top_k_for
 from .spec import (
     AUGMENTATIONS,
     KEEP_WEIGHTS,
@@ -131,9 +132,11 @@ __all__ = [
     "DatasetError",
     "DeviceInfo",
     "EXPORT_FORMATS",
+    "Explanation",
     "FeatureExtractor",
     "FeatureSet",
     "FreezePlan",
+    "GradCam",
     "HealthReport",
     "Hint",
     "Identity",
@@ -172,9 +175,11 @@ __all__ = [
     "accounts",
     "active_runs",
     "cancel_run",
+    "cell_images",
     "check_data",
     "check_health",
     "configure_device",
+    "confused_pairs",
     "default_choices",
     "delete_dataset",
     "delete_run",
@@ -183,6 +188,7 @@ __all__ = [
     "describe_freeze",
     "ensure_worker",
     "evaluation",
+    "explain_image",
     "export_bytes",
     "export_run",
     "extract_features",
@@ -238,4 +244,5 @@ __all__ = [
     "wait_for_run",
     "weights_dir",
     "weights_status",
+    "write_explanation",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import spec as spec_table
+from .cli_explain import add_explain_parser
 from .cli_format import print_json as _print_json
 from .cli_format import table as _table
 from .cli_labels import add_label_issues_parser
@@ -422,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_label_issues_parser(sub, common)
     add_users_parser(sub, common)
     add_probe_parser(sub, common)
+    add_explain_parser(sub, common)
 
     p = sub.add_parser("worker", parents=[common], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)

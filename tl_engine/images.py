@@ -188,7 +188,7 @@ def to_jpeg_bytes(img: Image.Image, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def prepare(data: bytes, name: str, max_side: int = STORED_MAX_SIDE) -> Prepared:
+def prepare(data: bytes, name: str, max_side: int | None = STORED_MAX_SIDE) -> Prepared:
     """Decode, rotate, convert and shrink: exactly the pixels ingest stores."""
     image, (width, height), fmt = _decode(data, name, max_side=max_side)
     return Prepared(image, width, height, fmt)
@@ -197,9 +197,10 @@ def prepare(data: bytes, name: str, max_side: int = STORED_MAX_SIDE) -> Prepared
 def load_rgb_array(
     source: str | os.PathLike[str] | bytes,
     name: str | None = None,
-    max_side: int = STORED_MAX_SIDE,
+    max_side: int | None = STORED_MAX_SIDE,
 ) -> np.ndarray:
-    """An image file (path or bytes) as a uint8 (H, W, 3) array, prepared as ingest does."""
+    """An image file (path or bytes) as a uint8 (H, W, 3) array, prepared as ingest does;
+    `max_side` None keeps the image's own size."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         label = name or "image"

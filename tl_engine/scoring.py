@@ -8,6 +8,11 @@ from typing import Any
 import numpy as np
 
 MAX_MISTAKES_STORED = 200
+# Every image's outcome is stored for the confusion-matrix drill-down, up to this many
+# images and this many classes' probabilities each: a split of thousands of images over
+# hundreds of classes stays a file of a few megabytes.
+MAX_PREDICTIONS_STORED = 5000
+PROBABILITIES_STORED = 5
 
 
 def top_k_for(n_classes: int) -> int:
@@ -24,7 +29,9 @@ def evaluate_predictions(
     classes: Sequence[str],
     images: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """Accuracy, top-k, per-class precision/recall/F1/support, confusion matrix, mistakes.
+    """Accuracy, top-k, per-class precision/recall/F1/support, confusion matrix, mistakes,
+    and each image's outcome ("predictions": true and predicted class indices and its most
+    likely classes' probabilities) for drilling into a cell of the confusion matrix.
 
     `images` (same order as y_true) names each image: {"hash", "filename"}.
     """
@@ -67,6 +74,16 @@ def evaluate_predictions(
             }
         )
     mistakes.sort(key=lambda m: -m["confidence"])
+    predictions = []
+    for idx in range(min(len(y_true), MAX_PREDICTIONS_STORED)):
+        order = np.argsort(-probabilities[idx])[:PROBABILITIES_STORED]
+        predictions.append({
+            **(dict(images[idx]) if idx < len(images) else {}),
+            "true": int(y_true[idx]),
+            "predicted": int(y_pred[idx]),
+            "probabilities": {classes[j]: round(float(probabilities[idx, j]), 6)
+                              for j in order},
+        })
     total = len(y_true)
     return {
         "n_images": int(total),
@@ -79,4 +96,35 @@ def evaluate_predictions(
         "confusion_matrix": confusion.tolist(),
         "misclassified": mistakes[:MAX_MISTAKES_STORED],
         "n_misclassified": len(mistakes),
+        "predictions": predictions,
     }
+
+
+def confused_pairs(split: dict[str, Any], limit: int | None = None) -> list[tuple[str, str, int]]:
+    """(true class, predicted class, images) for the off-diagonal cells of a stored split's
+    confusion matrix that hold images, most images first (ties in class order)."""
+    classes, matrix = split["classes"], split["confusion_matrix"]
+    pairs = [(classes[i], classes[j], int(count)) for i, row in enumerate(matrix)
+             for j, count in enumerate(row) if i != j and count]
+    pairs.sort(key=lambda pair: -pair[2])
+    return pairs[:limit] if limit is not None else pairs
+
+
+def cell_images(split: dict[str, Any], true: str, predicted: str) -> list[dict[str, Any]] | None:
+    """The images of one confusion-matrix cell of a stored split, most confident first:
+    {"hash", "filename", "true", "predicted", "confidence", "probabilities"} with class
+    names and the most likely classes' probabilities. Splits stored before per-image
+    outcomes were kept only know their (most confident) mistakes: None for their diagonal."""
+    classes = split["classes"]
+    if "predictions" in split:
+        i, j = classes.index(true), classes.index(predicted)
+        found = [{**p, "true": true, "predicted": predicted,
+                  "confidence": p["probabilities"].get(predicted, 0.0)}
+                 for p in split["predictions"] if p["true"] == i and p["predicted"] == j]
+    elif true != predicted:
+        found = [dict(m) for m in split.get("misclassified", [])
+                 if m["true"] == true and m["predicted"] == predicted]
+    else:
+        return None
+    found.sort(key=lambda p: -p["confidence"])
+    return found

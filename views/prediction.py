@@ -1,10 +1,12 @@
 """Prediction: a completed run's model on new photos (files, a .zip or a folder uploaded, or
 a camera shot): a card per image, and a table of every class's probability to download."""
 
+import functools
+
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, pages, run_views, state
+from dashboard import access, explain_views, pages, run_views, state
 from dashboard.text import md_escape
 
 st.title("Prediction")
@@ -55,4 +57,6 @@ with state.engine_errors():
     if not images:
         st.info("No image among the uploaded files.")
         st.stop()
-    run_views.show_predictions(ws, run.id, images, top_k)
+    run_views.show_predictions(
+        ws, run.id, images, top_k,
+        why=functools.partial(explain_views.why_panel, ws, run.id, model.labels))

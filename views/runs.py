@@ -3,7 +3,7 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, formats, pages, run_views, state, widgets
+from dashboard import access, charts, explain_views, formats, pages, run_views, state, widgets
 from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
@@ -146,14 +146,15 @@ with state.engine_errors():
         with quality:
             left, right = st.columns(2)
             left.markdown(f"**Confusion matrix** · {val['n_images']} validation images")
-            left.plotly_chart(charts.confusion_heatmap(val["confusion_matrix"], val["classes"]),
-                              width="stretch")
+            with left:
+                clicked = explain_views.confusion_chart(val, key=f"confusion_{run.id}")
             table = run_views.per_class_table(val)
             right.markdown("**Per class**")
             right.dataframe(table, width="stretch", column_config={
                 m: st.column_config.NumberColumn(m, format="percent")
                 for m in ("precision", "recall", "f1")})
             right.plotly_chart(run_views.per_class_bar(table), width="stretch")
+            explain_views.drill_down(ws, run.id, val, clicked)
 
         with mistakes:
             wrong = val["misclassified"]
@@ -163,12 +164,16 @@ with state.engine_errors():
                 if val["n_misclassified"] > len(wrong):
                     st.caption(f"The {len(wrong)} most confident of {val['n_misclassified']} "
                                "mistakes are stored.")
-                shown = run_views.paged(wrong, key=f"mistakes_page_{run.id}", per_page=12)
-                for start in range(0, len(shown), 4):
-                    for column, mistake in zip(st.columns(4), shown[start:start + 4],
-                                               strict=False):
-                        with column:
-                            run_views.mistake_card(ws, mistake)
+                if st.toggle("Where did the model look? (Grad-CAM)", key=f"cams_{run.id}",
+                             help=explain_views.WHY_HELP):
+                    explain_views.mistake_cams(ws, run.id, wrong)
+                else:
+                    shown = run_views.paged(wrong, key=f"mistakes_page_{run.id}", per_page=12)
+                    for start in range(0, len(shown), 4):
+                        for column, mistake in zip(st.columns(4), shown[start:start + 4],
+                                                   strict=False):
+                            with column:
+                                run_views.mistake_card(ws, mistake)
 
         with export:
             export_panel(run)
