@@ -316,6 +316,12 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         assert "p(ants)" in header and "p(bees)" in header and len(rows) == 4
         assert "unfamiliar" in header
         _shot(page, "08-prediction")
+        # Why? Grad-CAM over the first photo, for the class it predicted.
+        page.get_by_text("Why?", exact=True).first.click()
+        expect(page.get_by_text(re.compile(r"^Grad-CAM for ")).first).to_be_visible()
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        _idle(page)
+        _shot(page, "08b-prediction-why")
 
         _goto(page, "Runs")
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()

@@ -162,6 +162,13 @@ def run_probe(ws: Workspace, dataset_id: str, spec: RunSpec,
         features_computed=found.computed, features_reused=found.reused)
 
 
+def _head_only(spec: RunSpec) -> bool:
+    """A run whose every phase trains the head alone on the frozen backbone."""
+    from .phases import phases
+
+    return not any(phase.trains_backbone for phase in phases(spec))
+
+
 def frozen_training(ws: Workspace, dataset_id: str, spec: RunSpec
                     ) -> runs.RunRecord | None:
     """The newest completed frozen training of the same backbone and weights on this
@@ -172,7 +179,7 @@ def frozen_training(ws: Workspace, dataset_id: str, spec: RunSpec
         "ORDER BY created_at DESC", (dataset_id, runs.DEFAULT_KIND, RunStatus.COMPLETED))
     candidates = [run for row in rows if (run := runs.get_run(ws, row["id"])).spec.backbone
                   == spec.backbone and run.spec.weights == spec.weights
-                  and run.spec.strategy == "frozen" and run.seconds]
+                  and _head_only(run.spec) and run.seconds]
     same_size = [run for run in candidates if run.spec.image_size == spec.image_size]
     return (same_size or candidates or [None])[0]
 
