@@ -117,8 +117,8 @@ def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: 
     st.session_state[SWEEP_KEY] = shown
     result = sweep.sweep_result(ws, shown)
     seen = tuple((r.run_id, r.status) for r in result.rows)
-    # Polls the store only while the sweep's runs are queued or training.
-    st.fragment(live_sweep, run_every=POLL_S if result.active else None)(ws, shown, seen)
+    if result.active:  # polls the store only while the sweep's runs wait or train
+        st.fragment(live_sweep, run_every=POLL_S)(ws, shown, seen)
     st.dataframe(sweep_table(result), hide_index=True, width="stretch", column_config={
         "Val accuracy": st.column_config.NumberColumn("Val accuracy", format="percent")})
     if result.sentence:

@@ -1,7 +1,8 @@
 """The strategy sweep on the ants-vs-bees photographs with MobileNetV2-0.35 (ImageNet
 weights from the shared Keras cache) at 96 px: every strategy and the from-scratch
 baseline train as ordinary runs, the baseline scores below the best transfer run, a
-second sweep reuses every run, and the CLI prints the same rows."""
+second sweep reuses every run, the CLI prints the same rows, and the Runs page shows the
+table with the winner marked, the curves and the "+X points" sentence."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ SIZE = 96
 EPOCHS = 2
 
 
-def test_sweep_rows_baseline_reuse_and_cli(tmp_path, hymenoptera, keras_home):
+def test_sweep_rows_baseline_reuse_cli_and_page(monkeypatch, tmp_path, hymenoptera,
+                                                keras_home):
     ws = tle.Workspace(tmp_path / "ws")
     dataset = tle.ingest_folder(ws, hymenoptera, project="ants")
     base = tle.RunSpec(backbone=BACKBONE, image_size=SIZE)
@@ -89,6 +91,37 @@ def test_sweep_rows_baseline_reuse_and_cli(tmp_path, hymenoptera, keras_home):
         assert row["val_accuracy"] == pytest.approx(expected.val_accuracy)
     assert printed["winner"] == winner.run_id
     assert len(tle.list_runs(ws, "ants")) == 7
+
+    # The Runs page shows the finished sweep: table, winner, sentence, curves; its button
+    # queues nothing new.
+    at = open_runs_page(monkeypatch, ws)
+    table = next(df.value for df in at.dataframe if "Strategy" in df.value.columns)
+    assert list(table["Strategy"]) == [row.label for row in result.rows]
+    assert list(table[table[""] == "★"]["Run"]) == [winner.run_id]
+    assert result.sentence in "\n".join(str(e.value) for e in at.success)
+    chart = next(c for c in at.get("plotly_chart")
+                 if "Validation accuracy by strategy" in c.proto.spec)
+    assert all(row.label in chart.proto.spec for row in result.rows)
+    assert not any("strategies trained" in str(p.proto.text) for p in at.get("progress"))
+    at.button(key="sweep_start").click().run()
+    assert not at.exception, at.exception
+    assert len(sweep.list_sweeps(ws, "ants", dataset.id)) == 4
+    assert len(tle.list_runs(ws, "ants")) == 7 and not tle.active_runs(ws, "ants")
+
     # The sweep's runs keep working after a run is deleted: its row says so.
     runs.delete_run(ws, result.rows[0].run_id)
     assert sweep.sweep_result(ws, sweep_id).rows[0].status == "deleted"
+
+
+def open_runs_page(monkeypatch, ws):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.query_params["project"] = "ants"
+    at.session_state["spec_draft"] = tle.RunSpec(backbone=BACKBONE, image_size=SIZE,
+                                                 epochs=EPOCHS).to_dict()
+    at.run()
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, at.exception
+    return at
