@@ -25,24 +25,29 @@ def rounded(rate: float) -> float:
 
 def loss_curve(points: Sequence[Sequence[float]], suggested: float | None,
                minimum_div10: float | None) -> go.Figure:
-    """Smoothed loss against the learning rate (log axis), the suggestion marked."""
+    """Smoothed loss against the learning rate (log axis), the suggestion marked. The loss
+    axis stops a little above the flat start: the blow-up at the end would flatten the
+    rest."""
+    losses = [loss for _, loss in points]
+    low = min(losses) if losses else 0.0
+    top = min(max(losses), 1.15 * max(losses[:20] + [2 * low])) if losses else 1.0
     fig = go.Figure(go.Scatter(
-        x=[lr for lr, _ in points], y=[loss for _, loss in points], mode="lines",
+        x=[lr for lr, _ in points], y=losses, mode="lines",
         line={"color": charts.PALETTE[0], "width": 2}, name="smoothed loss",
         hovertemplate="rate %{x:.1e}<br>loss %{y:.3f}<extra></extra>"))
     for value, text, dash in ((suggested, "suggested", "solid"),
                               (minimum_div10, "minimum ÷ 10", "dot")):
         if value:
-            fig.add_vline(x=math.log10(value), line={"color": charts.PALETTE[1], "dash": dash},
-                          annotation_text=f"{text} {value:.1e}",
-                          annotation_position="top left" if dash == "dot" else "top right")
-    losses = [loss for _, loss in points]
-    top = min(max(losses), 2.5 * min(losses)) if losses else None
-    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+            # A line as a trace: shapes on a log axis take log10 coordinates, traces do not.
+            fig.add_trace(go.Scatter(
+                x=[value, value], y=[low * 0.95, top], mode="lines+text",
+                line={"color": charts.PALETTE[1], "dash": dash, "width": 2},
+                text=["", f"{text} {value:.1e}"],
+                textposition="bottom left" if dash == "dot" else "bottom right",
+                name=text, hovertemplate=f"{text}: {value:.1e}<extra></extra>"))
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 20, "b": 10},
                       xaxis={"type": "log", "title": "learning rate", "exponentformat": "e"},
-                      yaxis={"title": "loss", "range": [0.9 * min(losses), top]
-                             if losses and top else None},
-                      showlegend=False)
+                      yaxis={"title": "loss", "range": [low * 0.95, top]}, showlegend=False)
     return fig
 
 

@@ -53,7 +53,7 @@ def validation_curves(metrics_by_label: Mapping[str, Sequence[Mapping[str, Any]]
             marker={"symbol": charts.SYMBOLS[i % len(charts.SYMBOLS)]},
             hovertemplate=f"{plotly_text(label)}<br>epoch %{{x}}: %{{y:.1%}}<extra></extra>"))
     fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      xaxis_title="epoch", yaxis_title="validation accuracy",
+                      xaxis={"title": "epoch", "dtick": 1}, yaxis_title="validation accuracy",
                       yaxis={"tickformat": ".0%"}, legend={"orientation": "h", "y": -0.25},
                       title={"text": "Validation accuracy by strategy", "font": {"size": 14}})
     return fig

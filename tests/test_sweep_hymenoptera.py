@@ -16,6 +16,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 import tl_engine as tle
+from dashboard.text import md_escape
 from tl_engine import runs, sweep
 from tl_engine.jobs import worker_main
 
@@ -98,7 +99,7 @@ def test_sweep_rows_baseline_reuse_cli_and_page(monkeypatch, tmp_path, hymenopte
     table = next(df.value for df in at.dataframe if "Strategy" in df.value.columns)
     assert list(table["Strategy"]) == [row.label for row in result.rows]
     assert list(table[table[""] == "★"]["Run"]) == [winner.run_id]
-    assert result.sentence in "\n".join(str(e.value) for e in at.success)
+    assert md_escape(result.sentence) in "\n".join(str(e.value) for e in at.success)
     chart = next(c for c in at.get("plotly_chart")
                  if "Validation accuracy by strategy" in c.proto.spec)
     assert all(row.label in chart.proto.spec for row in result.rows)
