@@ -45,7 +45,7 @@ from .export import export_bytes, export_run, model_card
 from .familiarity import FamiliarityProfile, load_profile
 from .features import FeatureExtractor, FeatureSet, extract_features, feature_extractor
 from .freeze import FreezePlan, describe_freeze
-from .hints import Hint, run_hints, spec_hints
+from .hints import Hint, Overfitting, overfitting, run_hints, spec_hints
 from .job_kinds import list_job_kinds, register_job_kind
 from .jobs import (
     Submission,
@@ -65,6 +65,7 @@ from .label_issues import (
     submit_label_issues,
     suspects_of,
 )
+from .lr_find import latest_lr_find, submit_lr_find
 from .phase_weights import use_head_phase_weights
 from .phases import Phase, phases
 from .predict import (
@@ -114,6 +115,7 @@ from .spec import (
 )
 from .store import Workspace
 from .summary import RunSummary
+from .sweep import SweepResult, SweepRow, list_sweeps, submit_sweep, sweep_entries, sweep_result
 from .weights import (
     WeightsFile,
     find_weight_file,
@@ -144,6 +146,7 @@ __all__ = [
     "KEEP_WEIGHTS",
     "ModelDamaged",
     "NotFound",
+    "Overfitting",
     "Phase",
     "Prediction",
     "ProbeChoice",
@@ -164,6 +167,8 @@ __all__ = [
     "SpecError",
     "Submission",
     "Suspect",
+    "SweepResult",
+    "SweepRow",
     "TLError",
     "Upload",
     "WeightsFile",
@@ -205,16 +210,19 @@ __all__ = [
     "ingest_uploads",
     "ingest_zip",
     "latest_label_issues",
+    "latest_lr_find",
     "list_backbones",
     "list_datasets",
     "list_job_kinds",
     "list_runs",
+    "list_sweeps",
     "list_weight_files",
     "load_dataset",
     "load_draft",
     "load_predictor",
     "map_of",
     "model_card",
+    "overfitting",
     "phases",
     "predict_images",
     "prediction_batch",
@@ -235,9 +243,13 @@ __all__ = [
     "split_records",
     "submit_job",
     "submit_label_issues",
+    "submit_lr_find",
     "submit_probes",
     "submit_run",
+    "submit_sweep",
     "suspects_of",
+    "sweep_entries",
+    "sweep_result",
     "synthetic_shapes",
     "top_k_for",
     "use_head_phase_weights",

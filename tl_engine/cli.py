@@ -16,6 +16,7 @@ from .cli_format import print_json as _print_json
 from .cli_format import table as _table
 from .cli_labels import add_label_issues_parser
 from .cli_probe import add_probe_parser
+from .cli_sweep import add_sweep_parser
 from .cli_users import add_users_parser
 from .errors import SpecError, TLError
 from .runs import RunStatus
@@ -424,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_parser(sub, common)
     add_probe_parser(sub, common)
     add_explain_parser(sub, common)
+    add_sweep_parser(sub, common)
 
     p = sub.add_parser("worker", parents=[common], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)

@@ -127,3 +127,86 @@ def run_hints(run: RunRecord, metrics: Sequence[dict[str, Any]]) -> list[Hint]:
             "augmentation, more dropout or fewer trainable layers help."
         )))
     return hints
+
+
+# --- over-fitting while a run trains ------------------------------------------------------
+OVERFIT_PATIENCE = 3  # the early-stopping patience the warning speaks of
+RISE_EPOCHS = 2  # val loss above its best for this many epochs in a row
+GAP_WIDENING = 0.05  # the val − train loss gap grew by at least this since the best epoch
+
+
+@dataclass(frozen=True)
+class Overfitting:
+    """What `overfitting` found: from which epoch validation loss rose as the train–val gap
+    widened, and where early stopping would have stopped."""
+
+    best_epoch: int  # the epoch of the lowest validation loss
+    epoch: int  # the latest epoch looked at
+    gap_then: float  # val loss − train loss at best_epoch
+    gap_now: float
+    stop_epoch: int  # where early stopping on val accuracy stops, or would if nothing improves
+    patience: int
+
+    @property
+    def hint(self) -> Hint:
+        if self.stop_epoch <= self.epoch:
+            stop = (f"Early stopping (patience {self.patience}) would have stopped at epoch "
+                    f"{self.stop_epoch}")
+        else:
+            stop = (f"Early stopping (patience {self.patience}) would stop at epoch "
+                    f"{self.stop_epoch} unless validation accuracy improves before")
+        return Hint("warning", (
+            f"Over-fitting: validation loss has risen since epoch {self.best_epoch} while the "
+            f"gap between validation and training loss widened from {self.gap_then:.3f} to "
+            f"{self.gap_now:.3f}. {stop}; the best epoch's weights are kept when "
+            "“Keep the weights of” is the best epoch."))
+
+
+def early_stopping_epoch(metrics: Sequence[dict[str, Any]], patience: int,
+                         monitor: str = "val_accuracy") -> int | None:
+    """The epoch at which Keras's EarlyStopping (mode max, no min_delta) stops: `patience`
+    epochs after the last improvement. With too few epochs so far, the epoch it stops at
+    if none of the coming ones improves."""
+    best_value: float | None = None
+    best_epoch: int | None = None
+    for m in metrics:
+        value = m.get(monitor)
+        if value is None:
+            continue
+        if best_value is None or value > best_value:
+            best_value, best_epoch = float(value), int(m["epoch"])
+        elif int(m["epoch"]) - best_epoch >= patience:  # type: ignore[operator]
+            return int(m["epoch"])
+    return None if best_epoch is None else best_epoch + patience
+
+
+def overfitting(metrics: Sequence[dict[str, Any]],
+                patience: int = OVERFIT_PATIENCE) -> Overfitting | None:
+    """Over-fitting in the epochs so far (`run_metrics` values) of the phase now training:
+    validation loss above its lowest for the last RISE_EPOCHS epochs, still rising, while
+    the gap between validation and training loss widened by GAP_WIDENING or more. A pure
+    function of the metrics, so a page can call it on every refresh."""
+    if not metrics:
+        return None
+    phase = metrics[-1].get("phase")
+    mine = [m for m in metrics if m.get("phase") == phase
+            and all(m.get(k) is not None for k in ("loss", "val_loss"))]
+    if len(mine) < RISE_EPOCHS + 1:
+        return None
+    best = min(mine, key=lambda m: m["val_loss"])
+    last = mine[-1]
+    rising = mine[-RISE_EPOCHS:]
+    if any(m["val_loss"] <= best["val_loss"] for m in rising):
+        return None
+    if mine[-1]["val_loss"] < mine[-2]["val_loss"]:
+        return None  # coming back down
+    gap_then = best["val_loss"] - best["loss"]
+    gap_now = last["val_loss"] - last["loss"]
+    if gap_now - gap_then < GAP_WIDENING:
+        return None
+    stop = early_stopping_epoch(mine, patience)
+    if stop is None:  # no accuracy recorded: early stopping on the loss instead
+        stop = early_stopping_epoch([{"epoch": m["epoch"], "score": -m["val_loss"]}
+                                     for m in mine], patience, monitor="score")
+    return Overfitting(int(best["epoch"]), int(last["epoch"]), gap_then, gap_now, stop,
+                       patience)

@@ -62,3 +62,12 @@ def _probe(ws: Workspace, run_id: str) -> RunStatus:
 
 
 register_job_kind("probe", _probe)
+
+
+def _lr_find(ws: Workspace, run_id: str) -> RunStatus:
+    from .lr_find import execute_lr_find  # TensorFlow is imported by the worker only
+
+    return execute_lr_find(ws, run_id)
+
+
+register_job_kind("lr-find", _lr_find)

@@ -3,7 +3,17 @@
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, explain_views, formats, pages, run_views, state, widgets
+from dashboard import (
+    access,
+    charts,
+    explain_views,
+    formats,
+    pages,
+    run_views,
+    state,
+    sweep_panel,
+    widgets,
+)
 from dashboard.text import md_escape, md_escape_frame
 
 EXPORTS = {  # format -> (name, what it is for); models are prepared on request
@@ -29,6 +39,7 @@ if not runs:
     st.info("No runs in this project yet.")
     st.page_link(pages.TRAINING, label="Start one on Training",
                  icon=":material/model_training:")
+    sweep_panel.render(ws, project, state.current_dataset(project), state.spec_draft())
     st.stop()
 
 active = [r for r in runs if r.is_active]
@@ -66,6 +77,8 @@ with state.engine_errors():
         st.table(md_escape_frame(run_views.comparison_table(chosen, evaluations)))
         if len(chosen) > 1:
             st.caption("Only the settings that differ among these runs are listed.")
+
+sweep_panel.render(ws, project, state.current_dataset(project), state.spec_draft())
 
 
 def export_panel(run: tle.RunRecord) -> None:

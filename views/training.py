@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, controls, pages, run_views, state, widgets
+from dashboard import access, controls, lr_find_panel, pages, run_views, state, widgets
 from dashboard.formats import format_duration, format_params, ordinal
 from dashboard.text import md_escape
 
@@ -88,6 +88,7 @@ if dataset is None:
 left, right = st.columns([0.64, 0.36], gap="medium")
 with left:
     settings_form(dataset)
+    lr_find_panel.render(ws, project, dataset, state.spec_draft())
 with right, st.container(border=True):
     st.markdown(f"**Dataset** &nbsp; {md_escape(dataset.name)} · {len(dataset.records)} images · "
                 f"{len(dataset.classes)} classes")
@@ -249,6 +250,8 @@ def live_panel(shown_id: str | None, shown_status: str | None,
     if metrics:
         st.plotly_chart(widgets.curves(run.id, metrics), width="stretch",
                         key=f"live_curves_{run.id}")
+        if (overfit := tle.overfitting(metrics)) is not None:
+            widgets.show_hints([overfit.hint])
 
 
 def use_head_weights(run_id: str) -> None:

@@ -1,0 +1,134 @@
+"""The Runs page's "Strategy sweep" section: one click trains the draft's backbone with every
+freeze strategy and from scratch; the comparison table marks the winner, the validation
+curves are overlaid, and what transfer learning bought over training from scratch is said."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import tl_engine as tle
+from dashboard import access, charts, state
+from dashboard.formats import format_duration, format_time
+from dashboard.text import md_escape, plotly_text
+from tl_engine import sweep
+
+POLL_S = 2
+SWEEP_KEY = "sweep_shown"
+
+
+def sweep_table(result: sweep.SweepResult) -> pd.DataFrame:
+    """One line per strategy, the winner starred; empty cells where a run has no result."""
+    winner = result.winner
+    return pd.DataFrame([{
+        "": "★" if winner is not None and row.run_id == winner.run_id else "",
+        "Strategy": row.label,
+        "Weights": "random init" if row.weights == "none" else row.weights,
+        "Val accuracy": row.val_accuracy,
+        "Time": format_duration(row.seconds) if row.seconds is not None else "",
+        "Run": row.run_id,
+        "Status": row.status,
+    } for row in result.rows])
+
+
+def validation_curves(metrics_by_label: Mapping[str, Sequence[Mapping[str, Any]]],
+                      winner: str | None = None, metric: str = "val_accuracy") -> go.Figure:
+    """Validation accuracy per epoch, one line per strategy, the winner's drawn thicker;
+    the from-scratch baseline dashed."""
+    fig = go.Figure()
+    for i, (label, metrics) in enumerate(metrics_by_label.items()):
+        points = [(m["epoch"], m[metric]) for m in metrics if m.get(metric) is not None]
+        if not points:
+            continue
+        scratch = label.startswith("From scratch")
+        fig.add_trace(go.Scatter(
+            x=[e for e, _ in points], y=[v for _, v in points], mode="lines+markers",
+            name=plotly_text(label) + (" ★" if label == winner else ""),
+            line={"color": charts.PALETTE[i % len(charts.PALETTE)],
+                  "width": 4 if label == winner else 2, "dash": "dash" if scratch else "solid"},
+            marker={"symbol": charts.SYMBOLS[i % len(charts.SYMBOLS)]},
+            hovertemplate=f"{plotly_text(label)}<br>epoch %{{x}}: %{{y:.1%}}<extra></extra>"))
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      xaxis={"title": "epoch", "dtick": 1}, yaxis_title="validation accuracy",
+                      yaxis={"tickformat": ".0%"}, legend={"orientation": "h", "y": -0.25},
+                      title={"text": "Validation accuracy by strategy", "font": {"size": 14}})
+    return fig
+
+
+def _start(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -> None:
+    if not access.permit("train", project):
+        return
+    with state.engine_errors():
+        st.session_state[SWEEP_KEY] = sweep.submit_sweep(
+            ws, project, dataset.id, draft, started_by=state.user_name())
+
+
+def live_sweep(ws: tle.Workspace, sweep_id: str, seen: tuple[tuple[str, str], ...]) -> None:
+    """Each strategy's status while the sweep trains; redraws the page when one finishes."""
+    result = sweep.sweep_result(ws, sweep_id)
+    if tuple((r.run_id, r.status) for r in result.rows) != seen:
+        st.rerun()
+    done = sum(r.status == tle.RunStatus.COMPLETED for r in result.rows)
+    running = next((r for r in result.rows if r.status == tle.RunStatus.RUNNING), None)
+    text = f"{done} of {len(result.rows)} strategies trained"
+    fraction = done / len(result.rows)
+    if running is not None:
+        progress = tle.get_run(ws, running.run_id).progress
+        fraction += float(progress.fraction or 0.0) / len(result.rows)
+        text += f" · now: {running.label}"
+        if progress.epochs:
+            text += f", epoch {progress.epoch or 0} of {progress.epochs}"
+    st.progress(min(1.0, fraction), text=md_escape(text))
+
+
+def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: dict) -> None:
+    st.header("Strategy sweep")
+    if dataset is None:
+        st.caption("Add a dataset to compare freeze strategies on it.")
+        return
+    entries = sweep.sweep_entries(draft)
+    epochs = entries[0].spec.epochs
+    st.caption(
+        f"Trains **{md_escape(draft['backbone'])}** on **{md_escape(dataset.name)}** with "
+        f"every freeze strategy ({epochs} epochs each, the draft's other settings), and the "
+        "same network from random weights as the baseline. Pretrained layers fine-tune at "
+        "a tenth of the head's learning rate. Runs already trained are reused.")
+    if st.button(f"Sweep {len(entries)} strategies", key="sweep_start",
+                 icon=":material/compare_arrows:",
+                 help="; ".join(e.label for e in entries)):
+        _start(ws, project, dataset, draft)
+    sweeps = sweep.list_sweeps(ws, project, dataset.id)
+    if not sweeps:
+        st.caption("No sweep on this dataset yet.")
+        return
+    shown = st.session_state.get(SWEEP_KEY)
+    if shown not in sweeps:
+        shown = sweeps[0]
+    if len(sweeps) > 1:
+        results = {s: sweep.sweep_result(ws, s) for s in sweeps}
+        shown = st.selectbox(
+            "Sweep", sweeps, index=sweeps.index(shown), key="sweep_pick",
+            format_func=lambda s: f"{results[s].backbone} · {format_time(results[s].created_at)}"
+            f" · {s}")
+    st.session_state[SWEEP_KEY] = shown
+    result = sweep.sweep_result(ws, shown)
+    seen = tuple((r.run_id, r.status) for r in result.rows)
+    if result.active:  # polls the store only while the sweep's runs wait or train
+        st.fragment(live_sweep, run_every=POLL_S)(ws, shown, seen)
+    st.dataframe(sweep_table(result), hide_index=True, width="stretch", column_config={
+        "Val accuracy": st.column_config.NumberColumn("Val accuracy", format="percent")})
+    if result.sentence:
+        st.success(md_escape(result.sentence), icon=":material/emoji_events:")
+    elif not result.active:
+        st.caption("The winner and what transfer learning bought show once a pretrained run "
+                   "and the from-scratch run have completed.")
+    curves = {row.label: tle.run_metrics(ws, row.run_id) for row in result.rows
+              if row.status == tle.RunStatus.COMPLETED}
+    if curves:
+        winner = result.winner
+        st.plotly_chart(validation_curves(curves, winner.label if winner else None),
+                        width="stretch", key=f"sweep_curves_{shown}")

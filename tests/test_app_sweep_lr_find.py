@@ -1,0 +1,104 @@
+"""The Runs page's strategy sweep and the Training page's learning-rate range test through
+AppTest on a real workspace: the sweep button queues every strategy and shows where the
+sweep stands while they wait or train (the finished table, winner and sentence are checked
+on real photos in test_sweep_hymenoptera.py); "Find a learning rate" runs the range test
+and "Use this learning rate" puts its suggestion into the draft and the form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, TINY_CLASSES, write_color_classes
+from streamlit.testing.v1 import AppTest
+
+import tl_engine as tle
+from dashboard import controls
+from tl_engine import lr_find, sweep
+from tl_engine.jobs import wait_for_run
+
+DRAFT = {"backbone": "MobileNetV2-0.35", "weights": "imagenet", "image_size": 32,
+         "epochs": 1, "batch_size": 8}
+
+
+@pytest.fixture
+def demo_ws(tmp_path: Path) -> tle.Workspace:
+    ws = tle.Workspace(tmp_path / "ws")
+    tle.ingest_folder(ws, write_color_classes(tmp_path / "data", TINY_CLASSES, per_class=10),
+                      project="demo")
+    return ws
+
+
+def open_page(monkeypatch, ws: tle.Workspace, page: str) -> AppTest:
+    monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.query_params["project"] = "demo"
+    at.session_state["spec_draft"] = tle.RunSpec(**DRAFT).to_dict()
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_runs_page_sweep_button_queues_every_strategy_with_live_status(monkeypatch, demo_ws,
+                                                                      keras_home):
+    at = open_page(monkeypatch, demo_ws, "views/runs.py")
+    assert "Strategy sweep" in texts(at.header)
+    assert "No sweep on this dataset yet." in texts(at.caption)
+    start = at.button(key="sweep_start")
+    assert start.label == "Sweep 7 strategies"
+
+    start.click().run()
+    assert not at.exception, at.exception
+    dataset = tle.list_datasets(demo_ws, "demo")[0]
+    (sweep_id,) = sweep.list_sweeps(demo_ws, "demo", dataset.id)
+    result = sweep.sweep_result(demo_ws, sweep_id)
+    assert len(result.rows) == 7 and result.backbone == "MobileNetV2-0.35"
+    assert [r.weights for r in result.rows] == ["imagenet"] * 6 + ["none"]
+    # Queued runs: the section shows where the sweep stands (a worker is only starting).
+    assert result.active
+    assert any("0 of 7 strategies trained" in str(p.proto.text) for p in at.get("progress"))
+    table = next(df.value for df in at.dataframe if "Strategy" in df.value.columns)
+    assert list(table["Run"]) == [row.run_id for row in result.rows]
+
+    for row in result.rows:  # the finished table is the slow test's (hymenoptera)
+        tle.cancel_run(demo_ws, row.run_id)
+    for row in result.rows:
+        assert not wait_for_run(demo_ws, row.run_id, timeout_s=300).is_active
+    at.run()
+    assert not at.exception, at.exception
+    assert not any("strategies trained" in str(p.proto.text) for p in at.get("progress"))
+    assert "The winner and what transfer learning bought show once" in texts(at.caption)
+
+
+def test_training_page_lr_find_and_use(monkeypatch, demo_ws, keras_home):
+    at = open_page(monkeypatch, demo_ws, "views/training.py")
+    assert "**Find a learning rate**" in texts(at.markdown)
+    at.button(key="lr_find_start").click().run()
+    assert not at.exception, at.exception
+    dataset = tle.list_datasets(demo_ws, "demo")[0]
+    run = lr_find.latest_lr_find(demo_ws, "demo", dataset.id, DRAFT)
+    assert run is not None and run.kind == "lr-find"
+    assert wait_for_run(demo_ws, run.id, timeout_s=300).status == "completed"
+
+    at.run()
+    assert not at.exception, at.exception
+    summary = tle.get_run(demo_ws, run.id).summary
+    suggested = float(f"{summary['suggested_lr']:.1e}")
+    assert f"Suggested learning rate **{suggested:g}**" in texts(at.markdown)
+    assert any('"type":"log"' in c.proto.spec.replace(" ", "")
+               for c in at.get("plotly_chart"))
+    use = at.button(key="lr_find_use")
+    assert use.label == "Use this learning rate"
+    use.click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["spec_draft"]["learning_rate"] == suggested
+    assert at.select_slider(key=controls.widget_key("learning_rate")).value == suggested
+    assert at.button(key="lr_find_use").disabled  # now in the draft
+    assert f"The learning rate is now {suggested:g}." in texts(at.success)
+    # The stored draft follows, so the next visit starts from it.
+    assert tle.load_draft(demo_ws, "demo", "")["learning_rate"] == suggested
