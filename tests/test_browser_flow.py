@@ -327,6 +327,14 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         _shot(page, "09-runs")
+
+        # Which strategy wins: one click queues every recipe and the from-scratch baseline.
+        page.get_by_role("button", name=re.compile(r"^Sweep \d+ strategies$")).click()
+        expect(page.get_by_text(re.compile(r"^Transfer learning bought [+-]\d"))).to_be_visible(
+            timeout=3 * TRAIN_TIMEOUT_MS)
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        _idle(page)
+        _shot(page, "10-runs-sweep")
         browser.close()
     print(f"\nscreenshots: {SCREENSHOTS}")
-    assert len(list(SCREENSHOTS.glob("*.png"))) >= 12
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= 14
