@@ -52,8 +52,9 @@ def status_badge(run: tle.RunRecord) -> str:
 
 
 def strategy_text(spec: tle.RunSpec) -> str:
-    """"Partial fine-tune · top 2 blocks": the freeze settings that apply, in words."""
-    return " · ".join(tle.describe(spec)["freeze"])
+    """"Partial fine-tune · top 2 blocks": the strategy and how much of the backbone it
+    trains, short enough for a table cell (the run's details list the rest)."""
+    return " · ".join(tle.describe(spec)["freeze"][:2])
 
 
 def top_k_of(run: tle.RunRecord) -> int | None:
