@@ -7,6 +7,14 @@ Importing this package does not import TensorFlow; the functions that need it do
 from . import access, accounts
 from .access import AccessDenied, Identity, Role
 from .accounts import SignInRefused
+from .calibration import (
+    DEFAULT_NOT_SURE_BELOW,
+    apply_temperature,
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+)
 from .datasets import (
     Dataset,
     HealthReport,
@@ -127,6 +135,7 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "BatchItem",
+    "DEFAULT_NOT_SURE_BELOW",
     "Dataset",
     "DatasetError",
     "DeviceInfo",
@@ -171,6 +180,8 @@ __all__ = [
     "access",
     "accounts",
     "active_runs",
+    "apply_temperature",
+    "calibration_report",
     "cancel_run",
     "check_data",
     "check_health",
@@ -183,6 +194,7 @@ __all__ = [
     "describe_freeze",
     "ensure_worker",
     "evaluation",
+    "expected_calibration_error",
     "export_bytes",
     "export_run",
     "extract_features",
@@ -191,6 +203,7 @@ __all__ = [
     "feature_extractor",
     "find_label_issues",
     "find_weight_file",
+    "fit_temperature",
     "get_backbone",
     "get_run",
     "images_in_zip",
@@ -217,6 +230,7 @@ __all__ = [
     "queue_position",
     "recover_interrupted",
     "register_job_kind",
+    "reliability",
     "resume_run",
     "revise_dataset",
     "run_hints",
