@@ -9,6 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 import tl_engine as tle
 from dashboard.charts import PALETTE
@@ -17,28 +18,35 @@ SPLIT_NAMES = {"test": "test", "val": "validation"}
 
 
 def reliability_chart(report: Mapping[str, Any]) -> go.Figure:
-    """Bars of accuracy per confidence bin, before and after scaling, side by side in each
+    """Two panels, before and after temperature scaling: bars of accuracy per confidence
     bin, over the diagonal a perfectly calibrated model would follow."""
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
-                             line={"color": "#868E96", "dash": "dash"}))
+    # Confidences start at 1 / classes (0.5 for two): no room for empty bins below them.
+    start = min((b["low"] for name in ("before", "after") for b in report["reliability"][name]
+                 if b["count"]), default=0.0)
+    titles = (f"Before · ECE {report['ece']:.1%}",
+              f"After temperature scaling (T = {report['temperature']:.2f}) · "
+              f"ECE {report['ece_calibrated']:.1%}")
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=titles,
+                        horizontal_spacing=0.06)
     width = 1 / report["n_bins"]
-    for name, offset, colour in (("before", -width / 4, PALETTE[1]),
-                                 ("after", width / 4, PALETTE[0])):
+    for col, (name, colour) in enumerate((("before", PALETTE[1]), ("after", PALETTE[0])), 1):
         bins = [b for b in report["reliability"][name] if b["count"]]
         fig.add_trace(go.Bar(
-            x=[(b["low"] + b["high"]) / 2 + offset for b in bins],
-            y=[b["accuracy"] for b in bins], width=width / 2, marker_color=colour,
-            name=f"{name} temperature scaling",
+            x=[(b["low"] + b["high"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
+            width=width * 0.92, marker_color=colour, name=f"{name} temperature scaling",
             customdata=[[b["low"], b["high"], b["confidence"], b["count"]] for b in bins],
             hovertemplate=("confidence %{customdata[0]:.0%}–%{customdata[1]:.0%}<br>"
                            "mean confidence %{customdata[2]:.1%}<br>accuracy %{y:.1%}<br>"
-                           "%{customdata[3]} images<extra>" + name + "</extra>")))
-    fig.update_layout(
-        xaxis={"title": "confidence (top class)", "range": [0, 1], "tickformat": ".0%"},
-        yaxis={"title": "accuracy", "range": [0, 1.02], "tickformat": ".0%"},
-        barmode="overlay", height=360, legend={"orientation": "h", "y": -0.25},
-        margin={"l": 10, "r": 10, "t": 20, "b": 10})
+                           "%{customdata[3]} images<extra></extra>")), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[start, 1], y=[start, 1], mode="lines",
+                                 name="perfectly calibrated", showlegend=col == 1,
+                                 line={"color": "#495057", "dash": "dash"}), row=1, col=col)
+        fig.update_xaxes(title_text="confidence (top class)", range=[start, 1],
+                         tickformat=".0%", row=1, col=col)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=1)
+    fig.update_annotations(font_size=13)
+    fig.update_layout(height=360, legend={"orientation": "h", "y": -0.25},
+                      margin={"l": 10, "r": 10, "t": 30, "b": 10})
     return fig
 
 
@@ -55,7 +63,8 @@ def show_calibration(ws: tle.Workspace, run: tle.RunRecord) -> None:
                    help="Expected calibration error (15 bins): the mean gap between "
                         "confidence and accuracy, weighted by the images in each bin.")
     cols[1].metric("ECE after", f"{report['ece_calibrated']:.1%}",
-                   f"{report['ece_calibrated'] - report['ece']:+.1%}", delta_color="inverse",
+                   f"{(report['ece_calibrated'] - report['ece']) * 100:+.1f} points",
+                   delta_color="inverse",
                    help="The same, after temperature scaling: what Prediction and the "
                         "exports report.")
     cols[2].metric("Temperature T", f"{report['temperature']:.2f}",

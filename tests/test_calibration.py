@@ -200,11 +200,13 @@ def test_the_runs_page_draws_the_reliability_diagram(monkeypatch, app_root):
     [diagram] = [s for s in plotly_specs(at) if any(
         t.get("name") == "perfectly calibrated" for t in s["data"])]
     names = [t["name"] for t in diagram["data"]]
-    assert names == ["perfectly calibrated", "before temperature scaling",
-                     "after temperature scaling"]
-    before = [b for b in runs.evaluation(ws, run.id)["calibration"]["reliability"]["before"]
-              if b["count"]]
-    assert diagram["data"][1]["y"] == pytest.approx([b["accuracy"] for b in before])
+    assert names == ["before temperature scaling", "perfectly calibrated",
+                     "after temperature scaling", "perfectly calibrated"]
+    report = runs.evaluation(ws, run.id)["calibration"]
+    for trace, name in zip(diagram["data"][::2], ("before", "after"), strict=True):
+        bins = [b for b in report["reliability"][name] if b["count"]]
+        assert trace["y"] == pytest.approx([b["accuracy"] for b in bins])
+        assert sum(c[3] for c in trace["customdata"]) == report["n_images"]
     assert "validation images" in texts(at.caption)
 
     at = open_app(monkeypatch, old.root, "views/runs.py", project="demo")
