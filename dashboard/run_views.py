@@ -169,7 +169,8 @@ def predictions_table(predictions: Sequence[tle.Prediction],
     """One row per image: its path (relative, inside a folder or archive), the predicted
     label and confidence, the top-k text with the run's fixed k (`tle.top_k_for`, whatever
     the cards show), one probability column (0–1) per class, its familiarity (0–1, empty
-    for runs without a familiarity profile) and whether it is unfamiliar, and the error."""
+    for runs without a familiarity profile), whether it is unfamiliar, whether its
+    confidence is under the "not sure" threshold, and the error."""
     k = tle.top_k_for(len(labels))
     rows = []
     for p in predictions:
@@ -180,19 +181,29 @@ def predictions_table(predictions: Sequence[tle.Prediction],
             **{probability_column(label): p.probabilities.get(label) for label in labels},
             "familiarity": p.familiarity,
             "unfamiliar": p.unfamiliar,
+            "not_sure": p.not_sure,
             "error": p.error or "",
         })
     columns = ["path", "label", "confidence", "top-k",
                *(probability_column(label) for label in labels), "familiarity", "unfamiliar",
-               "error"]
+               "not_sure", "error"]
     table = pd.DataFrame(rows, columns=columns)
     numbers = ["confidence", *(probability_column(label) for label in labels), "familiarity"]
     table[numbers] = table[numbers].astype(float)
-    table["unfamiliar"] = table["unfamiliar"].astype(bool)
+    table[["unfamiliar", "not_sure"]] = table[["unfamiliar", "not_sure"]].astype(bool)
     return table
 
 
 UNFAMILIAR_TEXT = "This looks like none of the training images"
+
+
+def not_sure_help(temperature: float | None) -> str:
+    what = ("calibrated confidence: this run's temperature scaling (T = "
+            f"{temperature:.2f}, fitted on its validation images)" if temperature is not None
+            else "confidence (this run was trained before calibration: not calibrated)")
+    return (f"An image whose top {what} is under this threshold is answered \"not sure\", "
+            "with its top classes in small print; 0 % never says so. With calibrated "
+            "confidences, about 60 % of the images predicted with 60 % confidence are right.")
 
 
 def familiarity_text(familiarity: float | None) -> str:
@@ -226,6 +237,13 @@ def prediction_card(prediction: tle.Prediction, data: bytes | None, position: in
             result.caption(f"Closest class: {md_escape(prediction.label)} "
                            f"({prediction.confidence:.1%}), which means little here.")
             return
+        if prediction.not_sure:
+            # Below the threshold the top class is a guess: name the candidates, claim none.
+            result.info("**Not sure**", icon=":material/question_mark:")
+            result.caption("Top classes: " + md_escape(top_k_text(prediction.top)))
+            if why is not None and data is not None:
+                why(prediction, data, position)
+            return
         result.metric("Prediction", md_escape(prediction.label),
                       f"{prediction.confidence:.1%} confident", delta_color="off",
                       delta_arrow="off")
@@ -240,19 +258,24 @@ def prediction_card(prediction: tle.Prediction, data: bytes | None, position: in
 
 
 def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchItem],
-                     top_k: int, why: Callable[[tle.Prediction, bytes, int], None] | None = None
+                     top_k: int, not_sure_below: float | None = None,
+                     why: Callable[[tle.Prediction, bytes, int], None] | None = None
                      ) -> list[tle.Prediction]:
     """Per-image cards (paged) with the slider's top-k, then the batch table with a CSV
-    download (fixed top-k, every class's probability); `why` explains a card on request."""
-    ranked = _predict_all(str(ws.root), run_id, model_version(ws, run_id), tuple(images))
+    download (fixed top-k, every class's probability); predictions whose confidence is
+    under `not_sure_below` are "not sure"; `why` explains a card on request."""
+    ranked = [p.judged(not_sure_below) for p in
+              _predict_all(str(ws.root), run_id, model_version(ws, run_id), tuple(images))]
     predictions = [dataclasses.replace(p, top=list(p.top[:top_k])) for p in ranked]
     failed = sum(1 for p in predictions if p.error)
     unfamiliar = sum(1 for p in predictions if p.unfamiliar)
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].metric("Images", len(predictions))
     cols[1].metric("Predicted", len(predictions) - failed)
-    cols[2].metric("Unfamiliar", unfamiliar, help="Like none of the training images")
-    cols[3].metric("Unreadable", failed)
+    cols[2].metric("Not sure", sum(1 for p in predictions if p.not_sure and not p.unfamiliar),
+                   help="Calibrated confidence under the threshold you chose")
+    cols[3].metric("Unfamiliar", unfamiliar, help="Like none of the training images")
+    cols[4].metric("Unreadable", failed)
 
     cards = [(position, prediction, None if isinstance(item, tle.Refused) else item[1])
              for position, (prediction, item) in enumerate(zip(predictions, images,
@@ -286,6 +309,8 @@ def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchI
                 "familiarity", format="%.3f", help=FAMILIARITY_HELP),
             "unfamiliar": st.column_config.CheckboxColumn(
                 "unfamiliar", help="Like none of the training images: its label means little"),
+            "not_sure": st.column_config.CheckboxColumn(
+                "not_sure", help="Confidence under the \"not sure\" threshold"),
         },
     )
     st.download_button("Download CSV", table.to_csv(index=False).encode(),
@@ -293,7 +318,8 @@ def show_predictions(ws: tle.Workspace, run_id: str, images: Sequence[tle.BatchI
                        icon=":material/download:",
                        help=f"One row per image: path, label, confidence, top-{k} text, "
                        "a p(class) column per class with its probability (0–1), its "
-                       "familiarity (0–1) and whether it is unfamiliar.")
+                       "familiarity (0–1), whether it is unfamiliar and whether it is "
+                       "not sure (under the threshold).")
     return predictions
 
 

@@ -260,6 +260,9 @@ def test_prediction_uses_the_run_in_the_url(monkeypatch, demo_root):
     at = open_page(monkeypatch, demo_root, "views/prediction.py", run=random.id)
     assert at.selectbox[0].value == random.id
     assert at.slider[0].value == 3 and at.slider[0].max == 3
+    # This run learned only the class prior: its calibrated confidences are about 1/3, under
+    # the default "not sure" threshold; with the threshold off the card gives its label.
+    at.slider(key="not_sure_below").set_value(0).run()
     at.file_uploader[0].set_value(("red.jpg", jpeg((255, 0, 0)), "image/jpeg")).run()
     assert not at.exception
     (label,) = [m.value for m in at.metric if m.label == "Prediction"]

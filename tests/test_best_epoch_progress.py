@@ -316,8 +316,9 @@ def test_worse_fine_tuning_keeps_head_weights_and_switching_to_them(
     assert summary["head_val_accuracy"] > summary["val_accuracy"]
     assert summary["head_best_epoch"] in [m["epoch"] for m in head_metrics]
     assert summary["head_model_available"] is True and summary["best_epoch"] == 4
-    assert list(summary)[-4:] == ["weights_identity", "head_val_accuracy", "head_best_epoch",
-                                  "head_model_available"]  # the stored JSON as before
+    assert list(summary)[-8:] == ["weights_identity", "head_val_accuracy", "head_best_epoch",
+                                  "head_model_available",  # the stored JSON as before
+                                  "temperature", "ece", "ece_calibrated", "ece_split"]
     head_evaluation = json.loads((folder / "evaluation-head.json").read_text())
     assert set(head_evaluation) == set(runs.evaluation(workspace, run.id))
     assert head_evaluation["val"]["accuracy"] == summary["head_val_accuracy"]
@@ -335,6 +336,9 @@ def test_worse_fine_tuning_keeps_head_weights_and_switching_to_them(
     assert switched.summary["best_epoch"] == summary["head_best_epoch"]
     assert switched.summary["finetuned_val_accuracy"] == fine_tuned_val
     assert switched.summary["head_model_available"] is False
+    # The head model's own temperature, fitted when it was kept: prediction applies it.
+    assert switched.summary["temperature"] == head_evaluation["calibration"]["temperature"]
+    assert tle.load_predictor(workspace, run.id).temperature == switched.summary["temperature"]
     assert json.loads((folder / "summary.json").read_text()) == switched.summary
     assert list(switched.summary) == [*summary, "finetuned_val_accuracy", "finetuned_best_epoch",
                                       "weights_from"]

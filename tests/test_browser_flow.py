@@ -302,8 +302,11 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         _goto(page, "Prediction")
         page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(
             [str(held_back), str(held_back), str(renamed_copy), str(document)])
+        # Each ant photo gets a label, or "Not sure" when its calibrated confidence is low.
         prediction = page.get_by_test_id("stMetric").filter(has_text="Prediction")
-        expect(prediction).to_have_count(3)
+        not_sure = page.get_by_text("Not sure", exact=True)
+        expect(page.get_by_text("Why?", exact=True)).to_have_count(3)
+        assert prediction.count() + not_sure.count() == 3
         for value in prediction.get_by_test_id("stMetricValue").all():
             expect(value).to_have_text(re.compile("ants|bees"))
         expect(page.get_by_text(re.compile("This looks like none of the training images"))
@@ -314,7 +317,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
             page.get_by_role("button", name="Download CSV").click()
         header, *rows = Path(download.value.path()).read_text().splitlines()
         assert "p(ants)" in header and "p(bees)" in header and len(rows) == 4
-        assert "unfamiliar" in header
+        assert "unfamiliar" in header and "not_sure" in header
         _shot(page, "08-prediction")
         # Why? Grad-CAM over the first photo, for the class it predicted.
         page.get_by_text("Why?", exact=True).first.click()

@@ -1,11 +1,13 @@
 """Prediction and export of a completed run: top-k from the engine, the model cache, bad
-files in a batch, and exports that predict what the engine predicts."""
+files in a batch, and exports that predict what the engine predicts: the calibrated
+probabilities, with the run's temperature folded into every export."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -42,6 +44,26 @@ def learned(shared_dir, tmp_path_factory):
     run = train_tiny_run(ws, dataset, weights="imagenet", image_size=64, epochs=8)
     assert run.status == "completed", run.error
     assert run.val_accuracy >= 0.8
+    return ws, dataset, run
+
+
+STORED_T = 2.5
+
+
+@pytest.fixture(scope="module")
+def calibrated(learned, tmp_path_factory):
+    """A copy of the learned run with temperature 2.5 stored with its model. The run's own
+    fit is T = 1: none of its 6 validation images is wrong, so nothing says how far to trust
+    it (see tl_engine.calibration). A T far from 1 shows the folding in every export."""
+    source, dataset, run = learned
+    root = tmp_path_factory.mktemp("calibrated") / "ws"
+    shutil.copytree(source.root, root)
+    ws = tle.Workspace(root)
+    path = ws.run_dir(run.id) / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    assert evaluation["calibration"]["temperature"] == 1.0
+    evaluation["calibration"]["temperature"] = STORED_T
+    path.write_text(json.dumps(evaluation))
     return ws, dataset, run
 
 
@@ -139,17 +161,37 @@ def test_a_run_without_a_model_cannot_predict_or_export(trained_workspace, tmp_p
 # --- exports ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def exported(learned):
-    """Every export of the learned run (written under its run folder, in our own workspace)."""
+def test_prediction_applies_the_runs_temperature(learned, calibrated, red_file):
+    """p ** (1 / T), renormalised: the model with T folded into its last layer gives it."""
+    (raw,), (scaled,) = (tle.predict_images(ws, run.id, [red_file])
+                         for ws, _, run in (learned, calibrated))
+    assert tle.load_predictor(calibrated[0], calibrated[2].id).temperature == STORED_T
+    assert tle.load_predictor(learned[0], learned[2].id).temperature == 1.0
+    labels = list(raw.probabilities)
+    expected = tle.apply_temperature([[raw.probabilities[c] for c in labels]], STORED_T)[0]
+    np.testing.assert_allclose([scaled.probabilities[c] for c in labels], expected, atol=1e-5)
+    assert scaled.label == raw.label and scaled.confidence < raw.confidence
+
+
+def test_an_export_of_a_run_with_nothing_to_fold_is_its_model_file(learned):
     ws, _, run = learned
+    path = tle.export_run(ws, run.id, "keras")
+    assert path.read_bytes() == (ws.run_dir(run.id) / "model.keras").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def exported(calibrated):
+    """Every export of the calibrated run (written under its run folder, in our own
+    workspace)."""
+    ws, _, run = calibrated
     return {fmt: tle.export_run(ws, run.id, fmt) for fmt in tle.EXPORT_FORMATS}
 
 
 @pytest.fixture(scope="module")
-def pixels_and_probs(learned, red_file):
-    """The uint8 model inputs of a few images, as float32, and the engine's probabilities."""
-    ws, dataset, run = learned
+def pixels_and_probs(calibrated, red_file):
+    """The uint8 model inputs of a few images, as float32, and the engine's (calibrated)
+    probabilities."""
+    ws, dataset, run = calibrated
     predictor = tle.load_predictor(ws, run.id)
     sources = [ws.image_path(r.hash) for r in dataset.records[::4]] + [red_file]
     x = np.stack([predictor.pixels(s)[1] for s in sources]).astype(np.float32)
@@ -210,8 +252,8 @@ def test_quantized_tflite_export_decides_like_the_engine(exported, pixels_and_pr
     assert exported["tflite-quant"].stat().st_size < exported["tflite"].stat().st_size
 
 
-def test_labels_and_model_card(learned, exported):
-    ws, dataset, run = learned
+def test_labels_and_model_card(calibrated, exported):
+    ws, dataset, run = calibrated
     assert exported["labels"].read_text().splitlines() == CLASSES
     card = json.loads(exported["card"].read_text())
     assert card["run_id"] == run.id and card["labels"] == CLASSES
@@ -231,10 +273,11 @@ def test_labels_and_model_card(learned, exported):
     assert card["input"]["shape"] == [64, 64, 3] and card["input"]["dtype"] == "float32"
     assert "0-255" in card["input"]["range"]
     assert card["output"]["shape"] == [3]
+    assert card["output"]["temperature"] == STORED_T and "calibrated" in card["output"]["meaning"]
 
 
-def test_export_bytes_and_copies(learned, exported, tmp_path):
-    ws, _, run = learned
+def test_export_bytes_and_copies(calibrated, exported, tmp_path):
+    ws, _, run = calibrated
     name, data = tle.export_bytes(ws, run.id, "tflite")
     assert name == f"{run.id}-model.tflite" and data == exported["tflite"].read_bytes()
     name, data = tle.export_bytes(ws, run.id, "savedmodel")
@@ -256,13 +299,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_predict_and_export(learned, exported, red_file, tmp_path):
-    ws, _, run = learned
+def test_cli_predict_and_export(calibrated, exported, red_file, tmp_path):
+    ws, _, run = calibrated
     result = _cli("predict", "--run", run.id, str(red_file), "--json", "--workspace", str(ws.root))
     assert result.returncode == 0, result.stderr
     (prediction,) = json.loads(result.stdout)
     assert prediction["image"] == "pure_red.jpg" and prediction["label"] == "red"
     assert [t["label"] for t in prediction["top"]][0] == "red" and prediction["error"] is None
+    (engine,) = tle.predict_images(ws, run.id, [red_file])  # calibrated, as the app shows
+    assert prediction["confidence"] == pytest.approx(engine.confidence, abs=1e-5)
+    # "not sure" below the default 0.6 unless told otherwise.
+    assert prediction["not_sure"] is (engine.confidence < tle.DEFAULT_NOT_SURE_BELOW)
+    # In words (a training image: flat red is unfamiliar, which the line says first).
+    photo = ws.image_path(tle.load_dataset(ws, run.dataset_id).records[0].hash)
+    result = _cli("predict", "--run", run.id, str(photo), "--workspace", str(ws.root),
+                  "--not-sure-below", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{photo.name}: not sure (below 1): ")
 
     out = tmp_path / "phone" / "model.tflite"
     result = _cli("export", "--run", run.id, "--format", "tflite", "--out", str(out),

@@ -55,6 +55,9 @@ def open_prediction_page(monkeypatch, trained_workspace) -> AppTest:
     at.run()
     at.switch_page("views/prediction.py").run()
     assert not at.exception, at.exception
+    # This run learned only the class prior (about 1/3 each): at the default threshold every
+    # card would say "not sure" (tests/test_calibration.py); these tests are about batches.
+    at.slider(key="not_sure_below").set_value(0).run()
     return at
 
 
@@ -107,7 +110,8 @@ def test_the_table_has_a_probability_per_class_and_a_fixed_top_k(monkeypatch,
                 ("green.png", png((40, 190, 60)), "image/png")])
     table = table_of(at)
     assert list(table.columns) == ["path", "label", "confidence", "top-k",
-                                   *PROBABILITY_COLUMNS, "familiarity", "unfamiliar", "error"]
+                                   *PROBABILITY_COLUMNS, "familiarity", "unfamiliar", "not_sure",
+                                   "error"]
     assert table["path"].tolist() == ["red.jpg", "x.jpg", "green.png"]
     good = table[table["error"] == ""]
     assert len(good) == 2

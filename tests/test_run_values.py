@@ -14,13 +14,14 @@ from tl_engine.hints import run_hints
 from tl_engine.spec import RunSpec
 
 # The keys a trainer has always written, in their order, then those of head-first plans,
-# then those `use_head_phase_weights` adds.
+# then those `use_head_phase_weights` adds, then temperature scaling's (runs trained since).
 BASE_KEYS = ["val_accuracy", "val_top_k_accuracy", "test_accuracy", "epochs_run", "best_epoch",
              "final_val_accuracy", "restored_best", "seconds", "model_path", "classes",
              "n_train", "n_val", "n_test", "features_computed", "features_reused",
              "trainable_params", "frozen_params", "device", "weights_identity"]
 HEAD_KEYS = ["head_val_accuracy", "head_best_epoch", "head_model_available"]
 SWITCH_KEYS = ["finetuned_val_accuracy", "finetuned_best_epoch", "weights_from"]
+CALIBRATION_KEYS = ["temperature", "ece", "ece_calibrated", "ece_split"]
 
 FULL = tle.RunSummary(
     val_accuracy=0.9, val_top_k_accuracy=1.0, test_accuracy=None, epochs_run=6, best_epoch=4,
@@ -52,6 +53,10 @@ def test_a_summary_round_trips_and_leaves_out_only_the_groups_it_lacks():
     assert list(switched.to_dict()) == BASE_KEYS + HEAD_KEYS + SWITCH_KEYS
     assert tle.RunSummary.from_dict(switched.to_dict()) == switched
     assert tle.RunSummary.from_dict({}) == tle.RunSummary()
+    calibrated = dataclasses.replace(switched, temperature=1.5, ece=0.1, ece_calibrated=0.05,
+                                     ece_split="val")
+    assert list(calibrated.to_dict()) == BASE_KEYS + HEAD_KEYS + SWITCH_KEYS + CALIBRATION_KEYS
+    assert tle.RunSummary.from_dict(calibrated.to_dict()) == calibrated
 
 
 def test_a_summary_stored_by_an_older_version_reads_with_defaults(workspace, tiny_dataset):
@@ -113,7 +118,7 @@ def test_a_trained_runs_stored_summary_is_the_json_it_always_was(trained_workspa
     ws, dataset, run = trained_workspace
     stored = ws.query("SELECT summary_json FROM runs WHERE id = ?", (run.id,))[0]["summary_json"]
     summary = json.loads(stored)
-    assert list(summary) == BASE_KEYS  # a one-phase plan: no head keys
+    assert list(summary) == BASE_KEYS + CALIBRATION_KEYS  # a one-phase plan: no head keys
     assert json.dumps(tle.RunSummary.from_dict(summary).to_dict()) == stored  # byte for byte
     assert run.result == tle.RunSummary.from_dict(summary)
     assert run.result.classes == tuple(dataset.classes)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import spec as spec_table
+from .calibration import DEFAULT_NOT_SURE_BELOW
 from .cli_explain import add_explain_parser
 from .cli_format import print_json as _print_json
 from .cli_format import table as _table
@@ -252,11 +253,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise SpecError(f"--top-k must be at least 1 (classes shown per image), not {args.top_k}.")
+    if not 0 <= args.not_sure_below <= 1:
+        raise SpecError(f"--not-sure-below is a confidence from 0 to 1 (0: never 'not sure'), "
+                        f"not {args.not_sure_below}.")
     ws = Workspace(args.workspace)
     # A wrong run id or a damaged model file fails before TensorFlow loads.
     checked_model_path(ws, args.run)
     _import_tensorflow_quietly()
-    predictions = predict_images(ws, args.run, args.images, top_k=args.top_k)
+    predictions = predict_images(ws, args.run, args.images, top_k=args.top_k,
+                                 not_sure_below=args.not_sure_below)
     if args.json:
         _print_json([p.to_dict() for p in predictions])
     else:
@@ -268,6 +273,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 if p.unfamiliar:
                     tops = (f"unfamiliar (familiarity {p.familiarity:.3f}): looks like none "
                             f"of the training images; closest {tops}")
+                elif p.not_sure:
+                    tops = f"not sure (below {args.not_sure_below:g}): {tops}"
                 print(f"{p.name}: {tops}")
     return 2 if any(p.error for p in predictions) else 0
 
@@ -387,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--not-sure-below", type=float, default=DEFAULT_NOT_SURE_BELOW,
+                   metavar="P", help="call a prediction 'not sure' when its calibrated "
+                   f"confidence is below P (default {DEFAULT_NOT_SURE_BELOW}; 0: never)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -1,5 +1,7 @@
 """Exports of a completed run: .keras, SavedModel, TFLite (float32 and dynamic-range
-quantized), labels.txt and a model card. Each takes RGB pixels 0-255 at the training size."""
+quantized), labels.txt and a model card. Each takes RGB pixels 0-255 at the training size
+and, for runs with a temperature, gives the calibrated probabilities the app shows: T is
+folded into the last layer's weights, so the files need none of our code."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runs
+from .calibration import fold_temperature, run_temperature
 from .datasets import load_dataset
 from .errors import SpecError
 from .model_file import checked_model_path, load_run_model
@@ -38,6 +41,7 @@ def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
     dataset = load_dataset(ws, run.dataset_id)
     evaluation = runs.evaluation(ws, run_id)
     val = evaluation.get("val", {})
+    temperature = run_temperature(ws.run_dir(run_id))
     return {
         "name": f"{spec.backbone} {spec.strategy} · {run_id}",
         "run_id": run_id,
@@ -63,13 +67,18 @@ def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
                     "val_top_k_accuracy": val.get("top_k_accuracy"),
                     "top_k": val.get("top_k"), "macro_f1": val.get("macro_f1"),
                     "test_accuracy": evaluation.get("test", {}).get("accuracy"),
+                    "ece": summary.ece, "ece_calibrated": summary.ece_calibrated,
                     "epochs_run": run.epochs_run, "seconds": run.seconds},
         "labels": runs.labels(ws, run_id),
         "input": {"shape": [spec.image_size, spec.image_size, 3], "dtype": "float32",
                   "range": "RGB pixels 0-255, no normalisation (the model does it)",
                   "resize": "bilinear with antialiasing to the square input size"},
         "output": {"shape": [len(dataset.classes)], "meaning": "softmax probabilities, "
-                   "in the order of labels.txt"},
+                   "in the order of labels.txt" + (
+                       "" if temperature is None else
+                       f", calibrated: temperature {temperature:.4g} is folded into the "
+                       "last layer (softmax(logits / T))"),
+                   "temperature": temperature},
         "exported_at": time.time(),
     }
 
@@ -149,15 +158,23 @@ def _checked_destination(ws: Workspace, out: Path, fmt: str, overwrite: bool) ->
 
 
 def _write_export(ws: Workspace, run_id: str, fmt: str, model_file: Path, target: Path) -> None:
-    if fmt == "keras":
+    temperature = run_temperature(ws.run_dir(run_id))
+    if fmt == "keras" and temperature in (None, 1.0):  # nothing to fold: the file as is
         ws.write_bytes_atomic(target, model_file.read_bytes())
+    elif fmt == "keras":
+        staging = target.with_name(f".{time.time_ns()}.{target.name}")
+        try:
+            _model(ws, run_id).save(str(staging))
+            staging.replace(target)
+        finally:
+            staging.unlink(missing_ok=True)
     elif fmt == "labels":
         ws.write_bytes_atomic(target, (ws.run_dir(run_id) / "labels.txt").read_bytes())
     elif fmt == "card":
         ws.write_json_atomic(target, model_card(ws, run_id))
     elif fmt == "savedmodel":
         staging = target.with_name(f".{target.name}.{time.time_ns()}")
-        load_run_model(ws, run_id).export(
+        _model(ws, run_id).export(
             str(staging), format="tf_saved_model", verbose=False
         )
         try:
@@ -174,6 +191,11 @@ def _write_export(ws: Workspace, run_id: str, fmt: str, model_file: Path, target
         if fmt == "tflite-quant":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         ws.write_bytes_atomic(target, converter.convert())
+
+
+def _model(ws: Workspace, run_id: str) -> Any:
+    """The run's model as it predicts in the app: with its temperature folded in."""
+    return fold_temperature(load_run_model(ws, run_id), run_temperature(ws.run_dir(run_id)))
 
 
 def export_bytes(ws: Workspace, run_id: str, fmt: str) -> tuple[str, bytes]:

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import runs
+from . import calibration, runs
 from .errors import RunNotReady, TLError
 from .runs import RunRecord, RunStatus
 from .store import Workspace
@@ -99,6 +99,7 @@ def use_head_phase_weights(ws: Workspace, run_id: str) -> RunRecord:
             restored_best=True,
             head_model_available=False,
             weights_from="head",
+            **calibration.summary_fields(evaluation),  # the head model's own temperature
         )
         # Laid over the stored summary, so keys this version does not know are kept.
         summary = {**run.summary, **switched.to_dict()}

@@ -7,6 +7,7 @@ rules as ingest, and marks each file it will not read as `Refused` with the reas
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import zipfile
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import runs
+from .calibration import fold_temperature, is_not_sure, run_temperature
 from .datasets import (
     MAX_FILE_BYTES,
     _archive_members,
@@ -79,6 +81,8 @@ class Prediction:
     # None for runs without a familiarity profile (trained before it existed).
     familiarity: float | None = None
     unfamiliar: bool = False  # like none of the training images: its label means little
+    # Its (calibrated) confidence is below the threshold asked for: no label is claimed.
+    not_sure: bool = False
 
     @property
     def label(self) -> str | None:
@@ -98,7 +102,12 @@ class Prediction:
             "probabilities": dict(self.probabilities),
             "familiarity": self.familiarity,
             "unfamiliar": self.unfamiliar,
+            "not_sure": self.not_sure,
         }
+
+    def judged(self, not_sure_below: float | None) -> Prediction:
+        """This prediction with `not_sure` set for the threshold (None or 0: never)."""
+        return dataclasses.replace(self, not_sure=is_not_sure(self.confidence, not_sure_below))
 
 
 def _display_name(image: ImageInput) -> str:
@@ -112,9 +121,16 @@ def _display_name(image: ImageInput) -> str:
 
 
 class Predictor:
+    """A run's model ready to predict. With a `temperature` (the run's, fitted on its
+    validation images) the model is changed in place to give calibrated probabilities,
+    softmax(logits / T), exactly as the run's exports do."""
+
     def __init__(self, model: Any, labels: list[str], image_size: int, run_id: str,
-                 profile: FamiliarityProfile | None = None) -> None:
+                 profile: FamiliarityProfile | None = None,
+                 temperature: float | None = None) -> None:
         self.model, self.labels, self.image_size, self.run_id = model, labels, image_size, run_id
+        self.temperature = temperature
+        fold_temperature(model, temperature)
         self._lock = threading.Lock()  # Keras models are not safe to call from many threads
         # The same model with its pooled features as a second output, when the run has a
         # familiarity profile that was made from this model's features.
@@ -159,14 +175,16 @@ class Predictor:
         return (np.concatenate([np.asarray(p[0]) for p in parts]),
                 np.concatenate([np.asarray(p[1], dtype=np.float32) for p in parts]))
 
-    def predict(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Prediction]:
+    def predict(self, images: Sequence[ImageInput], top_k: int = 3,
+                not_sure_below: float | None = None) -> list[Prediction]:
         """One Prediction per image, in order: the top-k classes and every class's
-        probability, or the error that kept the image from being predicted."""
+        probability, or the error that kept the image from being predicted; `not_sure`
+        where the top confidence is below `not_sure_below`."""
         k = max(1, min(top_k, len(self.labels)))
         results: list[Prediction] = []
         for start in range(0, len(images), _CHUNK):
             results.extend(self._predict_chunk(images[start:start + _CHUNK], k))
-        return results
+        return [p.judged(not_sure_below) for p in results] if not_sure_below else results
 
     def _predict_chunk(self, images: Sequence[ImageInput], k: int) -> list[Prediction]:
         names: list[str] = []
@@ -220,7 +238,7 @@ def load_predictor(ws: Workspace, run_id: str) -> Predictor:
     run = runs.get_run(ws, run_id)
     model = load_run_model(ws, run_id)
     predictor = Predictor(model, runs.labels(ws, run_id), run.spec.image_size, run_id,
-                          load_profile(ws.run_dir(run_id)))
+                          load_profile(ws.run_dir(run_id)), run_temperature(ws.run_dir(run_id)))
     with _loaded_lock:
         _loaded[key] = predictor
         while len(_loaded) > _CACHE_SIZE:
@@ -229,9 +247,10 @@ def load_predictor(ws: Workspace, run_id: str) -> Predictor:
 
 
 def predict_images(
-    ws: Workspace, run_id: str, images: Sequence[ImageInput], top_k: int = 3
+    ws: Workspace, run_id: str, images: Sequence[ImageInput], top_k: int = 3,
+    not_sure_below: float | None = None,
 ) -> list[Prediction]:
-    return load_predictor(ws, run_id).predict(images, top_k)
+    return load_predictor(ws, run_id).predict(images, top_k, not_sure_below)
 
 
 def prediction_batch(files: Iterable[tuple[str, bytes]]) -> list[BatchItem]:

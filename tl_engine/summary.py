@@ -17,6 +17,7 @@ from typing import Any
 # Each group is present or absent as a whole, keyed by the field that is never None in it.
 _HEAD_KEYS = ("head_val_accuracy", "head_best_epoch", "head_model_available")
 _SWITCH_KEYS = ("finetuned_val_accuracy", "finetuned_best_epoch", "weights_from")
+_CALIBRATION_KEYS = ("temperature", "ece", "ece_calibrated", "ece_split")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class RunSummary:
     finetuned_val_accuracy: float | None = None
     finetuned_best_epoch: int | None = None
     weights_from: str | None = None
+    # Temperature scaling (tl_engine.calibration): T fitted on the validation images, and
+    # the expected calibration error before and after it on `ece_split` ("test" or "val").
+    temperature: float | None = None
+    ece: float | None = None
+    ece_calibrated: float | None = None
+    ece_split: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON value: every key a trainer writes, in its order."""
@@ -60,6 +67,8 @@ class RunSummary:
             if f.name in _HEAD_KEYS and self.head_model_available is None:
                 continue
             if f.name in _SWITCH_KEYS and self.weights_from is None:
+                continue
+            if f.name in _CALIBRATION_KEYS and self.temperature is None:
                 continue
             out[f.name] = list(value) if f.name == "classes" else value
         return out

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import familiarity, runs
+from . import calibration, familiarity, runs
 from .callbacks import KeepBestWeights, StoreProgress, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import configure, distribution_strategy
@@ -353,6 +353,7 @@ class RunTrainer:
             frozen_params=final_freeze.frozen_params,
             device=device.label,
             weights_identity=self._weights_id,
+            **calibration.summary_fields(evaluation),
         )
         if len(plan) > 1 and not plan[0].trains_backbone:
             summary = self._offer_head_weights(clf, done_path(self.dir, plan[0].name),
@@ -419,7 +420,7 @@ class RunTrainer:
 
     def _evaluate(self, clf: Classifier, val_features: np.ndarray | None,
                   test_features: np.ndarray | None = None) -> dict[str, Any]:
-        result = {}
+        result, scored = {}, {}
         for name, records, features in (("val", self.splits.val, val_features),
                                         ("test", self.splits.test, test_features)):
             if not records:
@@ -431,6 +432,10 @@ class RunTrainer:
             y_true = np.array([self.index[r.label] for r in records])
             images = [{"hash": r.hash, "filename": r.filename} for r in records]
             result[name] = evaluate_predictions(y_true, probs, self.classes, images)
+            scored[name] = (y_true, probs)
+        if "val" in scored:  # the temperature prediction and exports apply, and its effect
+            result["calibration"] = calibration.calibration_report(scored["val"],
+                                                                   scored.get("test"))
         return result
 
     def _save(self, clf: Classifier, evaluation: dict[str, Any]) -> None:

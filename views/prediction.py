@@ -44,6 +44,10 @@ with state.engine_errors():
         top_k = st.slider("Top-k classes", 1, len(model.labels), min(3, len(model.labels)),
                           help="How many classes each card shows; the table and CSV always "
                                f"list the top {tle.top_k_for(len(model.labels))}.")
+        not_sure_below = st.slider(
+            "Not sure below", 0, 100, round(tle.DEFAULT_NOT_SURE_BELOW * 100), step=5,
+            format="%d%%", key="not_sure_below",
+            help=run_views.not_sure_help(model.temperature)) / 100
         shot = st.camera_input("Camera shot") if st.toggle("Use the camera") else None
 
     files = [(f.name, f.getvalue()) for f in [*(uploads or []), *(folder or [])]]
@@ -58,5 +62,5 @@ with state.engine_errors():
         st.info("No image among the uploaded files.")
         st.stop()
     run_views.show_predictions(
-        ws, run.id, images, top_k,
+        ws, run.id, images, top_k, not_sure_below,
         why=functools.partial(explain_views.why_panel, ws, run.id, model.labels))

@@ -5,6 +5,7 @@ import streamlit as st
 import tl_engine as tle
 from dashboard import (
     access,
+    calibration_panel,
     charts,
     explain_views,
     formats,
@@ -153,9 +154,9 @@ with state.engine_errors():
             st.caption(kept)
         widgets.show_hints(tle.run_hints(run, tle.run_metrics(ws, run.id)))
 
-        quality, mistakes, export, settings = st.tabs(
+        quality, mistakes, calibrated, export, settings = st.tabs(
             ["Confusion & per class", f"Misclassified ({val['n_misclassified']})",
-             "Export", "Settings"])
+             "Calibration", "Export", "Settings"])
         with quality:
             left, right = st.columns(2)
             left.markdown(f"**Confusion matrix** · {val['n_images']} validation images")
@@ -187,6 +188,9 @@ with state.engine_errors():
                                                    strict=False):
                             with column:
                                 run_views.mistake_card(ws, mistake)
+
+        with calibrated:
+            calibration_panel.show_calibration(ws, run)
 
         with export:
             export_panel(run)
