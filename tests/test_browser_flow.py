@@ -330,6 +330,12 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         _shot(page, "09-runs")
+        # How far to trust a confidence: the reliability diagram before and after T.
+        page.get_by_role("tab", name="Calibration").click()
+        expect(page.get_by_test_id("stMetric").filter(has_text="ECE before")).to_be_visible()
+        expect(page.get_by_test_id("stMetric").filter(has_text="Temperature T")).to_be_visible()
+        _idle(page)
+        _shot(page, "09b-runs-calibration")
 
         # Which strategy wins: one click queues every recipe and the from-scratch baseline.
         page.get_by_role("button", name=re.compile(r"^Sweep \d+ strategies$")).click()
@@ -340,4 +346,4 @@ def test_main_flow_in_chromium(studio, hymenoptera):
         _shot(page, "10-runs-sweep")
         browser.close()
     print(f"\nscreenshots: {SCREENSHOTS}")
-    assert len(list(SCREENSHOTS.glob("*.png"))) >= 14
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= 15
