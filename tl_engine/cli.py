@@ -214,7 +214,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = spec_from_args(args).normalized()
     rows = [{"phase": p.name, "epochs": p.epochs, "trains": p.trainable_text,
              "learning_rate": spec.learning_rate * p.lr_factor,
-             "lr_per_block_down": p.lr_decay, "cached_features": p.cached_features}
+             "lr_per_block_down": p.lr_decay, "cached_features": p.cached_features,
+             "cached_activations": p.cached_activations}
             for p in phases(spec)]
     if args.json:
         _print_json({"spec": spec.to_dict(), "phases": rows})

@@ -17,6 +17,7 @@ from typing import Any
 # Each group is present or absent as a whole, keyed by the field that is never None in it.
 _HEAD_KEYS = ("head_val_accuracy", "head_best_epoch", "head_model_available")
 _SWITCH_KEYS = ("finetuned_val_accuracy", "finetuned_best_epoch", "weights_from")
+_ACTIVATION_KEYS = ("activations_computed", "activations_reused")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class RunSummary:
     finetuned_val_accuracy: float | None = None
     finetuned_best_epoch: int | None = None
     weights_from: str | None = None
+    # Plans that fine-tune the top of the backbone: its activations at the freeze boundary
+    # computed and read from the cache; notes say where a phase could not use them, and why.
+    activations_computed: int | None = None
+    activations_reused: int | None = None
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON value: every key a trainer writes, in its order."""
@@ -61,7 +67,11 @@ class RunSummary:
                 continue
             if f.name in _SWITCH_KEYS and self.weights_from is None:
                 continue
-            out[f.name] = list(value) if f.name == "classes" else value
+            if f.name in _ACTIVATION_KEYS and self.activations_computed is None:
+                continue
+            if f.name == "notes" and not self.notes:
+                continue
+            out[f.name] = list(value) if f.name in ("classes", "notes") else value
         return out
 
     @classmethod
@@ -70,6 +80,7 @@ class RunSummary:
         classes), unknown keys are ignored. An empty mapping gives an empty summary."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {name: value for name, value in data.items() if name in names}
-        if "classes" in values:
-            values["classes"] = tuple(values["classes"] or ())
+        for name in ("classes", "notes"):
+            if name in values:
+                values[name] = tuple(values[name] or ())
         return cls(**values)

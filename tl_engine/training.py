@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import familiarity, runs
+from .activations import activation_data
 from .callbacks import KeepBestWeights, StoreProgress, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import configure, distribution_strategy
@@ -31,6 +32,7 @@ from .freeze import FreezePlan, apply_freeze, layer_rate_factors, plan_freeze
 from .modeling import Classifier, build_classifier
 from .optimizers import make_optimizer
 from .phases import (
+    ALL,
     Phase,
     PhaseResult,
     done_path,
@@ -114,6 +116,9 @@ class RunTrainer:
         self.started = time.time()
         self.features_computed = 0
         self.features_reused = 0
+        self.activations_computed = 0
+        self.activations_reused = 0
+        self.notes: list[str] = []  # how phases ran where it is not the obvious way
         self._forward_s_per_image: float | None = None
 
     # --- helpers -----------------------------------------------------------------
@@ -280,6 +285,25 @@ class RunTrainer:
                                lambda eta: later(eta, False), phase.title)
             return result, matrices[1], matrices[2] if len(matrices) > 2 else None
         factors = _variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
+        why = "augmentation changes each image every epoch" if spec.augment else None
+        if phase.cached_activations:  # the top of the backbone and the head, shared weights
+            try:
+                data = activation_data(self.ws, clf, freeze, spec, self._weights_id,
+                                       (self.splits.train, y_train), (self.splits.val, y_val),
+                                       self._report)
+            except FeaturesCancelled:
+                raise RunCancelled() from None
+            if not isinstance(data, str):
+                self.activations_computed += data.computed
+                self.activations_reused += data.reused
+                _compile(data.cut.top, spec, n_classes, rate, factors)
+                return self._fit(data.cut.top, phase.name, data.train, data.val, offset,
+                                 phase.epochs, steps, lambda eta: later(eta, True),
+                                 phase.title), None, None
+            why = data
+        if why and phase.trains_backbone and phase.trainable_top is not ALL:
+            self.notes.append(f"{phase.title}: the whole model ran on pixels every epoch, not "
+                              f"on cached activations: {why}.")
         _compile(clf.model, spec, n_classes, rate, factors)
         result = self._fit(clf.model, phase.name, self._pixels(self.splits.train, True),
                            self._pixels(self.splits.val, False), offset, phase.epochs, steps,
@@ -328,6 +352,7 @@ class RunTrainer:
 
         final = results[-1]
         final_freeze = freeze_for(plan[-1])
+        cached = any(phase.cached_activations for phase in plan)
         evaluation = self._evaluate(clf, val_features, test_features)
         self._save(clf, evaluation)
         self._store_familiarity(clf, any(phase.trains_backbone for phase in plan))
@@ -353,6 +378,9 @@ class RunTrainer:
             frozen_params=final_freeze.frozen_params,
             device=device.label,
             weights_identity=self._weights_id,
+            activations_computed=self.activations_computed if cached else None,
+            activations_reused=self.activations_reused if cached else None,
+            notes=tuple(self.notes),
         )
         if len(plan) > 1 and not plan[0].trains_backbone:
             summary = self._offer_head_weights(clf, done_path(self.dir, plan[0].name),
