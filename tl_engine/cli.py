@@ -191,6 +191,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "features_reused": summary.features_reused,
         "error": run.error,
     }
+    if summary.activations_computed is not None:
+        result["activations_computed"] = summary.activations_computed
+        result["activations_reused"] = summary.activations_reused
+    if summary.notes:
+        result["notes"] = list(summary.notes)
     if args.json:
         _print_json(result)
     else:
