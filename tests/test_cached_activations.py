@@ -175,3 +175,21 @@ def test_with_augmentation_the_run_trains_on_pixels_and_says_why(workspace, tiny
     assert activation_cache(workspace).count() == 0
     assert len(result.notes) == 1 and "augmentation" in result.notes[0]
     assert result.notes[0].startswith("Fine-tuning")
+
+
+def test_a_torn_first_backup_is_discarded_and_an_intact_one_kept(tmp_path):
+    # Epochs on cached activations are short: a killed worker often dies while Keras writes
+    # a phase's first backup, which has no earlier copy to fall back to.
+    import h5py
+
+    from tl_engine.callbacks import discard_torn_first_backup
+
+    backup = tmp_path / "backup" / "stage-1"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
+    discard_torn_first_backup(backup)
+    assert not backup.exists()
+    backup.mkdir()
+    h5py.File(backup / "latest.weights.h5", "w").close()
+    discard_torn_first_backup(backup)
+    assert (backup / "latest.weights.h5").is_file()

@@ -48,15 +48,15 @@ class RunSummary:
     head_val_accuracy: float | None = None
     head_best_epoch: int | None = None
     head_model_available: bool | None = None
-    # After `use_head_phase_weights`: the fine-tuned model's figures, and "head".
-    finetuned_val_accuracy: float | None = None
-    finetuned_best_epoch: int | None = None
-    weights_from: str | None = None
     # Plans that fine-tune the top of the backbone: its activations at the freeze boundary
     # computed and read from the cache; notes say where a phase could not use them, and why.
     activations_computed: int | None = None
     activations_reused: int | None = None
     notes: tuple[str, ...] = ()
+    # After `use_head_phase_weights`: the fine-tuned model's figures, and "head".
+    finetuned_val_accuracy: float | None = None
+    finetuned_best_epoch: int | None = None
+    weights_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON value: every key a trainer writes, in its order."""

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from . import familiarity, runs
 from .activations import activation_data
-from .callbacks import KeepBestWeights, StoreProgress, weights_tag
+from .callbacks import KeepBestWeights, StoreProgress, discard_torn_first_backup, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import configure, distribution_strategy
 from .features import FeaturesCancelled, extract_features, feature_key
@@ -166,6 +166,7 @@ class RunTrainer:
         )
         _discard_if_unreadable(best_path)  # left torn by a worker of an older version
         backup = self.dir / "backup" / phase
+        discard_torn_first_backup(backup)
         if not backup.exists():
             # No state to resume this phase from (new, or cancelled: Keras removes the
             # backup when fit ends), so it starts again at its first epoch.
