@@ -113,17 +113,21 @@ def test_summary_speaks_of_what_applies():
 
 
 def _plan(**changes):
-    return [(p.name, p.epochs, p.trainable_top, p.lr_factor, p.lr_decay, p.cached_features)
-            for p in phases(RunSpec(**changes).normalized())]
+    return [(p.name, p.epochs, p.trainable_top, p.lr_factor, p.lr_decay, p.cached_features,
+             p.cached_activations) for p in phases(RunSpec(**changes).normalized())]
 
 
 def test_each_strategy_is_a_phase_plan():
-    assert _plan() == [("head", 10, 0, 1.0, 1.0, True)]
-    assert _plan(augment=("flip",)) == [("head", 10, 0, 1.0, 1.0, False)]
-    assert _plan(strategy="partial", unfreeze=4) == [("fine-tune", 10, 4, 1.0, 1.0, False)]
-    assert _plan(strategy="full", lr_decay=0.8) == [("fine-tune", 10, ALL, 1.0, 0.8, False)]
+    assert _plan() == [("head", 10, 0, 1.0, 1.0, True, False)]
+    assert _plan(augment=("flip",)) == [("head", 10, 0, 1.0, 1.0, False, False)]
+    assert _plan(strategy="partial", unfreeze=4) == [
+        ("fine-tune", 10, 4, 1.0, 1.0, False, True)]
+    assert _plan(strategy="partial", unfreeze=4, augment=("flip",)) == [
+        ("fine-tune", 10, 4, 1.0, 1.0, False, False)]
+    assert _plan(strategy="full", lr_decay=0.8) == [
+        ("fine-tune", 10, ALL, 1.0, 0.8, False, False)]
     assert _plan(strategy="two-phase", unfreeze=2, head_epochs=4, epochs=6) == [
-        ("head", 4, 0, 1.0, 1.0, True), ("fine-tune", 6, 2, 0.1, 1.0, False)]
+        ("head", 4, 0, 1.0, 1.0, True, False), ("fine-tune", 6, 2, 0.1, 1.0, False, True)]
 
 
 def test_gradual_unfreezing_adds_one_block_per_stage_down_to_unfreeze():
@@ -137,6 +141,7 @@ def test_gradual_unfreezing_adds_one_block_per_stage_down_to_unfreeze():
         "head only", "top 1 block + head", "top 2 blocks + head", "top 3 blocks + head"]
     assert plan[-1].title == "Stage 3 of 3: top 3 blocks"
     assert all(p.lr_factor == 0.1 and p.lr_decay == 0.5 for p in plan[1:])
+    assert [p.cached_activations for p in plan] == [False, True, True, True]
 
 
 def test_discriminative_rates_fall_block_by_block_from_the_top():

@@ -187,3 +187,20 @@ def weights_tag(path: Path) -> tuple[int, float | None] | None:
             return None
         value = handle.attrs.get("val_accuracy")
         return int(handle.attrs["epoch"]), float(value) if value is not None else None
+
+
+def discard_torn_first_backup(backup_dir: Path) -> None:
+    """Keras's BackupAndRestore falls back to its previous copy when the latest one is torn,
+    but after a phase's first epoch there is no previous copy: a worker killed while
+    writing it would leave a run that can never resume. Such a backup is discarded, so
+    the phase starts again at its first epoch."""
+    latest = backup_dir / "latest.weights.h5"
+    if not latest.is_file() or Path(f"{latest}.bkp").is_file():
+        return
+    try:
+        with h5py.File(latest, "r"):
+            return
+    except OSError:
+        import shutil
+
+        shutil.rmtree(backup_dir, ignore_errors=True)

@@ -193,6 +193,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "features_reused": summary.features_reused,
         "error": run.error,
     }
+    if summary.activations_computed is not None:
+        result["activations_computed"] = summary.activations_computed
+        result["activations_reused"] = summary.activations_reused
+    if summary.notes:
+        result["notes"] = list(summary.notes)
     if args.json:
         _print_json(result)
     else:
@@ -216,7 +221,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = spec_from_args(args).normalized()
     rows = [{"phase": p.name, "epochs": p.epochs, "trains": p.trainable_text,
              "learning_rate": spec.learning_rate * p.lr_factor,
-             "lr_per_block_down": p.lr_decay, "cached_features": p.cached_features}
+             "lr_per_block_down": p.lr_decay, "cached_features": p.cached_features,
+             "cached_activations": p.cached_activations}
             for p in phases(spec)]
     if args.json:
         _print_json({"spec": spec.to_dict(), "phases": rows})

@@ -20,7 +20,7 @@ from .progress import Progress
 from .store import Workspace
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS features (
+CREATE TABLE IF NOT EXISTS {table} (
     feature_key TEXT NOT NULL,
     image_hash TEXT NOT NULL,
     vector BLOB NOT NULL,
@@ -41,10 +41,17 @@ class FeatureLookup:
 
 
 class FeatureCache:
-    def __init__(self, ws: Workspace) -> None:
+    """One table of per-image vectors in the feature-cache file: pooled features (float32)
+    by default; `table`/`dtype` give others, such as activations at a freeze boundary."""
+
+    def __init__(self, ws: Workspace, table: str = "features", dtype: Any = np.float32) -> None:
+        if not table.isidentifier():
+            raise ValueError(f"not a table name: {table!r}")
         self.path = ws.features_db_path
+        self.table = table
+        self.dtype = np.dtype(dtype)
         with self._connect() as db:
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA.format(table=table))
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -60,12 +67,12 @@ class FeatureCache:
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = db.execute(
-                    f"SELECT image_hash, vector FROM features "
+                    f"SELECT image_hash, vector FROM {self.table} "
                     f"WHERE feature_key = ? AND image_hash IN ({marks})",
                     (key, *chunk),
                 )
                 for image_hash, blob in rows:
-                    found[image_hash] = np.frombuffer(blob, dtype=np.float32)
+                    found[image_hash] = np.frombuffer(blob, dtype=self.dtype)
         finally:
             db.close()
         return FeatureLookup(found, [h for h in wanted if h not in found])
@@ -73,17 +80,17 @@ class FeatureCache:
     def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
         with self._connect() as db:  # one transaction
             db.executemany(
-                "INSERT OR REPLACE INTO features (feature_key, image_hash, vector) "
+                f"INSERT OR REPLACE INTO {self.table} (feature_key, image_hash, vector) "
                 "VALUES (?, ?, ?)",
-                [(key, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+                [(key, h, np.asarray(v, dtype=self.dtype).tobytes()) for h, v in vectors.items()],
             )
 
     def count(self, key: str | None = None) -> int:
         db = self._connect()
         try:
             if key is None:
-                return int(db.execute("SELECT COUNT(*) FROM features").fetchone()[0])
-            sql = "SELECT COUNT(*) FROM features WHERE feature_key = ?"
+                return int(db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0])
+            sql = f"SELECT COUNT(*) FROM {self.table} WHERE feature_key = ?"
             return int(db.execute(sql, (key,)).fetchone()[0])
         finally:
             db.close()
@@ -111,7 +118,7 @@ def features_for(
         cache.store(key, new)
         found.vectors.update(new)
         computed = len(new)
-    matrix = np.stack([found.vectors[h] for h in image_hashes]).astype(np.float32)
+    matrix = np.stack([found.vectors[h] for h in image_hashes]).astype(cache.dtype, copy=False)
     return FeatureMatrix(matrix, computed, len(set(image_hashes)) - computed)
 
 
@@ -138,13 +145,16 @@ def extract_features(
     named: Sequence[tuple[str, Sequence[Any]]],
     batch_size: int,
     report: Callable[[Progress], bool] = never_cancelled,
+    cache: FeatureCache | None = None,
 ) -> FeatureSet:
     """Pooled backbone features for each named list of image records, computing only what
     the cache lacks; any job (training, a probe, an embedding map) calls this.
 
     The cache is asked first, so one progress bar and one ETA cover every pass that has
     images to compute. `report(progress)` receives live progress and returns True to stop
-    (then FeaturesCancelled is raised).
+    (then FeaturesCancelled is raised). `cache` (default: the pooled-feature table) may
+    hold other vectors; a model with several outputs gives each image's outputs flattened
+    and concatenated, in output order.
     """
     import time
 
@@ -152,7 +162,7 @@ def extract_features(
     from .pipeline import image_dataset
     from .progress import FeaturePass, FeaturePassProgress
 
-    cache = FeatureCache(ws)
+    cache = cache or FeatureCache(ws)
     started = time.time()
     planned: list[FeaturePass] = []
     seen: set[str] = set()
@@ -177,7 +187,10 @@ def extract_features(
             out = feature_model.predict(pixels, callbacks=[progress], verbose=0)
             if progress.cancelled:
                 raise FeaturesCancelled()
-            return np.asarray(out, dtype=np.float32)
+            if isinstance(out, (list, tuple)):
+                return np.concatenate([np.reshape(np.asarray(o, dtype=cache.dtype), (len(o), -1))
+                                       for o in out], axis=1)
+            return np.asarray(out, dtype=cache.dtype)
 
         result = features_for(cache, key, [r.hash for r in records], compute)
         computed += result.computed

@@ -155,10 +155,11 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     from .features import FeaturesCancelled, extract_features, feature_key
     from .freeze import apply_freeze, layer_rate_factors, plan_freeze
     from .modeling import build_classifier
+    from .optimizers import variable_factors
     from .phases import phases
     from .pipeline import image_dataset
     from .registry import get_backbone
-    from .training import _compile, _variable_factors
+    from .training import _compile
     from .weights import weights_identity
 
     started = time.time()
@@ -194,7 +195,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
         data = image_dataset(paths, y, spec.image_size, batch, augment=spec.augment,
                              augment_seed=spec.seed).unbatch()
         model = clf.model
-        factors = _variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
+        factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
     # Equal batches, reshuffled on every pass, as many as the test needs.
     data = data.shuffle(len(train), seed=spec.seed, reshuffle_each_iteration=True).repeat()
     data = data.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -55,3 +55,10 @@ def make_optimizer(name: str, learning_rate: float,
     optimizer = _SCALED[name](learning_rate, **kwargs)
     optimizer.rate_factors = dict(rate_factors)
     return optimizer
+
+
+def variable_factors(backbone: Any, layer_factors: dict[str, float]) -> dict[int, float]:
+    """Layer name -> factor, as the optimizer wants it: id(variable) -> factor."""
+    return {id(variable): factor for layer in backbone.layers
+            if (factor := layer_factors.get(layer.name)) is not None
+            for variable in layer.trainable_weights}

@@ -1,7 +1,8 @@
 """Freeze strategies as phase plans, and where an interrupted run picks its plan up again.
 
 `phases(spec)` is the whole of each strategy: which part of the backbone trains in each
-phase, for how many epochs, at what learning rate, and whether cached features serve it.
+phase, for how many epochs, at what learning rate, and whether cached features (or cached
+activations at the freeze boundary) serve it.
 The trainer only loops over the phases; a new recipe is a new entry here.
 """
 
@@ -28,6 +29,9 @@ class Phase:
     lr_factor: float  # times the spec's learning rate
     lr_decay: float  # per backbone block from the top down (1: one rate for all)
     cached_features: bool  # a frozen backbone that sees each image the same way every epoch
+    # Only the top of the backbone trains and the frozen bottom sees each image the same
+    # way every epoch: the bottom's activations are cached and only the top runs.
+    cached_activations: bool = False
 
     @property
     def trains_backbone(self) -> bool:
@@ -48,9 +52,14 @@ def _head(spec: RunSpec, epochs: int) -> Phase:
                  cached_features=not spec.augment)
 
 
+def _top_only(spec: RunSpec, top: int | None) -> bool:
+    return not spec.augment and top is not ALL and top != 0
+
+
 def _fine_tune(spec: RunSpec, top: int | None, lr_factor: float) -> Phase:
     return Phase("fine-tune", "Fine-tuning", spec.epochs, top, spec.unfreeze_unit, lr_factor,
-                 spec.lr_decay, cached_features=False)
+                 spec.lr_decay, cached_features=False,
+                 cached_activations=_top_only(spec, top))
 
 
 def phases(spec: RunSpec) -> list[Phase]:
@@ -70,7 +79,8 @@ def phases(spec: RunSpec) -> list[Phase]:
         return [_head(spec, spec.head_epochs)] + [
             Phase(f"stage-{k}", f"Stage {k} of {stages}: top {k} {unit}{'s' if k > 1 else ''}",
                   spec.epochs if k == stages else spec.epochs_per_stage, k, spec.unfreeze_unit,
-                  spec.fine_tune_lr_factor, spec.lr_decay, cached_features=False)
+                  spec.fine_tune_lr_factor, spec.lr_decay, cached_features=False,
+                  cached_activations=_top_only(spec, k))
             for k in range(1, stages + 1)
         ]
     raise ValueError(f"no phase plan for strategy {spec.strategy!r}")

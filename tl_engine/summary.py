@@ -18,6 +18,7 @@ from typing import Any
 _HEAD_KEYS = ("head_val_accuracy", "head_best_epoch", "head_model_available")
 _SWITCH_KEYS = ("finetuned_val_accuracy", "finetuned_best_epoch", "weights_from")
 _CALIBRATION_KEYS = ("temperature", "ece", "ece_calibrated", "ece_split")
+_ACTIVATION_KEYS = ("activations_computed", "activations_reused")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class RunSummary:
     head_val_accuracy: float | None = None
     head_best_epoch: int | None = None
     head_model_available: bool | None = None
+    # Plans that fine-tune the top of the backbone: its activations at the freeze boundary
+    # computed and read from the cache; notes say where a phase could not use them, and why.
+    activations_computed: int | None = None
+    activations_reused: int | None = None
+    notes: tuple[str, ...] = ()
     # After `use_head_phase_weights`: the fine-tuned model's figures, and "head".
     finetuned_val_accuracy: float | None = None
     finetuned_best_epoch: int | None = None
@@ -70,7 +76,11 @@ class RunSummary:
                 continue
             if f.name in _CALIBRATION_KEYS and self.temperature is None:
                 continue
-            out[f.name] = list(value) if f.name == "classes" else value
+            if f.name in _ACTIVATION_KEYS and self.activations_computed is None:
+                continue
+            if f.name == "notes" and not self.notes:
+                continue
+            out[f.name] = list(value) if f.name in ("classes", "notes") else value
         return out
 
     @classmethod
@@ -79,6 +89,7 @@ class RunSummary:
         classes), unknown keys are ignored. An empty mapping gives an empty summary."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {name: value for name, value in data.items() if name in names}
-        if "classes" in values:
-            values["classes"] = tuple(values["classes"] or ())
+        for name in ("classes", "notes"):
+            if name in values:
+                values[name] = tuple(values[name] or ())
         return cls(**values)

@@ -23,14 +23,16 @@ import numpy as np
 import tensorflow as tf
 
 from . import calibration, familiarity, runs
-from .callbacks import KeepBestWeights, StoreProgress, weights_tag
+from .activations import activation_data
+from .callbacks import KeepBestWeights, StoreProgress, discard_torn_first_backup, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import configure, distribution_strategy
 from .features import FeaturesCancelled, extract_features, feature_key
 from .freeze import FreezePlan, apply_freeze, layer_rate_factors, plan_freeze
 from .modeling import Classifier, build_classifier
-from .optimizers import make_optimizer
+from .optimizers import make_optimizer, variable_factors
 from .phases import (
+    ALL,
     Phase,
     PhaseResult,
     done_path,
@@ -89,13 +91,6 @@ def _discard_if_unreadable(weights_file: Path) -> None:
         weights_file.unlink()
 
 
-def _variable_factors(backbone: Any, layer_factors: dict[str, float]) -> dict[int, float]:
-    """Layer name -> factor, as the optimizer wants it: id(variable) -> factor."""
-    return {id(variable): factor for layer in backbone.layers
-            if (factor := layer_factors.get(layer.name)) is not None
-            for variable in layer.trainable_weights}
-
-
 class RunTrainer:
     """Everything one run needs, loaded once; `train()` loops over the phases of its plan."""
 
@@ -114,6 +109,9 @@ class RunTrainer:
         self.started = time.time()
         self.features_computed = 0
         self.features_reused = 0
+        self.activations_computed = 0
+        self.activations_reused = 0
+        self.notes: list[str] = []  # how phases ran where it is not the obvious way
         self._forward_s_per_image: float | None = None
 
     # --- helpers -----------------------------------------------------------------
@@ -161,6 +159,7 @@ class RunTrainer:
         )
         _discard_if_unreadable(best_path)  # left torn by a worker of an older version
         backup = self.dir / "backup" / phase
+        discard_torn_first_backup(backup)
         if not backup.exists():
             # No state to resume this phase from (new, or cancelled: Keras removes the
             # backup when fit ends), so it starts again at its first epoch.
@@ -279,7 +278,26 @@ class RunTrainer:
             result = self._fit(clf.head, phase.name, train, val, offset, phase.epochs, steps,
                                lambda eta: later(eta, False), phase.title)
             return result, matrices[1], matrices[2] if len(matrices) > 2 else None
-        factors = _variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
+        factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
+        why = "augmentation changes each image every epoch" if spec.augment else None
+        if phase.cached_activations:  # the top of the backbone and the head, shared weights
+            try:
+                data = activation_data(self.ws, clf, freeze, spec, self._weights_id,
+                                       (self.splits.train, y_train), (self.splits.val, y_val),
+                                       self._report)
+            except FeaturesCancelled:
+                raise RunCancelled() from None
+            if not isinstance(data, str):
+                self.activations_computed += data.computed
+                self.activations_reused += data.reused
+                _compile(data.cut.top, spec, n_classes, rate, factors)
+                return self._fit(data.cut.top, phase.name, data.train, data.val, offset,
+                                 phase.epochs, steps, lambda eta: later(eta, True),
+                                 phase.title), None, None
+            why = data
+        if why and phase.trains_backbone and phase.trainable_top is not ALL:
+            self.notes.append(f"{phase.title}: the whole model ran on pixels every epoch, not "
+                              f"on cached activations: {why}.")
         _compile(clf.model, spec, n_classes, rate, factors)
         result = self._fit(clf.model, phase.name, self._pixels(self.splits.train, True),
                            self._pixels(self.splits.val, False), offset, phase.epochs, steps,
@@ -328,6 +346,7 @@ class RunTrainer:
 
         final = results[-1]
         final_freeze = freeze_for(plan[-1])
+        cached = any(phase.cached_activations for phase in plan)
         evaluation = self._evaluate(clf, val_features, test_features)
         self._save(clf, evaluation)
         self._store_familiarity(clf, any(phase.trains_backbone for phase in plan))
@@ -354,6 +373,9 @@ class RunTrainer:
             device=device.label,
             weights_identity=self._weights_id,
             **calibration.summary_fields(evaluation),
+            activations_computed=self.activations_computed if cached else None,
+            activations_reused=self.activations_reused if cached else None,
+            notes=tuple(self.notes),
         )
         if len(plan) > 1 and not plan[0].trains_backbone:
             summary = self._offer_head_weights(clf, done_path(self.dir, plan[0].name),

@@ -99,6 +99,9 @@ with right, st.container(border=True):
         which = "" if len(plan) == 1 else " in the head phase"
         st.caption(f":material/bolt: Frozen backbone without augmentation{which}: each "
                    "image's features are computed once and cached, so epochs take seconds.")
+    if any(phase.cached_activations for phase in plan):
+        st.caption(":material/bolt: Only the top of the backbone trains, without augmentation: "
+                   "the frozen bottom runs once per image and its activations are cached.")
     # A horizontal container sizes each link to its label and wraps: nothing is clipped.
     with st.container(horizontal=True, gap="small"):
         st.page_link(pages.DATASET, label="Dataset", icon=":material/photo_library:")
@@ -285,6 +288,8 @@ def final_panel(run: tle.RunRecord) -> None:
         cols[4].metric("Trainable params", format_params(summary.trainable_params))
         if caption := run_views.weights_caption(run):
             st.caption(caption)
+        for note in summary.notes:
+            st.caption(f":material/info: {md_escape(note)}")
     elif run.status == tle.RunStatus.FAILED:
         st.error(f"The run failed: {md_escape(run.error)}", icon=":material/error:")
     else:
