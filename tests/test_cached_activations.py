@@ -149,7 +149,9 @@ def test_a_partial_run_trains_on_cached_activations_and_saves_the_complete_model
     kept = next(m for m in runs.run_metrics(workspace, run.id) if m["epoch"] == result.best_epoch)
     assert result.val_accuracy == pytest.approx(kept["val_accuracy"])
 
-    # The model the app loads predicts what the evaluation recorded.
+    # The model the app loads predicts what the evaluation recorded (calibrated by the
+    # run's temperature: p ∝ p_raw ** (1 / T)).
+    temperature = result.temperature or 1.0
     evaluation = runs.evaluation(workspace, run.id)["val"]["predictions"]
     pixels = np.concatenate(list(image_dataset(
         [str(workspace.image_path(p["hash"])) for p in evaluation], None, 32, 8)
@@ -157,8 +159,9 @@ def test_a_partial_run_trains_on_cached_activations_and_saves_the_complete_model
     probabilities = load_predictor(workspace, run.id).probabilities(pixels)
     for row, stored in zip(probabilities, evaluation, strict=True):
         assert int(np.argmax(row)) == stored["predicted"]
-        for name, value in stored["probabilities"].items():
-            assert row[tiny_dataset.classes.index(name)] == pytest.approx(value, abs=1e-4)
+        raw = np.array([stored["probabilities"][name] for name in tiny_dataset.classes])
+        calibrated = raw ** (1 / temperature) / (raw ** (1 / temperature)).sum()
+        np.testing.assert_allclose(row, calibrated, atol=1e-4)
 
     # Another head and learning rate over the same frozen bottom: nothing to compute.
     other = _train_here(workspace, tiny_dataset, hidden_units=16, learning_rate=0.003).result
