@@ -239,3 +239,39 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     # Written just before pytest's own closing line ("N passed in ..."), which stays last
     # for whatever reads a test run's outcome from its final line.
     terminalreporter.write_line(_TALLY.line())
+
+
+@pytest.fixture
+def demo_ws(tmp_path: Path):
+    """A workspace with project "demo": 30 real JPEGs in three colour classes."""
+    from tl_engine.datasets import ingest_folder
+    from tl_engine.store import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ingest_folder(ws, write_color_classes(tmp_path / "data", TINY_CLASSES, per_class=10),
+                  project="demo")
+    return ws
+
+
+def texts(elements) -> str:
+    """The values of AppTest elements, one per line."""
+    return "\n".join(str(e.value) for e in elements)
+
+
+def kill_worker(pid: int) -> None:
+    """SIGKILL a worker process, as a crash would, and return once it is gone."""
+    import signal
+    import time
+
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.1)  # the kernel reaps a non-child asynchronously
+

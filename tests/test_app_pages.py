@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, write_color_classes
+from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, texts, write_color_classes
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
@@ -18,10 +18,6 @@ TINY_SPEC = {"backbone": "MobileNetV2-0.35", "weights": "none", "image_size": 32
              "batch_size": 8, "learning_rate": 0.01}
 
 
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def metric(at: AppTest, label: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, train_tiny_run
+from conftest import PROJECT_ROOT, texts, train_tiny_run
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -55,10 +55,6 @@ def open_page(monkeypatch, root: Path, page: str, project: str | None = "demo",
     at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def plotly_specs(at: AppTest) -> list[dict]:

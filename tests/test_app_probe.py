@@ -4,10 +4,7 @@ and "Use this backbone" makes a row the draft's model."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, write_color_classes
+from conftest import PROJECT_ROOT, open_app, texts
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
@@ -15,18 +12,6 @@ from tl_engine.jobs import wait_for_run
 
 DRAFT = {"backbone": "MobileNet-0.25", "weights": "none", "image_size": 32, "epochs": 1,
          "batch_size": 8}
-
-
-@pytest.fixture
-def demo_ws(tmp_path: Path) -> tle.Workspace:
-    ws = tle.Workspace(tmp_path / "ws")
-    tle.ingest_folder(ws, write_color_classes(tmp_path / "data", TINY_CLASSES, per_class=10),
-                      project="demo")
-    return ws
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def test_probe_table_and_use_this_backbone(monkeypatch, demo_ws, keras_home):

@@ -6,10 +6,7 @@ and "Use this learning rate" puts its suggestion into the draft and the form."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-from conftest import PROJECT_ROOT, TINY_CLASSES, write_color_classes
+from conftest import PROJECT_ROOT, texts
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
@@ -21,14 +18,6 @@ DRAFT = {"backbone": "MobileNetV2-0.35", "weights": "imagenet", "image_size": 32
          "epochs": 1, "batch_size": 8}
 
 
-@pytest.fixture
-def demo_ws(tmp_path: Path) -> tle.Workspace:
-    ws = tle.Workspace(tmp_path / "ws")
-    tle.ingest_folder(ws, write_color_classes(tmp_path / "data", TINY_CLASSES, per_class=10),
-                      project="demo")
-    return ws
-
-
 def open_page(monkeypatch, ws: tle.Workspace, page: str) -> AppTest:
     monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
@@ -38,10 +27,6 @@ def open_page(monkeypatch, ws: tle.Workspace, page: str) -> AppTest:
     at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def test_runs_page_sweep_button_queues_every_strategy_with_live_status(monkeypatch, demo_ws,

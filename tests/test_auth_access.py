@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, texts
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
@@ -245,10 +245,6 @@ def all_shown(at: AppTest) -> str:
         for child in getattr(node, "children", {}).values():
             yield from walk(child)
     return "\n".join([*walk(at.main), *walk(at.sidebar)])
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def open_as(monkeypatch, root: Path, name: str | None, page: str | None = None,

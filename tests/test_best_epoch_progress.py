@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
-import signal
 import time
 
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_CLASSES, train_tiny_run, write_color_classes
+from conftest import TINY_CLASSES, kill_worker, train_tiny_run, write_color_classes
 
 import tl_engine as tle
 from tl_engine import cli, runs
@@ -224,18 +222,7 @@ def test_resume_after_a_killed_worker_keeps_the_best_epoch_right(workspace, tiny
     while len(runs.run_metrics(workspace, run_id)) < 3:
         assert time.monotonic() < deadline, "no epochs recorded in time"
         time.sleep(0.2)
-    pid = runs.get_run(workspace, run_id).worker_pid
-    os.kill(pid, signal.SIGKILL)
-    while True:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.1)
+    kill_worker(runs.get_run(workspace, run_id).worker_pid)
     assert run_id in recover_interrupted(workspace)
     resume_run(workspace, run_id, start_worker=False)
     worker_main(workspace)

@@ -4,8 +4,6 @@ theirs; people's names are shown as typed, never as Markdown."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, write_color_classes
 from streamlit.testing.v1 import AppTest
@@ -21,14 +19,6 @@ HOSTILE = "![x](http://127.0.0.1:9/p.png) [sign in again](http://127.0.0.1:9/) <
 def all_markdown(at: AppTest) -> str:
     return "\n".join(str(e.value) for e in [*at.markdown, *at.caption, *at.info, *at.success,
                                             *at.subheader])
-
-
-@pytest.fixture
-def demo_ws(tmp_path: Path) -> tle.Workspace:
-    ws = tle.Workspace(tmp_path / "ws")
-    tle.ingest_folder(ws, write_color_classes(tmp_path / "data", TINY_CLASSES, per_class=10),
-                      project="demo")
-    return ws
 
 
 def test_drafts_are_stored_per_project_and_person(tmp_path):

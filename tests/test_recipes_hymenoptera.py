@@ -5,14 +5,12 @@ ImageNet weights, through the CLI and through a worker that is killed and resume
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, kill_worker
 
 from tl_engine import runs
 from tl_engine.datasets import ingest_folder
@@ -59,20 +57,6 @@ def test_gradual_unfreezing_with_discriminative_rates_through_the_cli(hymenopter
         "head only", "top 1 block + head", "top 2 blocks + head"]
 
 
-def _kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    while True:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("strategy", ["gradual", "partial"])
 def test_recipes_resume_after_a_killed_worker(strategy, workspace, hymenoptera, keras_home):
     dataset = ingest_folder(workspace, hymenoptera, project="bugs")
@@ -89,7 +73,7 @@ def test_recipes_resume_after_a_killed_worker(strategy, workspace, hymenoptera, 
         assert runs.get_run(workspace, run_id).status in ("queued", "running")
         time.sleep(0.2)
     before = runs.run_metrics(workspace, run_id)
-    _kill(runs.get_run(workspace, run_id).worker_pid)
+    kill_worker(runs.get_run(workspace, run_id).worker_pid)
     assert runs.get_run(workspace, run_id).status == "running"  # killed mid-run
     assert run_id in recover_interrupted(workspace)
     if gradual:

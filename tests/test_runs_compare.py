@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import open_app, train_tiny_run, write_color_classes
+from conftest import open_app, texts, train_tiny_run, write_color_classes
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
@@ -199,10 +199,6 @@ def pair_ws(pair_root, tmp_path) -> tle.Workspace:
 def open_runs(monkeypatch, root: Path, run: str | None = None) -> AppTest:
     return open_app(monkeypatch, root, "views/runs.py", project="pair",
                     **({"run": run} if run else {}))
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def curves_spec(at: AppTest) -> dict:
