@@ -15,6 +15,13 @@ from dashboard import explain_views
 from dashboard.text import md_escape
 
 
+def training_photo(ws: tle.Workspace, label: str) -> bytes:
+    """One of the run's own training photos of `label`: familiar, and confidently named."""
+    (dataset,) = tle.list_datasets(ws, "demo")
+    record = next(r for r in dataset.records if r.label == label)
+    return ws.image_path(record.hash).read_bytes()
+
+
 def open_page(monkeypatch, ws: tle.Workspace, page: str, **query: str) -> AppTest:
     monkeypatch.setenv("TL_WORKSPACE", str(ws.root))
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
@@ -44,7 +51,8 @@ def test_why_shows_grad_cam_of_the_predicted_then_a_chosen_class(monkeypatch,
     ws, _, run = trained_workspace
     at = open_page(monkeypatch, ws, "views/prediction.py", run=run.id)
     at.file_uploader(key="predict_uploads").set_value(
-        [("red.jpg", jpeg((200, 40, 40)), "image/jpeg")]).run()
+        [("red.jpg", training_photo(ws, "red"), "image/jpeg")]).run()
+    at.slider(key="not_sure_below").set_value(0).run()  # a 3-epoch model: always a label
     assert not at.exception, at.exception
     predicted = next(m.value for m in at.metric if m.label == "Prediction")
     images = len(at.image)

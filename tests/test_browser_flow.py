@@ -304,7 +304,7 @@ def test_main_flow_in_chromium(studio, hymenoptera):
             [str(held_back), str(held_back), str(renamed_copy), str(document)])
         # Each ant photo gets a label, or "Not sure" when its calibrated confidence is low.
         prediction = page.get_by_test_id("stMetric").filter(has_text="Prediction")
-        not_sure = page.get_by_text("Not sure", exact=True)
+        not_sure = page.get_by_test_id("stAlertContentInfo").filter(has_text="Not sure")
         expect(page.get_by_text("Why?", exact=True)).to_have_count(3)
         assert prediction.count() + not_sure.count() == 3
         for value in prediction.get_by_test_id("stMetricValue").all():

@@ -349,8 +349,8 @@ def test_the_engine_and_the_prediction_page_name_a_damaged_model_file(damaged_mo
     (["--seed", "-1"], "Seed (--seed)"),
     (["--seed", str(2**40)], "Seed (--seed)"),
     (["--strategy", "two-phase", "--unfreeze", "2", "--head-epochs", "0"],
-     "Head epochs (--head-epochs)"),
-    (["--early-stopping", "-1"], "Early-stopping patience (--early-stopping"),
+     "Head epochs (phase 1) (--head-epochs)"),
+    (["--early-stopping", "-1"], "Early stopping (--early-stopping)"),
 ])
 def test_cli_train_refuses_out_of_range_settings(tiny_data_dir, tmp_path, capsys, flags, named,
                                                   hostile):
