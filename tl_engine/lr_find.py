@@ -159,7 +159,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     from .phases import phases
     from .pipeline import image_dataset
     from .registry import get_backbone
-    from .training import _compile
+    from .training import compile_classifier, one_hot
     from .weights import weights_identity
 
     started = time.time()
@@ -170,7 +170,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     classes = list(dataset.classes)
     index = {name: i for i, name in enumerate(classes)}
     train = split_records(dataset, spec.val_split, spec.test_split, spec.seed)["train"]
-    y = np.eye(len(classes), dtype=np.float32)[[index[r.label] for r in train]]
+    y = one_hot(train, index)
     phase = phases(spec)[0]
     entry = get_backbone(spec.backbone)
     with distribution_strategy().scope():
@@ -199,7 +199,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     # Equal batches, reshuffled on every pass, as many as the test needs.
     data = data.shuffle(len(train), seed=spec.seed, reshuffle_each_iteration=True).repeat()
     data = data.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    _compile(model, spec, len(classes), START_LR, factors)
+    compile_classifier(model, spec, len(classes), START_LR, factors)
     callback = _range_test_callback(ws, run.id, steps)
     try:
         model.fit(data, steps_per_epoch=1, epochs=steps, callbacks=[callback], shuffle=False,

@@ -241,13 +241,6 @@ class RunSpec:
         values["image_size"] = size
         return dataclasses.replace(self, **values)
 
-    @property
-    def uses_feature_cache(self) -> bool:
-        """Some phase sees each image through a frozen backbone, the same way every epoch."""
-        from .phases import phases
-
-        return any(phase.cached_features for phase in phases(self))
-
     def to_dict(self) -> dict[str, Any]:
         value = dataclasses.asdict(self)
         value["augment"] = list(self.augment)

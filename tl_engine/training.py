@@ -61,7 +61,7 @@ class Splits:
     test: list[ImageRecord]
 
 
-def _one_hot(records: list[ImageRecord], index: dict[str, int]) -> np.ndarray:
+def one_hot(records: list[ImageRecord], index: dict[str, int]) -> np.ndarray:
     return np.eye(len(index), dtype=np.float32)[[index[r.label] for r in records]]
 
 
@@ -71,7 +71,7 @@ def _class_weights(records: list[ImageRecord], index: dict[str, int]) -> dict[in
     return {i: float(total / (len(index) * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def _compile(model: Any, spec: RunSpec, n_classes: int, learning_rate: float,
+def compile_classifier(model: Any, spec: RunSpec, n_classes: int, learning_rate: float,
              rate_factors: dict[int, float] | None = None) -> None:
     k = top_k_for(n_classes)
     model.compile(
@@ -119,7 +119,7 @@ class RunTrainer:
         spec = self.spec
         return image_dataset(
             [str(self.ws.image_path(r.hash)) for r in records],
-            _one_hot(records, self.index) if labels else None,
+            one_hot(records, self.index) if labels else None,
             spec.image_size,
             spec.batch_size,
             shuffle_seed=spec.seed if shuffle else None,
@@ -259,8 +259,8 @@ class RunTrainer:
         validation and test features the evaluation can reuse."""
         spec, n_classes = self.spec, len(self.classes)
         rate = spec.learning_rate * phase.lr_factor
-        y_train = _one_hot(self.splits.train, self.index)
-        y_val = _one_hot(self.splits.val, self.index)
+        y_train = one_hot(self.splits.train, self.index)
+        y_val = one_hot(self.splits.val, self.index)
         if phase.cached_features:
             named = [("training images", self.splits.train),
                      ("validation images", self.splits.val)]
@@ -274,7 +274,7 @@ class RunTrainer:
             ).batch(spec.batch_size)
             val = tf.data.Dataset.from_tensor_slices((matrices[1], y_val)).batch(
                 spec.batch_size)
-            _compile(clf.head, spec, n_classes, rate)
+            compile_classifier(clf.head, spec, n_classes, rate)
             result = self._fit(clf.head, phase.name, train, val, offset, phase.epochs, steps,
                                lambda eta: later(eta, False), phase.title)
             return result, matrices[1], matrices[2] if len(matrices) > 2 else None
@@ -290,7 +290,7 @@ class RunTrainer:
             if not isinstance(data, str):
                 self.activations_computed += data.computed
                 self.activations_reused += data.reused
-                _compile(data.cut.top, spec, n_classes, rate, factors)
+                compile_classifier(data.cut.top, spec, n_classes, rate, factors)
                 return self._fit(data.cut.top, phase.name, data.train, data.val, offset,
                                  phase.epochs, steps, lambda eta: later(eta, True),
                                  phase.title), None, None
@@ -298,7 +298,7 @@ class RunTrainer:
         if why and phase.trains_backbone and phase.trainable_top is not ALL:
             self.notes.append(f"{phase.title}: the whole model ran on pixels every epoch, not "
                               f"on cached activations: {why}.")
-        _compile(clf.model, spec, n_classes, rate, factors)
+        compile_classifier(clf.model, spec, n_classes, rate, factors)
         result = self._fit(clf.model, phase.name, self._pixels(self.splits.train, True),
                            self._pixels(self.splits.val, False), offset, phase.epochs, steps,
                            lambda eta: later(eta, phase.trains_backbone), phase.title)
