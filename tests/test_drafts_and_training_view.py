@@ -36,7 +36,8 @@ def test_drafts_are_stored_per_project_and_person(tmp_path):
     assert tle.load_draft(tle.Workspace(ws.root), "demo", "ann")["epochs"] == 7
 
 
-def test_a_reload_or_a_new_tab_restores_the_settings(monkeypatch, demo_ws):
+def test_a_reload_or_a_new_tab_restores_the_settings(monkeypatch, demo_ws, keras_home):
+    # keras_home: the run it starts needs the shared ImageNet weights (skips without them).
     at = open_app(monkeypatch, demo_ws.root, "views/model.py", project="demo", user="ann")
     at.number_input(key="model_hidden_units").set_value(128).run()
     at.switch_page("views/freeze.py").run()
