@@ -244,12 +244,14 @@ def pipeline(workspace: Path) -> dict[str, Any]:
         return time.perf_counter() - started
 
     def bare(array: Any) -> float:
+        # The model's compiled predict step on batches already in memory: no input pipeline.
         started = time.perf_counter()
-        model.predict(array, batch_size=batch, verbose=0)
+        for start in range(0, len(array), batch):
+            model.predict_on_batch(array[start:start + batch])
         return time.perf_counter() - started
 
     ours("warm_up", records[:batch])
-    bare(pixels[:batch])
+    bare(pixels[-(len(pixels) % batch or batch) - batch:])  # a full batch and the last one
     bare_seconds = bare(pixels) + bare(pixels)
     ours_seconds = ours("pass_1", records) + ours("pass_2", records)
     return {"photos": len(records), "bare_images_per_s": 2 * len(records) / bare_seconds,
