@@ -198,18 +198,17 @@ def worker_idle_seconds() -> float:
         return DEFAULT_WORKER_IDLE_S
 
 
-def prewarm_worker(ws: Workspace) -> bool:
+def prewarm_worker(ws: Workspace) -> int | None:
     """Start a worker ahead of any job, so that TensorFlow is imported and the default
     backbone loaded while the user is still choosing settings; it then waits for a job
-    as a worker does after its last one. True when one was started; nothing happens on a
-    read-only workspace, while a worker is alive, or when workers do not wait
-    ($TL_WORKER_IDLE_S=0: a warmed worker would exit at once)."""
+    as a worker does after its last one. Returns the new worker's pid, or None when none
+    was started: on a read-only workspace, while a worker is alive, or when workers do not
+    wait ($TL_WORKER_IDLE_S=0: a warmed worker would exit at once)."""
     if ws.read_only or worker_idle_seconds() <= 0:
-        return False
+        return None
     if slot_busy(ws) or _spawned_worker_alive(ws):
-        return False
-    spawn_worker(ws)
-    return True
+        return None
+    return spawn_worker(ws)
 
 
 def _spawned_worker_alive(ws: Workspace) -> bool:
