@@ -33,6 +33,9 @@ def _offline_keras_home() -> None:
 
 
 _offline_keras_home()
+# A spawned worker exits as soon as the queue is empty, as it did before workers waited for
+# the next job: a test about waiting sets its own period.
+os.environ["TL_WORKER_IDLE_S"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ class StoreProgress(keras.callbacks.Callback):
         self.cancelled = False
         self._last_write = 0.0
         self._epoch = 0
+        self._step = 0  # steps of the current epoch done
         self._epoch_started = time.time()
         self._mark = time.time()
         self._pause_from: float | None = None
@@ -85,14 +86,18 @@ class StoreProgress(keras.callbacks.Callback):
             self.eta.epoch_pause(now - self._pause_from)
             self._pause_from = None
         self._epoch = epoch - self.epoch_offset
+        self._step = 0
         self._epoch_started = self._mark = now
         self._write(0, logs, force=True)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # With steps_per_execution, `batch` is the last step of a chunk of several (Keras
+        # may count past the epoch's end on its last chunk).
         now = time.time()
-        self.eta.steps_done(1, now - self._mark)
-        self._mark = now
-        self._write(batch + 1, logs)
+        step = min(batch + 1, self.steps_per_epoch)
+        self.eta.steps_done(max(1, step - self._step), now - self._mark)
+        self._mark, self._step = now, step
+        self._write(step, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # The pause (validation, checkpoints) runs from the last step to the next epoch.

@@ -316,13 +316,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .jobs import WORKER_NICENESS, worker_main
+    from .job_kinds import warm_up_worker
+    from .jobs import WORKER_NICENESS, worker_idle_seconds, worker_main
 
     # Training takes every core it gets; a lower priority keeps the pages that people are
     # clicking through (the web server) responsive meanwhile.
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
-    worker_main(Workspace(args.workspace))
+    worker_main(Workspace(args.workspace), idle_s=worker_idle_seconds(),
+                warm_up=warm_up_worker)
     return 0
 
 

@@ -152,34 +152,35 @@ def _shape(x: np.ndarray, labels: np.ndarray, max_components: int
     classes = np.unique(labels)
     means = np.stack([x[labels == c].mean(axis=0) for c in classes])
     scatter = x - means[np.searchsorted(classes, labels)]
-    eigen, directions = _principal_axes(scatter)
-    eigen = eigen / max(1, len(x))
-    total = float(eigen.sum()) / x.shape[1] + _EPS
+    n, dim = scatter.shape
+    all_variance = float((scatter**2).sum()) / max(1, n)  # the sum of every eigenvalue
+    total = all_variance / dim + _EPS
     # A direction needs a few images to be estimated; the ones the training images cannot
     # tell from noise stay in the isotropic part (else new images of the same kind, off the
     # span of the few training ones, all look far).
-    k = int(min(max_components, max(0, (len(x) - len(classes)) // 4), len(eigen)))
+    k = int(min(max_components, max(0, (n - len(classes)) // 4), n, dim))
+    squared, directions = _top_directions(scatter, k)
+    eigen = squared / max(1, n)
     floor = 1e-3 * total
-    residual = max(float(eigen[k:].sum()) / max(1, x.shape[1] - k), floor)
-    return means, directions[:k], np.maximum(eigen[:k], floor), residual
+    residual = max((all_variance - float(eigen.sum())) / max(1, dim - k), floor)
+    return means, directions, np.maximum(eigen, floor), residual
 
 
-def _principal_axes(scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The squared singular values of `scatter` (descending) and its right singular vectors
-    (rows), from the eigen-decomposition of the smaller of its two Gram matrices: what
-    `np.linalg.svd` gives, at a fraction of its cost on thousands of images (it is cubic
-    in the image count, and a 5-fold profile fits six of them)."""
-    rows, dims = scatter.shape
-    if rows >= dims:
-        values, vectors = np.linalg.eigh(scatter.T @ scatter)
-        return np.maximum(values[::-1], 0.0), vectors[:, ::-1].T
-    values, vectors = np.linalg.eigh(scatter @ scatter.T)
-    values, vectors = np.maximum(values[::-1], 0.0), vectors[:, ::-1]
-    # v_i = Xᵀu_i / s_i; directions of (numerically) zero variance get a zero row, and
-    # they are never among the ones kept (see _shape).
-    singular = np.sqrt(values)
-    directions = (scatter.T @ vectors) / np.where(singular > _EPS, singular, np.inf)
-    return values, directions.T
+def _top_directions(scatter: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest squared singular values of `scatter` and their right singular vectors
+    (rows), largest first: the eigenpairs of the smaller of its two Gram matrices, several
+    times faster than the SVD of `scatter` itself (this runs six times per profile)."""
+    n, dim = scatter.shape
+    if k == 0:
+        return np.zeros(0), np.zeros((0, dim))
+    if n <= dim:
+        values, vectors = np.linalg.eigh(scatter @ scatter.T)
+        values, vectors = np.maximum(values[::-1][:k], 0.0), vectors[:, ::-1][:, :k]
+        # Right singular vectors from the left ones: v = Xᵀu / σ.
+        directions = (scatter.T @ vectors) / np.sqrt(np.maximum(values, _EPS))
+        return values, directions.T
+    values, vectors = np.linalg.eigh(scatter.T @ scatter)
+    return np.maximum(values[::-1][:k], 0.0), vectors[:, ::-1][:, :k].T
 
 
 def _held_out_distances(x: np.ndarray, labels: np.ndarray, max_components: int,

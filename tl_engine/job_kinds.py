@@ -39,6 +39,14 @@ def executor_for(kind: str) -> Executor | None:
     return _EXECUTORS.get(kind)
 
 
+def warm_up_worker() -> None:
+    """What a worker started ahead of any job does first: import TensorFlow and load the
+    default backbone, the fixed costs the first job would otherwise wait for."""
+    from .training import warm_up  # TensorFlow is imported by the worker only
+
+    warm_up()
+
+
 def _train(ws: Workspace, run_id: str) -> RunStatus:
     from .training import execute_run  # TensorFlow is imported by the worker only
 

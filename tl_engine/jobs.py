@@ -2,8 +2,10 @@
 
 One training slot per host (a job uses every visible GPU through MirroredStrategy): the
 worker that holds the slot's file lock runs queued jobs one after another, oldest
-first, and exits when the queue is empty. The lock is released by the OS when a worker
-dies, so a run still marked running while nobody holds the lock was interrupted.
+first. When the queue is empty a spawned worker stays a while ($TL_WORKER_IDLE_S,
+holding the slot, polling the queue), so the next job skips importing TensorFlow and
+loading weights; then it exits. The lock is released by the OS when a worker dies, so a
+run still marked running while nobody holds the lock was interrupted.
 
 A job has a kind (train, ...); the worker hands it to that kind's executor
 (job_kinds.py). The status changes themselves are runs.py's.
@@ -38,6 +40,10 @@ SLOT_LOCK = "training-slot.lock"
 WORKER_STARTUP_GRACE_S = 120.0
 WORKER_NICENESS = 10
 AUTO_RESUMED_MARKER = "auto-resumed"
+WORKER_IDLE_ENV = "TL_WORKER_IDLE_S"
+DEFAULT_WORKER_IDLE_S = 120.0
+# One tiny query per poll: a job queued for a waiting worker starts within this.
+WORKER_POLL_S = 0.15
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,29 @@ def ensure_worker(ws: Workspace) -> bool:
     return True
 
 
+def worker_idle_seconds() -> float:
+    """How long a spawned worker waits for the next job once the queue is empty
+    ($TL_WORKER_IDLE_S, default 120 s; 0 exits at once)."""
+    value = os.environ.get(WORKER_IDLE_ENV, "").strip()
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_WORKER_IDLE_S
+    except ValueError:
+        return DEFAULT_WORKER_IDLE_S
+
+
+def prewarm_worker(ws: Workspace) -> int | None:
+    """Start a worker ahead of any job, so that TensorFlow is imported and the default
+    backbone loaded while the user is still choosing settings; it then waits for a job
+    as a worker does after its last one. Returns the new worker's pid, or None when none
+    was started: on a read-only workspace, while a worker is alive, or when workers do not
+    wait ($TL_WORKER_IDLE_S=0: a warmed worker would exit at once)."""
+    if ws.read_only or worker_idle_seconds() <= 0:
+        return None
+    if slot_busy(ws) or _spawned_worker_alive(ws):
+        return None
+    return spawn_worker(ws)
+
+
 def _spawned_worker_alive(ws: Workspace) -> bool:
     """A worker we started may still be importing TensorFlow before it takes the slot."""
     pid_file = ws.locks_dir / "worker.pid"
@@ -240,8 +269,11 @@ def run_job(ws: Workspace, run_id: str) -> RunStatus:
         return RunStatus.FAILED
 
 
-def worker_main(ws: Workspace) -> int:
-    """Run queued jobs until none is left. Returns how many it ran."""
+def worker_main(ws: Workspace, idle_s: float = 0.0,
+                warm_up: Callable[[], None] | None = None) -> int:
+    """Run queued jobs until none is left and none came for `idle_s` seconds. Returns how
+    many it ran. `warm_up`, when given, runs once if the queue is empty when the worker
+    starts (a prewarmed worker), while it holds the slot."""
     done = 0
     while True:
         with _slot(ws, wait_s=5.0) as held:
@@ -249,12 +281,29 @@ def worker_main(ws: Workspace) -> int:
                 return done
             _forget_spawn_record(ws)
             runs.mark_interrupted(ws)  # the slot is ours: every running run is an orphan
-            while (run_id := runs.claim_next_run(ws)) is not None:
-                run_job(ws, run_id)
-                done += 1
+            if warm_up is not None and not _any_with_status(ws, RunStatus.QUEUED):
+                warm_up()
+            warm_up = None
+            while True:
+                while (run_id := runs.claim_next_run(ws)) is not None:
+                    run_job(ws, run_id)
+                    done += 1
+                if not _job_queued_within(ws, idle_s):
+                    break
         # A run queued just as we released the slot might have found it busy: look again.
         if not _any_with_status(ws, RunStatus.QUEUED):
             return done
+
+
+def _job_queued_within(ws: Workspace, idle_s: float) -> bool:
+    """Whether a job is queued within `idle_s` seconds. The caller holds the slot, so
+    `ensure_worker` spawns nobody meanwhile and readers still see a live worker."""
+    deadline = time.monotonic() + idle_s
+    while time.monotonic() < deadline:
+        if _any_with_status(ws, RunStatus.QUEUED):
+            return True
+        time.sleep(min(WORKER_POLL_S, max(0.0, deadline - time.monotonic())))
+    return False
 
 
 def _forget_spawn_record(ws: Workspace) -> None:

@@ -49,9 +49,22 @@ from .store import Workspace
 from .summary import RunSummary
 from .weights import weights_identity
 
+VALIDATION_FEATURES_BATCH = 1024
+
 
 class RunCancelled(Exception):
     pass
+
+
+def warm_up() -> None:
+    """Pay a worker's fixed costs before its first job: TensorFlow and Keras imported and
+    initialised, the default backbone's starting weights read (kept per process, see
+    weights.py) and one classifier built, so the first run only builds its own."""
+    configure()
+    spec = RunSpec().normalized()
+    with distribution_strategy().scope():
+        build_classifier(spec, n_classes=2)
+    keras.backend.clear_session()
 
 
 @dataclass
@@ -72,12 +85,16 @@ def _class_weights(records: list[ImageRecord], index: dict[str, int]) -> dict[in
 
 
 def compile_classifier(model: Any, spec: RunSpec, n_classes: int, learning_rate: float,
-             rate_factors: dict[int, float] | None = None) -> None:
+             rate_factors: dict[int, float] | None = None,
+             steps_per_execution: int = 1) -> None:
+    """`steps_per_execution` > 1 runs that many batches in one graph call: the same
+    batches and updates, far less Python per step (callbacks see one call per chunk)."""
     k = top_k_for(n_classes)
     model.compile(
         optimizer=make_optimizer(spec.optimizer, learning_rate, rate_factors),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing),
         metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(k, name="top_k")],
+        steps_per_execution=max(1, steps_per_execution),
     )
 
 
@@ -112,6 +129,9 @@ class RunTrainer:
         self.activations_computed = 0
         self.activations_reused = 0
         self.notes: list[str] = []  # how phases ran where it is not the obvious way
+        # The training and validation features of the last head phase on cached
+        # features: the familiarity profile of a frozen backbone is made from them.
+        self._head_features: tuple[np.ndarray, np.ndarray] | None = None
         self._forward_s_per_image: float | None = None
 
     # --- helpers -----------------------------------------------------------------
@@ -272,9 +292,13 @@ class RunTrainer:
             train = tf.data.Dataset.from_tensor_slices((matrices[0], y_train)).shuffle(
                 len(matrices[0]), seed=spec.seed, reshuffle_each_iteration=True
             ).batch(spec.batch_size)
+            # Validation only sums over its images: one large batch is the same result.
             val = tf.data.Dataset.from_tensor_slices((matrices[1], y_val)).batch(
-                spec.batch_size)
-            compile_classifier(clf.head, spec, n_classes, rate)
+                max(spec.batch_size, VALIDATION_FEATURES_BATCH))
+            self._head_features = (matrices[0], matrices[1])
+            # An epoch on features takes milliseconds: one graph call per epoch, so the
+            # per-step Python (callbacks, iterator, dispatch) is paid once, not per batch.
+            compile_classifier(clf.head, spec, n_classes, rate, steps_per_execution=steps)
             result = self._fit(clf.head, phase.name, train, val, offset, phase.epochs, steps,
                                lambda eta: later(eta, False), phase.title)
             return result, matrices[1], matrices[2] if len(matrices) > 2 else None
@@ -386,7 +410,9 @@ class RunTrainer:
         """What the training images look like to the saved model, for prediction to flag
         images unlike them. A trained backbone's features are not the cached ones."""
         parts = [self.splits.train, self.splits.val]
-        if backbone_trained:
+        if not backbone_trained and self._head_features is not None:
+            matrices = list(self._head_features)  # the same cached features, already read
+        elif backbone_trained:
             matrices = [np.asarray(clf.feature_model.predict(
                 self._pixels(part, False, labels=False), verbose=0)) if part
                 else np.zeros((0, 1)) for part in parts]
@@ -398,8 +424,9 @@ class RunTrainer:
                     self.spec.batch_size, self._report).matrices
             except FeaturesCancelled:
                 raise RunCancelled() from None
-        fingerprint = clf.feature_model.predict_on_batch(
-            familiarity.fingerprint_image(self.spec.image_size))
+        # One image, called directly: `predict` would trace the whole model for it.
+        fingerprint = clf.feature_model(
+            familiarity.fingerprint_image(self.spec.image_size), training=False)
         familiarity.save_profile(self.ws, self.dir, familiarity.fit_profile(
             matrices[0], np.array([self.index[r.label] for r in parts[0]]), matrices[1],
             np.asarray(fingerprint)))
@@ -448,7 +475,8 @@ class RunTrainer:
             if not records:
                 continue
             if features is not None:
-                probs = clf.head.predict(features, batch_size=256, verbose=0)
+                # A direct call on the feature matrix: no predict function to trace.
+                probs = np.asarray(clf.head(features, training=False))
             else:
                 probs = clf.model.predict(self._pixels(records, False, labels=False), verbose=0)
             y_true = np.array([self.index[r.label] for r in records])

@@ -15,13 +15,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import random
 import socket
 import stat
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import WeightsUnavailable
 from .registry import Backbone
@@ -169,8 +173,64 @@ def require_imagenet(backbone: Backbone) -> None:
         )
 
 
+# Starting weights already read in this process, by (backbone, weights identity): a
+# worker that runs job after job builds the default-size model and reads the file once.
+# The arrays are read-only copies, never the variables a run trains, so a fine-tuned run
+# cannot leak its weights into a later one. A few entries: large backbones weigh ~100 MB.
+_STARTING_WEIGHTS: OrderedDict[tuple[str, str], list[np.ndarray]] = OrderedDict()
+_STARTING_WEIGHTS_KEPT = 3
+
+
+def _starting_weights(backbone: Backbone, weights: str) -> list[np.ndarray]:
+    """The pretrained weights (ImageNet or a file) as arrays, loaded once per process."""
+    key = (backbone.key, weights_identity(backbone, weights, seed=0))
+    if key in _STARTING_WEIGHTS:
+        _STARTING_WEIGHTS.move_to_end(key)
+        return _STARTING_WEIGHTS[key]
+    # Keras seeds each unseeded initializer from Python's `random`: building the source
+    # model must not move it, or a run's head would start differently depending on
+    # whether an earlier run in this process had loaded these weights already.
+    state = random.getstate()
+    try:
+        source = _load_source(backbone, weights)
+    finally:
+        random.setstate(state)
+    arrays = [np.array(value, copy=True) for value in source.get_weights()]
+    for array in arrays:
+        array.setflags(write=False)
+    _STARTING_WEIGHTS[key] = arrays
+    while len(_STARTING_WEIGHTS) > _STARTING_WEIGHTS_KEPT:
+        _STARTING_WEIGHTS.popitem(last=False)
+    return arrays
+
+
+def _load_source(backbone: Backbone, weights: str) -> Any:
+    """The backbone at its default size with the pretrained weights loaded."""
+    if weights == "imagenet":
+        require_imagenet(backbone)
+        try:
+            return backbone.build_imagenet()
+        except Exception as exc:  # a failed download or a corrupt cache file
+            raise WeightsUnavailable(
+                f"Keras could not load ImageNet weights for {backbone.key} "
+                f"({backbone.weights_file} in {keras_home() / 'models'}): {exc}"
+            ) from exc
+    path = Path(weights).expanduser()
+    source = backbone.build(backbone.default_size)
+    try:
+        source.load_weights(str(path))
+    except Exception as exc:
+        raise WeightsUnavailable(
+            f"Weights file {path} does not fit {backbone.key} without its top: {exc}. "
+            f"Use a file saved from keras.applications.{backbone.constructor}"
+            f"(include_top=False, input_shape=({backbone.default_size}, "
+            f"{backbone.default_size}, 3))."
+        ) from exc
+    return source
+
+
 def load_backbone(backbone: Backbone, weights: str, image_size: int) -> Any:
-    """The backbone at `image_size` with the requested starting weights.
+    """A new backbone at `image_size` with the requested starting weights.
 
     Pretrained weights are loaded at the backbone's default size (the only size whose
     files Keras publishes for every family) and copied into a model of the requested
@@ -178,29 +238,7 @@ def load_backbone(backbone: Backbone, weights: str, image_size: int) -> Any:
     """
     if weights == "none":
         return backbone.build(image_size)
-    if weights == "imagenet":
-        require_imagenet(backbone)
-        try:
-            source = backbone.build_imagenet()
-        except Exception as exc:  # a failed download or a corrupt cache file
-            raise WeightsUnavailable(
-                f"Keras could not load ImageNet weights for {backbone.key} "
-                f"({backbone.weights_file} in {keras_home() / 'models'}): {exc}"
-            ) from exc
-    else:
-        path = Path(weights).expanduser()
-        source = backbone.build(backbone.default_size)
-        try:
-            source.load_weights(str(path))
-        except Exception as exc:
-            raise WeightsUnavailable(
-                f"Weights file {path} does not fit {backbone.key} without its top: {exc}. "
-                f"Use a file saved from keras.applications.{backbone.constructor}"
-                f"(include_top=False, input_shape=({backbone.default_size}, "
-                f"{backbone.default_size}, 3))."
-            ) from exc
-    if image_size == backbone.default_size:
-        return source
+    arrays = _starting_weights(backbone, weights)
     target = backbone.build(image_size)
-    target.set_weights(source.get_weights())
+    target.set_weights(arrays)
     return target

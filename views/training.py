@@ -25,6 +25,11 @@ if flash := st.session_state.pop("training_flash", None):
     kind, text = flash
     getattr(st, kind)(text, icon=":material/info:" if kind == "info" else ":material/check_circle:")
 access.role_note(project, "train", "start training runs")
+if "worker_prewarmed" not in st.session_state and access.can("train", project):
+    # Once per session: a worker started now has TensorFlow loaded and the default backbone
+    # built by the time the settings are chosen.
+    st.session_state["worker_prewarmed"] = True
+    tle.prewarm_worker(ws)
 
 
 # --- the settings form ---------------------------------------------------------------
