@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120
 
 
-def start_studio(**env: str) -> tuple[subprocess.Popen, str]:
+def start_studio(timeout_s: float = START_TIMEOUT_S, **env: str) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` on a free local port with these environment variables added;
-    returns the process and its URL once it answers its health check."""
+    returns the process and its URL once it answers its health check (SystemExit when it
+    does not within `timeout_s`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -28,7 +29,7 @@ def start_studio(**env: str) -> tuple[subprocess.Popen, str]:
         cwd=ROOT, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
@@ -36,7 +37,7 @@ def start_studio(**env: str) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.3)  # the server is starting
     server.kill()
-    raise SystemExit("streamlit did not start")
+    raise SystemExit(f"streamlit did not answer its health check within {timeout_s:.0f} s")
 
 
 def print_report(report: dict[str, Any], as_json: bool) -> None:
