@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,11 +43,40 @@ def workspace() -> tle.Workspace:
     return ws
 
 
-@st.cache_resource(show_spinner="Checking the hardware…")
+@st.cache_resource(show_spinner=False)
+def _device_setup() -> Future[tle.DeviceInfo]:
+    """TensorFlow's import and set-up, started once per server in the background: it takes
+    seconds (about 6 on 2 cores), and most pages never touch TensorFlow, so the first page
+    anyone opens shows at once while the pages that do need it find it ready."""
+    future: Future[tle.DeviceInfo] = Future()
+
+    def configure() -> None:
+        try:
+            future.set_result(tle.configure_device())
+        except BaseException as exc:  # handed to whoever waits for the device
+            future.set_exception(exc)
+
+    threading.Thread(target=configure, name="tl-device-setup", daemon=True).start()
+    return future
+
+
 def device() -> tle.DeviceInfo:
-    # The app predicts and builds models in this process: set TensorFlow up as the worker
-    # does (GPU memory growth, so both share a GPU), not only describe it.
-    return tle.configure_device()
+    """The hardware, with TensorFlow set up in this process. Call it before anything in the
+    server uses TensorFlow (loading, building or exporting a model): the app predicts in
+    this process, so TensorFlow is set up as the worker does it (GPU memory growth, so both
+    share a GPU). Waits for the background set-up when it has not finished."""
+    future = _device_setup()
+    if future.done():
+        return future.result()
+    with st.spinner("Checking the hardware…"):
+        return future.result()
+
+
+def device_if_ready() -> tle.DeviceInfo | None:
+    """The hardware if TensorFlow's set-up has finished, else None (starting the set-up if
+    nothing has): for what only shows the hardware."""
+    future = _device_setup()
+    return future.result() if future.done() else None
 
 
 def current_project() -> str | None:
