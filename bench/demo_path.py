@@ -9,9 +9,10 @@ further by watching the run in the store: queued until a worker claims it, the w
 starting up (TensorFlow import, backbone build) until its first progress report, and the
 training itself.
 
-Every wait is bounded by its own timeout and by one deadline for the whole path
-(`--limit`, 2 minutes by default): a step that does not finish fails with the step's name
-and what it was waiting for, and the script exits 1.
+Every wait is bounded by its own timeout and by one deadline for the whole script
+(`--limit`, 2 minutes by default, stopping the browser and the server included): a step
+that does not finish fails with the step's name and what it was waiting for, and the
+script exits 1. A watchdog ends the script at the limit should anything else hang.
 
     python bench/demo_path.py [--json] [--limit 120] [--screenshots DIR]
 """
@@ -22,6 +23,7 @@ import argparse
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +44,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-sync", "--disable-dev-shm-usage"]
 PROJECT = "Demo"
 UI_STEP_S = 30  # a page or a click answering; training and the server start get the rest
+CLEANUP_S = 15  # of the limit, kept for closing the browser and stopping the server
+STOP_WAIT_S = 5
 STORE_POLL_S = 0.1
 # The steps the report times, in order; the training step's parts follow it.
 STEPS = ("server_start", "home_page", "create_project", "dataset_page", "sample_ingest",
@@ -256,10 +260,45 @@ def demo_path(page: Any, url: str, photo: Path, deadline: Deadline, timings: Tim
 def _stop(server: Any) -> None:
     server.terminate()
     try:
-        server.wait(timeout=10)
-    except Exception:  # it did not stop in time
+        server.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
         server.kill()
-        server.wait(timeout=10)
+
+
+def _failure_text(exc: BaseException) -> str:
+    """One line: the error, and for a Playwright timeout what it was waiting for."""
+    lines = [line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines()]
+    waiting = next((line for line in lines if line.startswith("- waiting for")), None)
+    return lines[0] + (f" ({waiting[2:]})" if waiting else "")
+
+
+class Watchdog:
+    """The last resort behind the bounded waits: whatever hangs (a browser that does not
+    close, a server that does not stop), the script ends at its limit, with a report and
+    without leaving the server running."""
+
+    def __init__(self, limit_s: float, as_json: bool) -> None:
+        self.server: Any = None
+        self._limit_s = limit_s
+        self._as_json = as_json
+        self._timer = threading.Timer(limit_s, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        report = {"ok": False, "failed_step": "watchdog",
+                  "error": f"still running after {self._limit_s:.0f} s: stopped"}
+        print_report(report, self._as_json)
+        sys.stdout.flush()
+        if self.server is not None:
+            self.server.kill()
+        os._exit(1)
 
 
 def _tail(log: Path, lines: int = 20) -> str:
@@ -281,13 +320,17 @@ def _cancel_active_runs(ws: Any) -> None:
 
 
 def run_demo(limit_s: float, screenshots: Path | None = None,
-             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """The whole path once; the report, with `ok` false and the failed step on failure."""
+             log: Callable[[str], None] = lambda _: None,
+             watchdog: Watchdog | None = None) -> dict[str, Any]:
+    """The whole path once; the report, with `ok` false and the failed step on failure.
+    Every wait, the browser's launch included, ends within `limit_s` less the time kept
+    for stopping the browser and the server."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     import tl_engine as tle
 
+    deadline = Deadline(limit_s - CLEANUP_S)
     keras_home = SHARED / "weights" / "keras_home"
     sample = SHARED / "data" / "hymenoptera"
     photo = sorted((sample / "val" / "bees").glob("*.jpg"))[0]
@@ -300,10 +343,9 @@ def run_demo(limit_s: float, screenshots: Path | None = None,
         # The presenter's browser is open before the demo starts: not part of the total.
         launched = time.perf_counter()
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             timeout=60_000)
+                                             timeout=deadline.ms(UI_STEP_S))
         page = browser.new_page(viewport={"width": 1440, "height": 1400})
         report["browser_launch_s"] = round(time.perf_counter() - launched, 2)
-        deadline = Deadline(limit_s)
         timings = Timings()
         watcher = RunWatcher(ws)
         try:
@@ -312,6 +354,8 @@ def run_demo(limit_s: float, screenshots: Path | None = None,
                     TL_WORKSPACE=str(ws.root), KERAS_HOME=str(keras_home), TL_OFFLINE="1",
                     TL_SAMPLE_DATA=str(sample), TF_CPP_MIN_LOG_LEVEL="3",
                     timeout_s=deadline.left_s(), log=server_log)
+                if watchdog is not None:
+                    watchdog.server = server
             watcher.start()
             log(f"server up at {url}")
             seen = demo_path(page, url, photo, deadline, timings, watcher, screenshots)
@@ -322,13 +366,13 @@ def run_demo(limit_s: float, screenshots: Path | None = None,
             report.update(seen)
         except (StepFailed, PlaywrightError, SystemExit) as exc:
             step = timings.current or "setup"
-            report.update(failed_step=step, error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+            report.update(failed_step=step, error=_failure_text(exc),
                           elapsed_s=round(time.perf_counter() - timings.started, 2),
                           steps_done={name: timings.steps[name] for name in timings.steps},
                           server_log_tail=_tail(server_log))
             if screenshots is not None:
                 page.screenshot(path=str(screenshots / f"demo-failed-{step}.png"),
-                                full_page=True)
+                                full_page=True, timeout=STOP_WAIT_S * 1000)
         finally:
             watcher.stop()
             browser.close()
@@ -350,8 +394,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.screenshots is not None:
         args.screenshots.mkdir(parents=True, exist_ok=True)
-    report = run_demo(args.limit, args.screenshots,
-                      log=(lambda _: None) if args.json else print)
+    with Watchdog(args.limit, args.json) as watchdog:
+        report = run_demo(args.limit, args.screenshots,
+                          log=(lambda _: None) if args.json else print, watchdog=watchdog)
     print_report(report, args.json)
     if not report["ok"]:
         if not args.json:
