@@ -31,10 +31,8 @@ with st.sidebar:
         widgets.user_name_field()
     else:
         auth.account_box(identity)
-    # Never waits for TensorFlow's import: the next page view shows the hardware.
-    if (device := state.device_if_ready()) is None:
-        st.caption(":material/developer_board: Checking the hardware…")
-    else:
+    # Never waits for TensorFlow's import: shown once something has loaded it.
+    if (device := state.device_if_ready()) is not None:
         st.caption(f":material/developer_board: {device.label}  \n"
                    f"TensorFlow {device.tensorflow} · Keras {device.keras}")
 

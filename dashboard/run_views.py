@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ STATUS_BADGES = {  # status -> (material icon, badge colour)
 }
 THUMB_SIDE = 320
 CARDS_PER_PAGE = 12
+JUST_FINISHED_S = 600  # a run finished this recently has its model loaded ahead of use
 # The spec fields a person compares runs by, in reading order, with readable names.
 COMPARED_FIELDS = {name: setting.label for name, setting in tle.settings()}
 METRICS_PER_ROW = 4  # wide enough for "4 min 02 s" beside a 1440 px page's sidebar
@@ -149,6 +151,12 @@ def _preloading(root: str, run_id: str, version: int) -> threading.Thread:
                               name=f"preload-{run_id}", daemon=True)
     thread.start()
     return thread
+
+
+def just_finished(run: tle.RunRecord) -> bool:
+    """Whether the run finished moments ago: the one people try next, unlike the old runs
+    someone browses through."""
+    return run.finished_at is not None and time.time() - run.finished_at < JUST_FINISHED_S
 
 
 def preload_predictor(ws: tle.Workspace, run_id: str) -> None:

@@ -43,29 +43,60 @@ def workspace() -> tle.Workspace:
     return ws
 
 
-@st.cache_resource(show_spinner=False)
-def _device_setup() -> Future[tle.DeviceInfo]:
-    """TensorFlow's import and set-up, started once per server in the background: it takes
-    seconds (about 6 on 2 cores), and most pages never touch TensorFlow, so the first page
-    anyone opens shows at once while the pages that do need it find it ready."""
-    future: Future[tle.DeviceInfo] = Future()
+class _DeviceSetup:
+    """TensorFlow's import and set-up in this server process, once, in a background thread.
 
-    def configure() -> None:
-        try:
-            future.set_result(tle.configure_device())
-        except BaseException as exc:  # handed to whoever waits for the device
-            future.set_exception(exc)
+    It takes seconds (about 6 on 2 cores) and, while it runs, slows the server's replies
+    to every browser (the import holds the interpreter). Most pages never touch TensorFlow,
+    so nothing starts it on a page view: it starts when a run is queued (the worker's own
+    start-up then leaves a core free, and the run's model is loaded here next), when
+    someone asks for the hardware, or when a page needs TensorFlow, which waits for it."""
 
-    threading.Thread(target=configure, name="tl-device-setup", daemon=True).start()
-    return future
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._future: Future[tle.DeviceInfo] | None = None
+
+    def start(self) -> Future[tle.DeviceInfo]:
+        with self._lock:
+            if self._future is None:
+                future: Future[tle.DeviceInfo] = Future()
+                self._future = future
+
+                def configure() -> None:
+                    try:
+                        future.set_result(tle.configure_device())
+                    except BaseException as exc:  # handed to whoever waits for the device
+                        future.set_exception(exc)
+
+                threading.Thread(target=configure, name="tl-device-setup", daemon=True).start()
+            return self._future
+
+    def started(self) -> bool:
+        return self._future is not None
+
+    def ready(self) -> tle.DeviceInfo | None:
+        future = self._future
+        return future.result() if future is not None and future.done() else None
+
+
+_device_setup = _DeviceSetup()
+
+
+def start_device_setup() -> None:
+    """Start TensorFlow's set-up in the background, if nothing has (it runs once)."""
+    _device_setup.start()
+
+
+def device_setup_started() -> bool:
+    return _device_setup.started()
 
 
 def device() -> tle.DeviceInfo:
     """The hardware, with TensorFlow set up in this process. Call it before anything in the
     server uses TensorFlow (loading, building or exporting a model): the app predicts in
     this process, so TensorFlow is set up as the worker does it (GPU memory growth, so both
-    share a GPU). Waits for the background set-up when it has not finished."""
-    future = _device_setup()
+    share a GPU). Waits for the background set-up, starting it if nothing has."""
+    future = _device_setup.start()
     if future.done():
         return future.result()
     with st.spinner("Checking the hardware…"):
@@ -73,10 +104,9 @@ def device() -> tle.DeviceInfo:
 
 
 def device_if_ready() -> tle.DeviceInfo | None:
-    """The hardware if TensorFlow's set-up has finished, else None (starting the set-up if
-    nothing has): for what only shows the hardware."""
-    future = _device_setup()
-    return future.result() if future.done() else None
+    """The hardware if TensorFlow's set-up has finished, else None (starting nothing): for
+    what only shows the hardware."""
+    return _device_setup.ready()
 
 
 def current_project() -> str | None:

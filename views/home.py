@@ -13,8 +13,13 @@ def hardware_panel(device: tle.DeviceInfo | None) -> None:
     with st.container(border=True):
         st.markdown("**Hardware**")
         if device is None:
-            st.caption("Checking the hardware: TensorFlow is loading (a few seconds, once "
-                       "per server)…")
+            if state.device_setup_started():
+                st.caption("Checking the hardware: TensorFlow is loading (a few seconds, once "
+                           "per server)…")
+            else:
+                st.caption("Shown once TensorFlow is loaded: at the first training, or now.")
+                st.button("Check the hardware", icon=":material/developer_board:",
+                          key="check_hardware", on_click=state.start_device_setup)
             return
         cols = st.columns(3)
         cols[0].metric("Trains on", "GPU" if device.kind == "GPU" else "CPU",
@@ -30,8 +35,8 @@ def hardware_panel(device: tle.DeviceInfo | None) -> None:
 
 
 def follow_hardware() -> None:
-    """Polls, in a fragment, only while TensorFlow is still loading; once it is ready, one
-    rerun shows the hardware here and in the sidebar, and the page polls no more."""
+    """Polls, in a fragment, only while TensorFlow is loading; once it is ready, one rerun
+    shows the hardware here and in the sidebar, and the page polls no more."""
     if state.device_if_ready() is not None:
         st.rerun()
     hardware_panel(None)
@@ -39,7 +44,7 @@ def follow_hardware() -> None:
 
 def show_hardware() -> None:
     device = state.device_if_ready()
-    if device is None:
+    if device is None and state.device_setup_started():
         st.fragment(follow_hardware, run_every=HARDWARE_POLL_S)()
     else:
         hardware_panel(device)
