@@ -31,9 +31,10 @@ with st.sidebar:
         widgets.user_name_field()
     else:
         auth.account_box(identity)
-    device = state.device()
-    st.caption(f":material/developer_board: {device.label}  \n"
-               f"TensorFlow {device.tensorflow} · Keras {device.keras}")
+    # Never waits for TensorFlow's import: shown once something has loaded it.
+    if (device := state.device_if_ready()) is not None:
+        st.caption(f":material/developer_board: {device.label}  \n"
+                   f"TensorFlow {device.tensorflow} · Keras {device.keras}")
 
 if (denied := access.denied_project()) is not None:
     access.refuse_project(denied)

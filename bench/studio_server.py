@@ -16,19 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120
 
 
-def start_studio(**env: str) -> tuple[subprocess.Popen, str]:
+def start_studio(timeout_s: float = START_TIMEOUT_S, log: Path | None = None,
+                 **env: str) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` on a free local port with these environment variables added;
-    returns the process and its URL once it answers its health check."""
+    returns the process and its URL once it answers its health check (SystemExit when it
+    does not within `timeout_s`). The server's output goes to `log` when given."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    output = subprocess.DEVNULL if log is None else log.open("ab")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        cwd=ROOT, env=dict(os.environ, **env), stdout=output, stderr=subprocess.STDOUT)
+    if log is not None:
+        output.close()  # the server holds its own copy
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
@@ -36,7 +40,7 @@ def start_studio(**env: str) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.3)  # the server is starting
     server.kill()
-    raise SystemExit("streamlit did not start")
+    raise SystemExit(f"streamlit did not answer its health check within {timeout_s:.0f} s")
 
 
 def print_report(report: dict[str, Any], as_json: bool) -> None:

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import charts, run_views
+from dashboard import charts, run_views, state
 from dashboard.text import md_escape, plotly_text
 
 SHOWN_SIDE = 384  # px: the overlay's long side on the page; the CLI writes full size
@@ -31,6 +31,7 @@ def _explained(root: str, run_id: str, version: int, image_hash: str, class_name
                _image: bytes | str) -> tuple[np.ndarray, str, str, float]:
     """(overlay, class explained, class predicted, its probability); the image itself is
     left out of the cache key, which its hash stands for."""
+    state.device()
     e = tle.explain_image(tle.Workspace(root), run_id, _image, class_name, max_side=SHOWN_SIDE)
     return e.overlay, e.class_name, e.predicted, e.probability
 

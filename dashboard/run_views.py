@@ -4,7 +4,10 @@ table shaping only; every number comes from tl_engine."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -32,6 +35,7 @@ STATUS_BADGES = {  # status -> (material icon, badge colour)
 }
 THUMB_SIDE = 320
 CARDS_PER_PAGE = 12
+JUST_FINISHED_S = 600  # a run finished this recently has its model loaded ahead of use
 # The spec fields a person compares runs by, in reading order, with readable names.
 COMPARED_FIELDS = {name: setting.label for name, setting in tle.settings()}
 METRICS_PER_ROW = 4  # wide enough for "4 min 02 s" beside a 1440 px page's sidebar
@@ -127,12 +131,40 @@ def model_version(ws: tle.Workspace, run_id: str) -> int:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=8)
 def _predictor(root: str, run_id: str, version: int) -> Any:
+    state.device()
     return tle.load_predictor(tle.Workspace(root), run_id)
 
 
 def predictor(root: str, run_id: str) -> Any:
     """The run's model, loaded once per server process and model file."""
     return _predictor(root, run_id, model_version(tle.Workspace(root), run_id))
+
+
+def _load_quietly(root: str, run_id: str, version: int) -> None:
+    with contextlib.suppress(Exception):  # the Prediction page loads it again and says why
+        _predictor(root, run_id, version)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _preloading(root: str, run_id: str, version: int) -> threading.Thread:
+    thread = threading.Thread(target=_load_quietly, args=(root, run_id, version),
+                              name=f"preload-{run_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def just_finished(run: tle.RunRecord) -> bool:
+    """Whether the run finished moments ago: the one people try next, unlike the old runs
+    someone browses through."""
+    return run.finished_at is not None and time.time() - run.finished_at < JUST_FINISHED_S
+
+
+def preload_predictor(ws: tle.Workspace, run_id: str) -> None:
+    """Start loading a completed run's model in the background (once per model file), so
+    the Prediction page finds it loaded: loading takes seconds, and the first thing people
+    do after a run completes is try it. A page that asks for it meanwhile waits for this
+    load rather than starting its own."""
+    _preloading(str(ws.root), run_id, model_version(ws, run_id))
 
 
 @st.cache_data(show_spinner="Predicting…", max_entries=32)

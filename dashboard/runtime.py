@@ -17,12 +17,14 @@ from typing import Any
 
 
 def skip_garbage_collection_on_keras_clear_session() -> None:
-    """Idempotent; does nothing until Keras is imported in this process."""
+    """Idempotent; does nothing until Keras is imported in this process (the next script
+    run's end patches it once the import has finished)."""
     keras = sys.modules.get("keras")
-    if keras is None:
+    # Keras may be half imported: TensorFlow's set-up imports it in a background thread.
+    backend: Any = getattr(keras, "backend", None)
+    clear_session = getattr(backend, "clear_session", None)
+    if clear_session is None:
         return
-    backend: Any = keras.backend
-    clear_session = backend.clear_session
     if getattr(clear_session, "keeps_memory", False):
         return
     cheap = functools.partial(clear_session, free_memory=False)

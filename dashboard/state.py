@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,11 +43,70 @@ def workspace() -> tle.Workspace:
     return ws
 
 
-@st.cache_resource(show_spinner="Checking the hardware…")
+class _DeviceSetup:
+    """TensorFlow's import and set-up in this server process, once, in a background thread.
+
+    It takes seconds (about 6 on 2 cores) and, while it runs, slows the server's replies
+    to every browser (the import holds the interpreter). Most pages never touch TensorFlow,
+    so nothing starts it on a page view: it starts when a run is queued (the worker's own
+    start-up then leaves a core free, and the run's model is loaded here next), when
+    someone asks for the hardware, or when a page needs TensorFlow, which waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._future: Future[tle.DeviceInfo] | None = None
+
+    def start(self) -> Future[tle.DeviceInfo]:
+        with self._lock:
+            if self._future is None:
+                future: Future[tle.DeviceInfo] = Future()
+                self._future = future
+
+                def configure() -> None:
+                    try:
+                        future.set_result(tle.configure_device())
+                    except BaseException as exc:  # handed to whoever waits for the device
+                        future.set_exception(exc)
+
+                threading.Thread(target=configure, name="tl-device-setup", daemon=True).start()
+            return self._future
+
+    def started(self) -> bool:
+        return self._future is not None
+
+    def ready(self) -> tle.DeviceInfo | None:
+        future = self._future
+        return future.result() if future is not None and future.done() else None
+
+
+_device_setup = _DeviceSetup()
+
+
+def start_device_setup() -> None:
+    """Start TensorFlow's set-up in the background, if nothing has (it runs once)."""
+    _device_setup.start()
+
+
+def device_setup_started() -> bool:
+    return _device_setup.started()
+
+
 def device() -> tle.DeviceInfo:
-    # The app predicts and builds models in this process: set TensorFlow up as the worker
-    # does (GPU memory growth, so both share a GPU), not only describe it.
-    return tle.configure_device()
+    """The hardware, with TensorFlow set up in this process. Call it before anything in the
+    server uses TensorFlow (loading, building or exporting a model): the app predicts in
+    this process, so TensorFlow is set up as the worker does it (GPU memory growth, so both
+    share a GPU). Waits for the background set-up, starting it if nothing has."""
+    future = _device_setup.start()
+    if future.done():
+        return future.result()
+    with st.spinner("Checking the hardware…"):
+        return future.result()
+
+
+def device_if_ready() -> tle.DeviceInfo | None:
+    """The hardware if TensorFlow's set-up has finished, else None (starting nothing): for
+    what only shows the hardware."""
+    return _device_setup.ready()
 
 
 def current_project() -> str | None:

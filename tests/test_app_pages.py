@@ -11,6 +11,7 @@ from conftest import PROJECT_ROOT, TINY_CLASSES, open_app, texts, write_color_cl
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
+from dashboard import state
 
 MY_PAGES = ["views/home.py", "views/dataset.py", "views/model.py", "views/freeze.py",
             "views/training.py"]
@@ -58,6 +59,11 @@ def demo_ws(tmp_path: Path) -> tle.Workspace:
 def test_every_page_renders_in_an_empty_workspace(monkeypatch, tmp_path):
     at = open_app(monkeypatch, tmp_path / "ws")
     assert "Create your first project" in texts(at.subheader)
+    # Nothing loads TensorFlow for a page view; asked to, it loads in the background and the
+    # page shows the hardware once it is done.
+    at.button(key="check_hardware").click().run()
+    state.device()
+    at.run()
     assert metric(at, "Trains on") in ("CPU", "GPU")
     for page in MY_PAGES[1:]:
         at.switch_page(page).run()

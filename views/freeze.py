@@ -17,6 +17,7 @@ DEFAULT_DEPTH = {"layers": 20, "blocks": 2}
 def plan_for(backbone: str, trainable_top: int | None, unit: str, image_size: int,
              n_classes: int, hidden_units: int, weights: str) -> tle.FreezePlan:
     # Builds the backbone without weights (about a second for the big ones): cache per args.
+    state.device()
     return tle.describe_freeze(backbone, trainable_top, unit, image_size, n_classes,
                                hidden_units, weights=weights)
 

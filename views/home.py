@@ -6,11 +6,21 @@ import tl_engine as tle
 from dashboard import access, pages, state, widgets
 from dashboard.text import md_escape
 
+HARDWARE_POLL_S = 1.0
 
-def show_hardware() -> None:
-    device = state.device()
+
+def hardware_panel(device: tle.DeviceInfo | None) -> None:
     with st.container(border=True):
         st.markdown("**Hardware**")
+        if device is None:
+            if state.device_setup_started():
+                st.caption("Checking the hardware: TensorFlow is loading (a few seconds, once "
+                           "per server)…")
+            else:
+                st.caption("Shown once TensorFlow is loaded: at the first training, or now.")
+                st.button("Check the hardware", icon=":material/developer_board:",
+                          key="check_hardware", on_click=state.start_device_setup)
+            return
         cols = st.columns(3)
         cols[0].metric("Trains on", "GPU" if device.kind == "GPU" else "CPU",
                        help=", ".join(device.names) or "No GPU is visible to TensorFlow.")
@@ -22,6 +32,22 @@ def show_hardware() -> None:
         else:
             st.caption("No GPU visible: small backbones (MobileNet) at small image sizes train "
                        "in minutes on CPU; frozen backbones reuse cached features.")
+
+
+def follow_hardware() -> None:
+    """Polls, in a fragment, only while TensorFlow is loading; once it is ready, one rerun
+    shows the hardware here and in the sidebar, and the page polls no more."""
+    if state.device_if_ready() is not None:
+        st.rerun()
+    hardware_panel(None)
+
+
+def show_hardware() -> None:
+    device = state.device_if_ready()
+    if device is None and state.device_setup_started():
+        st.fragment(follow_hardware, run_every=HARDWARE_POLL_S)()
+    else:
+        hardware_panel(device)
 
 
 st.title("Transfer Learning Studio")

@@ -108,6 +108,7 @@ def export_panel(run: tle.RunRecord) -> None:
                     "Prepare", key=f"prep_{fmt}", icon=":material/build:",
                     help="Converting can take a few seconds."):
                 with slot, st.spinner(f"Preparing {label}…"):
+                    state.device()
                     prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
             if fmt in prepared:
                 name, data = prepared[fmt]

@@ -74,6 +74,7 @@ def settings_form(dataset: tle.Dataset) -> None:
         submission = tle.submit_run(ws, project, dataset.id, spec, force=force,
                                     started_by=state.user_name())
         state.set_run(submission.run_id)
+        state.start_device_setup()  # this server loads the run's model once it completes
         if submission.cached:
             s["training_flash"] = ("info", "An identical run already exists — showing it. "
                                    "Tick “Force retrain” to train it again.")
@@ -273,7 +274,8 @@ def use_head_weights(run_id: str) -> None:
 
 def final_panel(run: tle.RunRecord) -> None:
     who = md_escape(run.started_by or "anonymous")
-    if run.status == tle.RunStatus.COMPLETED:
+    if run.status == tle.RunStatus.COMPLETED and run_views.just_finished(run):
+        run_views.preload_predictor(ws, run.id)
         summary = run.result
         kept = run_views.weights_kept_text(run)
         st.success(f"Completed — validation accuracy **{run.val_accuracy:.1%}**"
