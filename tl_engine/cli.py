@@ -164,11 +164,12 @@ class _ProgressBar:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .jobs import submit_run, wait_for_run
+    from .jobs import prewarm_worker, submit_run, wait_for_run
 
     ws = Workspace(args.workspace)
     project = ws.ensure_project(args.project)
     spec = spec_from_args(args).normalized()
+    prewarm_worker(ws)  # it imports TensorFlow while the photos are read
     dataset = _ingest(ws, args.data, project)
     submission = submit_run(ws, project, dataset.id, spec, force=args.force,
                             started_by=args.started_by)

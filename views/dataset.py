@@ -54,6 +54,9 @@ def ingest(what: str, make: Callable[[Callable[[int, int], None]], tle.Dataset])
     """Run one engine ingest with a progress bar; select the result or show what failed."""
     if not access.permit("upload", project):
         return
+    if access.can("train", project):
+        # Training usually comes next: a worker loads TensorFlow while the photos are read.
+        tle.prewarm_worker(ws)
     bar = st.progress(0.0, text=f"Reading {what}…")
 
     def progress(done: int, total: int) -> None:
