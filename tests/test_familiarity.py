@@ -189,3 +189,18 @@ def test_a_fine_tuned_run_profiles_its_own_features_not_the_cached_ones(tiny_run
     assert predictor.profile is not None  # made from the fine-tuned model's features
     (prediction,) = predictor.predict([ws.image_path(dataset.records[0].hash)])
     assert 0.0 <= prediction.familiarity <= 1.0
+
+
+def test_runs_on_the_same_cached_features_share_one_profile(tiny_run):
+    """Another head on the same frozen features reads the profile the first run fitted: the
+    same arrays, one entry in the workspace's profile store, and predictions still flagged."""
+    ws, dataset, run = tiny_run
+    other = train_tiny_run(ws, dataset, hidden_units=16)
+    assert other.status == "completed", other.error
+    first = familiarity.load_profile(ws.run_dir(run.id))
+    second = familiarity.load_profile(ws.run_dir(other.id))
+    for field in dataclasses.fields(first):
+        np.testing.assert_array_equal(getattr(first, field.name), getattr(second, field.name))
+    assert len(list((ws.features_db_path.parent / "profiles").iterdir())) == 1
+    (prediction,) = tle.predict_images(ws, other.id, [ws.image_path(dataset.records[0].hash)])
+    assert 0.0 <= prediction.familiarity <= 1.0

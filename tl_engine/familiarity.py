@@ -25,8 +25,10 @@ wrong one. Runs trained before this version have no profile: familiarity is None
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,29 @@ def fit_profile(train_features: np.ndarray, train_labels: np.ndarray,
                                      calibrated_on=where)
     return dataclasses.replace(
         calibrated, threshold=calibrated.distance_at(calibrated.threshold_familiarity))
+
+
+def shared_profile(ws: Workspace, feature_key: str, train_hashes: Sequence[str],
+                   train_labels: np.ndarray, train_features: np.ndarray,
+                   val_hashes: Sequence[str], val_features: np.ndarray | None,
+                   fingerprint: np.ndarray) -> FamiliarityProfile:
+    """fit_profile for cached (frozen-backbone) features, kept in the workspace's feature
+    cache: the profile depends on the features and the split alone, so every later run on
+    them (another head, other settings) reads it instead of fitting six again."""
+    digest = hashlib.sha256("\n".join([
+        f"{feature_key}|{DEFAULT_PERCENTILE}|{MAX_COMPONENTS}",
+        ",".join(f"{h}:{int(label)}" for h, label in zip(train_hashes, train_labels,
+                                                            strict=True)),
+        ",".join(val_hashes)]).encode()).hexdigest()[:32]
+    folder = ws.features_db_path.parent / "profiles" / digest
+    fingerprint = np.asarray(fingerprint, np.float64).ravel()
+    kept = load_profile(folder)
+    if kept is not None and kept.matches(fingerprint):
+        return dataclasses.replace(kept, fingerprint=fingerprint)
+    profile = fit_profile(train_features, train_labels, val_features, fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_profile(ws, folder, profile)
+    return profile
 
 
 def save_profile(ws: Workspace, run_dir: Path, profile: FamiliarityProfile) -> None:

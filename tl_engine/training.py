@@ -425,11 +425,17 @@ class RunTrainer:
             except FeaturesCancelled:
                 raise RunCancelled() from None
         # One image, called directly: `predict` would trace the whole model for it.
-        fingerprint = clf.feature_model(
-            familiarity.fingerprint_image(self.spec.image_size), training=False)
-        familiarity.save_profile(self.ws, self.dir, familiarity.fit_profile(
-            matrices[0], np.array([self.index[r.label] for r in parts[0]]), matrices[1],
-            np.asarray(fingerprint)))
+        fingerprint = np.asarray(clf.feature_model(
+            familiarity.fingerprint_image(self.spec.image_size), training=False))
+        labels = np.array([self.index[r.label] for r in parts[0]])
+        if backbone_trained:
+            profile = familiarity.fit_profile(matrices[0], labels, matrices[1], fingerprint)
+        else:
+            profile = familiarity.shared_profile(
+                self.ws, feature_key(self.spec.backbone, self._weights_id, self.spec.image_size),
+                [r.hash for r in parts[0]], labels, matrices[0], [r.hash for r in parts[1]],
+                matrices[1], fingerprint)
+        familiarity.save_profile(self.ws, self.dir, profile)
 
     def _keep_phase_weights(self, clf: Classifier, phase: Phase, result: PhaseResult) -> None:
         """The weights a finished phase leaves, tagged with its result, written atomically:
