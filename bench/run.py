@@ -349,7 +349,9 @@ def timed_cli(data: Path, workspace: Path, *options: str) -> dict[str, Any]:
 
 def _child_env(**extra: str) -> dict[str, str]:
     # Measurements that run the worker loop in their own process must not linger after it.
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TL_WORKER_IDLE_S="0", **extra)
+    # As in a worker the app starts (see tl_engine.jobs.spawn_worker): one BLAS thread.
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TL_WORKER_IDLE_S="0",
+                OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"), **extra)
 
 
 def stop_workers(workspace: Path) -> None:

@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# One BLAS thread, as in the workers the app starts (tl_engine.jobs.spawn_worker): NumPy's
+# BLAS threads spin against TensorFlow's in the in-process workers tests run. Read when
+# NumPy loads, which no test has done yet.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def shared_root() -> Path:
