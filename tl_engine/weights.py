@@ -181,27 +181,40 @@ _STARTING_WEIGHTS: OrderedDict[tuple[str, str], list[np.ndarray]] = OrderedDict(
 _STARTING_WEIGHTS_KEPT = 3
 
 
-def _starting_weights(backbone: Backbone, weights: str) -> list[np.ndarray]:
-    """The pretrained weights (ImageNet or a file) as arrays, loaded once per process."""
+def _starting_weights(backbone: Backbone, weights: str, target: Any) -> None:
+    """Give `target` (a new backbone, any input size) the pretrained weights, read once per
+    process and kept as arrays.
+
+    ImageNet weights already in Keras's cache load straight into `target`: the file holds
+    no input size, so building the default-size model first (as `weights="imagenet"`
+    does) would only cost a second build. Otherwise they come through Keras's own loader
+    (its cache, else its download) at the default size and are copied over."""
     key = (backbone.key, weights_identity(backbone, weights, seed=0))
     if key in _STARTING_WEIGHTS:
         _STARTING_WEIGHTS.move_to_end(key)
-        return _STARTING_WEIGHTS[key]
-    # Keras seeds each unseeded initializer from Python's `random`: building the source
-    # model must not move it, or a run's head would start differently depending on
-    # whether an earlier run in this process had loaded these weights already.
-    state = random.getstate()
+        target.set_weights(_STARTING_WEIGHTS[key])
+        return
+    cached = cached_weights_path(backbone) if weights == "imagenet" else None
     try:
-        source = _load_source(backbone, weights)
-    finally:
-        random.setstate(state)
-    arrays = [np.array(value, copy=True) for value in source.get_weights()]
+        if cached is None or not cached.is_file():
+            raise FileNotFoundError(cached)
+        target.load_weights(str(cached))
+    except Exception:  # not cached, or a file only Keras's loader reads: the long way
+        # Keras seeds each unseeded initializer from Python's `random`: building the source
+        # model must not move it, or a run's head would start differently depending on
+        # whether an earlier run in this process had loaded these weights already.
+        state = random.getstate()
+        try:
+            source = _load_source(backbone, weights)
+        finally:
+            random.setstate(state)
+        target.set_weights(source.get_weights())
+    arrays = [np.array(value, copy=True) for value in target.get_weights()]
     for array in arrays:
         array.setflags(write=False)
     _STARTING_WEIGHTS[key] = arrays
     while len(_STARTING_WEIGHTS) > _STARTING_WEIGHTS_KEPT:
         _STARTING_WEIGHTS.popitem(last=False)
-    return arrays
 
 
 def _load_source(backbone: Backbone, weights: str) -> Any:
@@ -238,7 +251,6 @@ def load_backbone(backbone: Backbone, weights: str, image_size: int) -> Any:
     """
     if weights == "none":
         return backbone.build(image_size)
-    arrays = _starting_weights(backbone, weights)
     target = backbone.build(image_size)
-    target.set_weights(arrays)
+    _starting_weights(backbone, weights, target)
     return target
