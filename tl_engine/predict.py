@@ -12,6 +12,7 @@ rules as ingest, and marks each file it will not read as `Refused` with the reas
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import zipfile
@@ -143,14 +144,34 @@ class Predictor:
         # forward pass gives both. Its features are needed to check the profile anyway.
         scoring = (features_and_probabilities_model(model) if profile is not None
                    else None)
-        self._forward = _forward_function(scoring or model, image_size)
-        self._gives_features = scoring is not None
-        # The first call traces the graph: made here, where a warm-up runs it, so the first
-        # prediction does not wait for it. It is the fingerprint check when there is one.
+        self._network = scoring or model
+        self._forward = _forward_function(self._network, image_size)
+        self._graph_ready = threading.Event()
+        # Tracing and optimising the graph takes about a second: until it is done, in the
+        # background, the model runs eagerly (a few times slower per call, but at once), so
+        # a model is ready to predict as soon as its weights are loaded.
         outputs = self._call(fingerprint_image(image_size))
         self.profile: FamiliarityProfile | None = None
         if profile is not None and outputs[1] is not None and profile.matches(outputs[1]):
             self.profile = profile
+        # Not a daemon: TensorFlow aborts a process that exits while a thread traces.
+        threading.Thread(target=self._prepare_graph, name=f"tl-trace-{run_id}").start()
+
+    def _prepare_graph(self) -> None:
+        size = self.image_size
+        try:
+            self._forward(np.zeros((1, size, size, 3), np.float32))
+            to_model_input(np.zeros((size + 1, size, 3), np.uint8), size)
+        except Exception:  # the eager path goes on serving: slower, still right
+            logging.getLogger(__name__).exception("run %s: no graph for predictions",
+                                                  self.run_id)
+            return
+        self._graph_ready.set()
+
+    def wait_until_traced(self, timeout: float | None = None) -> bool:
+        """Wait for the forward graph (it is prepared in the background after loading);
+        True once predictions run on it."""
+        return self._graph_ready.wait(timeout)
 
     @property
     def traces(self) -> int:
@@ -159,9 +180,14 @@ class Predictor:
 
     def _call(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One forward pass: probabilities and (when the graph gives them) pooled features."""
-        with self._lock:
-            out = self._forward(np.asarray(batch, dtype=np.float32))
-        if self._gives_features:
+        batch = np.asarray(batch, dtype=np.float32)
+        if self._graph_ready.is_set():
+            with self._lock:
+                out = self._forward(batch)
+        else:
+            with self._lock:
+                out = self._network([batch], training=False)
+        if self._network is not self.model:
             return np.asarray(out[0]), np.asarray(out[1], dtype=np.float32)
         return np.asarray(out), None
 
@@ -248,7 +274,7 @@ def _forward_function(model: Any, image_size: int) -> Any:
 
     @tf.function(input_signature=[spec])
     def forward(pixels: Any) -> Any:
-        return model(pixels, training=False)
+        return model([pixels], training=False)
 
     return forward
 
@@ -326,7 +352,8 @@ def warm_predictor(ws: Workspace, run_id: str) -> Future[Predictor]:
         except BaseException as exc:  # kept for whoever asks the future; never lost silently
             done.set_exception(exc)
 
-    threading.Thread(target=load, name=f"tl-warm-{run_id}", daemon=True).start()
+    # Not a daemon: TensorFlow aborts a process that exits while a thread loads a model.
+    threading.Thread(target=load, name=f"tl-warm-{run_id}").start()
     return done
 
 
