@@ -46,7 +46,7 @@ from .familiarity import (
     load_profile,
 )
 from .images import load_rgb_array
-from .model_file import load_run_model
+from .model_file import checked_model_path, load_run_model
 from .pipeline import to_model_input
 from .store import Workspace
 
@@ -342,9 +342,16 @@ def _load(ws: Workspace, run_id: str) -> Predictor:
 def warm_predictor(ws: Workspace, run_id: str) -> Future[Predictor]:
     """Start loading the run's model in the background and return at once, so a
     prediction asked for a moment later finds it ready (`load_predictor` waits for a
-    load under way instead of starting another). The future gives the Predictor, or the
-    error that `load_predictor` would raise (a run without a model, a damaged file)."""
+    load under way instead of starting another). What a quick look finds is raised here
+    and now: NotFound / RunNotReady for a run without a model, ModelDamaged for a damaged
+    file. The future gives the Predictor, or the error loading it met."""
+    checked_model_path(ws, run_id)
     done: Future[Predictor] = Future()
+    with _loaded_lock:
+        loaded = _loaded.get(_model_key(ws, run_id))
+    if loaded is not None:
+        done.set_result(loaded)
+        return done
 
     def load() -> None:
         try:
