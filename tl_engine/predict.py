@@ -181,12 +181,9 @@ class Predictor:
     def _call(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One forward pass: probabilities and (when the graph gives them) pooled features."""
         batch = np.asarray(batch, dtype=np.float32)
-        if self._graph_ready.is_set():
-            with self._lock:
-                out = self._forward(batch)
-        else:
-            with self._lock:
-                out = self._network([batch], training=False)
+        with self._lock:
+            out = (self._forward(batch) if self._graph_ready.is_set()
+                   else self._network([batch], training=False))
         if self._network is not self.model:
             return np.asarray(out[0]), np.asarray(out[1], dtype=np.float32)
         return np.asarray(out), None
