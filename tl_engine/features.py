@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -214,15 +216,26 @@ def extract_features(
 _STORE_EVERY = 512
 
 
+_forwards: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_forwards_lock = threading.Lock()
+
+
 def _forward_function(model: Any, size: int) -> Any:
-    """`model`'s inference pass for batches of any size, traced once (a last, smaller
-    batch does not trace it again)."""
+    """`model`'s inference pass for batches of any size, traced once per model (a last,
+    smaller batch does not trace it again, nor does the model's next pass)."""
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-    def forward(pixels: Any) -> Any:
-        return model(pixels, training=False)
+    with _forwards_lock:
+        forward = _forwards.get(model)
+        if forward is None:
+            # A weak reference: the function kept for the model must not keep it alive.
+            network = weakref.ref(model)
 
+            @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+            def forward(pixels: Any) -> Any:
+                return network()(pixels, training=False)
+
+            _forwards[model] = forward
     return forward
 
 
