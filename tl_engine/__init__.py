@@ -85,6 +85,7 @@ from .predict import (
     load_predictor,
     predict_images,
     prediction_batch,
+    warm_predictor,
 )
 from .probe import (
     ProbeChoice,
@@ -270,6 +271,7 @@ __all__ = [
     "top_k_for",
     "use_head_phase_weights",
     "wait_for_run",
+    "warm_predictor",
     "weights_dir",
     "weights_status",
     "write_explanation",

@@ -29,8 +29,8 @@ from .store import Workspace
 
 ACTIVATIONS_TABLE = "activations"
 ACTIVATIONS_DTYPE = np.float16
-# In memory while a phase trains (float16) and once more while a pass computes them:
-# beyond this the full pass on pixels is the better trade.
+# In memory while a phase trains (float16, once) and once more while the training batches
+# are made from them: beyond this the full pass on pixels is the better trade.
 MAX_ACTIVATION_BYTES = 2 * 1024**3
 
 
@@ -162,17 +162,23 @@ def too_big(cut: ClassifierCut, n_images: int) -> str | None:
 
 def activation_dataset(cut: ClassifierCut, rows: np.ndarray, labels: np.ndarray,
                        batch_size: int, shuffle_seed: int | None = None) -> Any:
-    """(activations, one-hot labels) batches for `cut.top`; float16 until each batch."""
+    """(activations, one-hot labels) batches for `cut.top`; float16 until each batch.
+
+    The activations are held once, as tensors; shuffling reorders row numbers (the same
+    order as shuffling the rows, without a buffer holding a second copy of them)."""
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices((cut.split(rows), labels))
+    parts = tuple(tf.constant(part) for part in cut.split(rows))
+    targets = tf.constant(labels)
+    order = tf.data.Dataset.range(len(rows))
     if shuffle_seed is not None:
-        data = data.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
+        order = order.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
 
-    def to_float(inputs: Any, y: Any) -> Any:
-        return tuple(tf.cast(x, tf.float32) for x in inputs), y
+    def gather(index: Any) -> Any:
+        inputs = tuple(tf.cast(tf.gather(part, index), tf.float32) for part in parts)
+        return inputs, tf.gather(targets, index)
 
-    return data.batch(batch_size).map(to_float).prefetch(tf.data.AUTOTUNE)
+    return order.batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
 
 
 @dataclass

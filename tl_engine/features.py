@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +87,50 @@ class FeatureCache:
                 [(key, h, np.asarray(v, dtype=self.dtype).tobytes()) for h, v in vectors.items()],
             )
 
+    def missing(self, key: str, image_hashes: Sequence[str]) -> list[str]:
+        """The hashes (each once, in order) with no vector under `key`, reading none."""
+        wanted = list(dict.fromkeys(image_hashes))
+        present: set[str] = set()
+        db = self._connect()
+        try:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                present.update(row[0] for row in db.execute(
+                    f"SELECT image_hash FROM {self.table} "
+                    f"WHERE feature_key = ? AND image_hash IN ({marks})", (key, *chunk)))
+        finally:
+            db.close()
+        return [h for h in wanted if h not in present]
+
+    def matrix(self, key: str, image_hashes: Sequence[str]) -> np.ndarray:
+        """One row per hash, in order, read straight into one array (no copy per row
+        kept); KeyError names a hash the cache lacks."""
+        rows: np.ndarray | None = None
+        where: dict[str, list[int]] = {}
+        for i, h in enumerate(image_hashes):
+            where.setdefault(h, []).append(i)
+        filled = 0
+        db = self._connect()
+        try:
+            wanted = list(where)
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for image_hash, blob in db.execute(
+                    f"SELECT image_hash, vector FROM {self.table} "
+                    f"WHERE feature_key = ? AND image_hash IN ({marks})", (key, *chunk)):
+                    vector = np.frombuffer(blob, dtype=self.dtype)
+                    if rows is None:
+                        rows = np.empty((len(image_hashes), len(vector)), self.dtype)
+                    rows[where[image_hash]] = vector
+                    filled += 1
+        finally:
+            db.close()
+        if filled < len(where):
+            raise KeyError(f"no vector under {key} for {len(where) - filled} image(s)")
+        return rows if rows is not None else np.zeros((0, 0), self.dtype)
+
     def count(self, key: str | None = None) -> int:
         db = self._connect()
         try:
@@ -94,32 +140,6 @@ class FeatureCache:
             return int(db.execute(sql, (key,)).fetchone()[0])
         finally:
             db.close()
-
-
-@dataclass(frozen=True)
-class FeatureMatrix:
-    matrix: np.ndarray  # one row per requested hash, in order
-    computed: int
-    reused: int
-
-
-def features_for(
-    cache: FeatureCache,
-    key: str,
-    image_hashes: Sequence[str],
-    compute: Callable[[list[str]], np.ndarray],
-) -> FeatureMatrix:
-    """Rows for `image_hashes`, computing (and storing) only those the cache lacks."""
-    found = cache.lookup(key, image_hashes)
-    computed = 0
-    if found.missing:
-        fresh = compute(found.missing)
-        new = {h: fresh[i] for i, h in enumerate(found.missing)}
-        cache.store(key, new)
-        found.vectors.update(new)
-        computed = len(new)
-    matrix = np.stack([found.vectors[h] for h in image_hashes]).astype(cache.dtype, copy=False)
-    return FeatureMatrix(matrix, computed, len(set(image_hashes)) - computed)
 
 
 class FeaturesCancelled(Exception):
@@ -167,36 +187,80 @@ def extract_features(
     planned: list[FeaturePass] = []
     seen: set[str] = set()
     for name, records in named:
-        missing = [h for h in cache.lookup(key, [r.hash for r in records]).missing
-                   if h not in seen]
+        missing = [h for h in cache.missing(key, [r.hash for r in records]) if h not in seen]
         seen.update(missing)
         planned.append(FeaturePass(name, len(missing)))
     passes = FeaturePassProgress(planned)
     size = int(feature_model.input_shape[1])
+    forward = _forward_function(feature_model, size)
     matrices, computed, reused = [], 0, 0
     for name, records in named:
-        by_hash = {r.hash: r for r in records}
-
-        def compute(missing: list[str], name: str = name,
-                    by_hash: dict[str, Any] = by_hash) -> np.ndarray:
+        hashes = [r.hash for r in records]
+        missing = cache.missing(key, hashes)
+        if missing:
             if name not in {p.name for p in passes.passes}:  # planned as fully cached
                 passes.passes.append(FeaturePass(name, len(missing)))
             progress = PredictProgress(report, passes, name, batch_size, started)
+            progress.set_model(feature_model)
             pixels = image_dataset([str(ws.image_path(h)) for h in missing], None, size,
                                    batch_size)
-            out = feature_model.predict(pixels, callbacks=[progress], verbose=0)
-            if progress.cancelled:
-                raise FeaturesCancelled()
-            if isinstance(out, (list, tuple)):
-                return np.concatenate([np.reshape(np.asarray(o, dtype=cache.dtype), (len(o), -1))
-                                       for o in out], axis=1)
-            return np.asarray(out, dtype=cache.dtype)
-
-        result = features_for(cache, key, [r.hash for r in records], compute)
-        computed += result.computed
-        reused += result.reused
-        matrices.append(result.matrix)
+            _compute_into(cache, key, missing, pixels, forward, progress)
+        computed += len(missing)
+        reused += len(set(hashes)) - len(missing)
+        matrices.append(cache.matrix(key, hashes))
     return FeatureSet(matrices, computed, reused, passes.rate.value or None)
+
+
+# Vectors computed before they are written to the cache: what a pass holds beyond its
+# batches in flight, and what a cancelled pass keeps for the next one.
+_STORE_EVERY = 512
+
+
+_forwards: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_forwards_lock = threading.Lock()
+
+
+def _forward_function(model: Any, size: int) -> Any:
+    """`model`'s inference pass for batches of any size, traced once per model (a last,
+    smaller batch does not trace it again, nor does the model's next pass)."""
+    import tensorflow as tf
+
+    with _forwards_lock:
+        forward = _forwards.get(model)
+        if forward is None:
+            # A weak reference: the function kept for the model must not keep it alive.
+            network = weakref.ref(model)
+
+            @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+            def forward(pixels: Any) -> Any:
+                return network()(pixels, training=False)
+
+            _forwards[model] = forward
+    return forward
+
+
+def _compute_into(cache: FeatureCache, key: str, hashes: list[str], pixels: Any,
+                  forward: Any, progress: Any) -> None:
+    """Run `forward` over `pixels` (the images of `hashes`, in order) and store each
+    image's outputs (flattened and concatenated, in output order) every _STORE_EVERY
+    images. A cancel stores what is done, then raises FeaturesCancelled."""
+    pending: dict[str, np.ndarray] = {}
+    done = 0
+    progress.on_predict_begin()
+    for step, batch in enumerate(pixels):
+        out = forward(batch)
+        parts = out if isinstance(out, (list, tuple)) else [out]
+        rows = np.concatenate([np.reshape(np.asarray(o), (len(batch), -1)) for o in parts],
+                              axis=1).astype(cache.dtype, copy=False)
+        pending.update(zip(hashes[done:done + len(rows)], rows, strict=True))
+        done += len(rows)
+        progress.on_predict_batch_end(step)
+        if len(pending) >= _STORE_EVERY or progress.cancelled:
+            cache.store(key, pending)
+            pending = {}
+        if progress.cancelled:
+            raise FeaturesCancelled()
+    cache.store(key, pending)
 
 
 @dataclass(frozen=True)

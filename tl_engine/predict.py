@@ -1,5 +1,9 @@
 """Top-k predictions from a completed run's saved model; each model is loaded once per process.
 
+A model is ready as soon as it can be: `warm_predictor` loads it in the background the
+moment a run is chosen, a few recent ones stay loaded, and its forward pass is one graph
+traced once for every batch size, so neither the first nor a later call waits on tracing.
+
 A batch may come from single files, a folder upload or a .zip: `prediction_batch` turns
 uploaded files into (relative path, bytes) items, opening archives with the same safety
 rules as ingest, and marks each file it will not read as `Refused` with the reason.
@@ -8,11 +12,13 @@ rules as ingest, and marks each file it will not read as `Refused` with the reas
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -46,6 +52,8 @@ from .store import Workspace
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _CACHE_SIZE = 4
+# Threads decoding one batch's images: Pillow and the resize release the GIL.
+_DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 # Images decoded and sent to the model at a time: a batch of thousands (a whole archive)
 # then never holds more than this many decoded inputs in memory.
 _MODEL_BATCH = 64  # images per model call: bounds the activations held at once
@@ -132,16 +140,53 @@ class Predictor:
         self.temperature = temperature
         fold_temperature(model, temperature)
         self._lock = threading.Lock()  # Keras models are not safe to call from many threads
-        # The same model with its pooled features as a second output, when the run has a
-        # familiarity profile that was made from this model's features.
+        # With a profile, the same model with its pooled features as a second output: one
+        # forward pass gives both. Its features are needed to check the profile anyway.
+        scoring = (features_and_probabilities_model(model) if profile is not None
+                   else None)
+        self._network = scoring or model
+        self._forward = _forward_function(self._network, image_size)
+        self._graph_ready = threading.Event()
+        # Tracing and optimising the graph takes about a second: until it is done, in the
+        # background, the model runs eagerly (a few times slower per call, but at once), so
+        # a model is ready to predict as soon as its weights are loaded.
+        outputs = self._call(fingerprint_image(image_size))
         self.profile: FamiliarityProfile | None = None
-        self._scoring_model: Any = None
-        if profile is not None:
-            scoring = features_and_probabilities_model(model)
-            if scoring is not None:
-                _, found = scoring.predict_on_batch(fingerprint_image(image_size))
-                if profile.matches(np.asarray(found)):
-                    self.profile, self._scoring_model = profile, scoring
+        if profile is not None and outputs[1] is not None and profile.matches(outputs[1]):
+            self.profile = profile
+        # Not a daemon: TensorFlow aborts a process that exits while a thread traces.
+        threading.Thread(target=self._prepare_graph, name=f"tl-trace-{run_id}").start()
+
+    def _prepare_graph(self) -> None:
+        size = self.image_size
+        try:
+            self._forward(np.zeros((1, size, size, 3), np.float32))
+            to_model_input(np.zeros((size + 1, size, 3), np.uint8), size)
+        except Exception:  # the eager path goes on serving: slower, still right
+            logging.getLogger(__name__).exception("run %s: no graph for predictions",
+                                                  self.run_id)
+            return
+        self._graph_ready.set()
+
+    def wait_until_traced(self, timeout: float | None = None) -> bool:
+        """Wait for the forward graph (it is prepared in the background after loading);
+        True once predictions run on it."""
+        return self._graph_ready.wait(timeout)
+
+    @property
+    def traces(self) -> int:
+        """How often the forward graph was traced: 1 whatever the batch sizes seen."""
+        return int(self._forward.experimental_get_tracing_count())
+
+    def _call(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward pass: probabilities and (when the graph gives them) pooled features."""
+        batch = np.asarray(batch, dtype=np.float32)
+        with self._lock:
+            out = (self._forward(batch) if self._graph_ready.is_set()
+                   else self._network([batch], training=False))
+        if self._network is not self.model:
+            return np.asarray(out[0]), np.asarray(out[1], dtype=np.float32)
+        return np.asarray(out), None
 
     def pixels(self, image: ImageInput) -> tuple[str, np.ndarray]:
         """(name, uint8 model input) exactly as this model sees the image."""
@@ -160,20 +205,16 @@ class Predictor:
         return self._outputs(batch)[0]
 
     def _outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Class probabilities and, with a profile, pooled features, in one forward pass."""
-        # predict_on_batch reuses one compiled function: about 15 ms for one photo where
-        # Model.predict spends about 90 ms setting up its input pipeline on every call.
-        batch = batch.astype(np.float32)
-        model = self._scoring_model or self.model
-        with self._lock:
-            parts = [model.predict_on_batch(batch[start:start + _MODEL_BATCH])
-                     for start in range(0, len(batch), _MODEL_BATCH)]
+        """Class probabilities and, with a profile, pooled features, in one forward pass
+        per _MODEL_BATCH images."""
+        parts = [self._call(batch[start:start + _MODEL_BATCH])
+                 for start in range(0, len(batch), _MODEL_BATCH)]
         if not parts:
             return np.zeros((0, len(self.labels)), np.float32), None
-        if self._scoring_model is None:
-            return np.concatenate([np.asarray(p) for p in parts]), None
-        return (np.concatenate([np.asarray(p[0]) for p in parts]),
-                np.concatenate([np.asarray(p[1], dtype=np.float32) for p in parts]))
+        probabilities = np.concatenate([p[0] for p in parts])
+        if self.profile is None:
+            return probabilities, None
+        return probabilities, np.concatenate([p[1] for p in parts])
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 3,
                 not_sure_below: float | None = None) -> list[Prediction]:
@@ -186,20 +227,18 @@ class Predictor:
             results.extend(self._predict_chunk(images[start:start + _CHUNK], k))
         return [p.judged(not_sure_below) for p in results] if not_sure_below else results
 
+    def _decoded(self, image: ImageInput) -> tuple[str, np.ndarray | None, str | None]:
+        try:
+            name, array = self.pixels(image)
+            return name, array, None
+        except DatasetError as exc:
+            return _display_name(image), None, str(exc)
+
     def _predict_chunk(self, images: Sequence[ImageInput], k: int) -> list[Prediction]:
-        names: list[str] = []
-        arrays: list[np.ndarray | None] = []
-        errors: list[str | None] = []
-        for image in images:
-            try:
-                name, array = self.pixels(image)
-                names.append(name)
-                arrays.append(array)
-                errors.append(None)
-            except DatasetError as exc:
-                names.append(_display_name(image))
-                arrays.append(None)
-                errors.append(str(exc))
+        decoded = _map_threads(self._decoded, images)
+        names = [name for name, _, _ in decoded]
+        arrays = [array for _, array, _ in decoded]
+        errors = [error for _, _, error in decoded]
         good = [a for a in arrays if a is not None]
         probs, features = self._outputs(np.stack(good)) if good else (np.zeros((0, 1)), None)
         scores = (self.profile.score(features) if self.profile is not None
@@ -222,28 +261,104 @@ class Predictor:
         return results
 
 
-_loaded: OrderedDict[tuple[str, float], Predictor] = OrderedDict()
+def _forward_function(model: Any, image_size: int) -> Any:
+    """`model`'s inference pass as one graph for any batch size: a fixed signature, so
+    batches of 1, 7 or 64 images never trace it again (Keras's predict_on_batch traces
+    once per new batch shape before it relaxes the shape)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def forward(pixels: Any) -> Any:
+        return model([pixels], training=False)
+
+    return forward
+
+
+def _map_threads(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """[function(item) for item in items], in order, on a few threads when there are many."""
+    if len(items) < 2 or _DECODE_THREADS < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="tl-decode") as pool:
+        return list(pool.map(function, items))
+
+
+_ModelKey = tuple[str, int, int]  # the model file's path, size and modification time
+_loaded: OrderedDict[_ModelKey, Predictor] = OrderedDict()
+_loading: dict[_ModelKey, Future[Predictor]] = {}
 _loaded_lock = threading.Lock()
 
 
-def load_predictor(ws: Workspace, run_id: str) -> Predictor:
-    """The run's model, loaded once per process and kept (a few, least recently used)."""
+def _model_key(ws: Workspace, run_id: str) -> _ModelKey:
     path = runs.model_path(ws, run_id)
-    key = (str(path), path.stat().st_mtime)
+    info = path.stat()
+    return str(path), info.st_size, info.st_mtime_ns
+
+
+def load_predictor(ws: Workspace, run_id: str) -> Predictor:
+    """The run's model, loaded once per process and kept (a few, least recently used).
+    A load already under way (a warm-up, another session) is waited for, not repeated."""
+    key = _model_key(ws, run_id)
     with _loaded_lock:
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
-    checked_model_path(ws, run_id)
-    run = runs.get_run(ws, run_id)
-    model = load_run_model(ws, run_id)
-    predictor = Predictor(model, runs.labels(ws, run_id), run.spec.image_size, run_id,
-                          load_profile(ws.run_dir(run_id)), run_temperature(ws.run_dir(run_id)))
+        pending = _loading.get(key)
+        if pending is None:
+            pending = _loading[key] = Future()
+            pending.set_running_or_notify_cancel()
+            ours = True
+        else:
+            ours = False
+    if not ours:
+        return pending.result()
+    try:
+        predictor = _load(ws, run_id)
+    except BaseException as exc:
+        with _loaded_lock:
+            del _loading[key]  # the next caller tries again and sees the error itself
+        pending.set_exception(exc)
+        raise
     with _loaded_lock:
         _loaded[key] = predictor
         while len(_loaded) > _CACHE_SIZE:
             _loaded.popitem(last=False)
+        del _loading[key]
+    pending.set_result(predictor)
     return predictor
+
+
+def _load(ws: Workspace, run_id: str) -> Predictor:
+    run = runs.get_run(ws, run_id)
+    model = load_run_model(ws, run_id)  # checks the file first (ModelDamaged)
+    return Predictor(model, runs.labels(ws, run_id), run.spec.image_size, run_id,
+                     load_profile(ws.run_dir(run_id)), run_temperature(ws.run_dir(run_id)))
+
+
+def warm_predictor(ws: Workspace, run_id: str) -> Future[Predictor]:
+    """Start loading the run's model in the background and return at once, so a
+    prediction asked for a moment later finds it ready (`load_predictor` waits for a
+    load under way instead of starting another). What a quick look finds is raised here
+    and now: NotFound / RunNotReady for a run without a model, ModelDamaged for a damaged
+    file. The future gives the Predictor, or the error loading it met."""
+    checked_model_path(ws, run_id)
+    done: Future[Predictor] = Future()
+    with _loaded_lock:
+        loaded = _loaded.get(_model_key(ws, run_id))
+    if loaded is not None:
+        done.set_result(loaded)
+        return done
+
+    def load() -> None:
+        try:
+            done.set_result(load_predictor(ws, run_id))
+        except BaseException as exc:  # kept for whoever asks the future; never lost silently
+            done.set_exception(exc)
+
+    # Not a daemon: TensorFlow aborts a process that exits while a thread loads a model.
+    threading.Thread(target=load, name=f"tl-warm-{run_id}").start()
+    return done
 
 
 def predict_images(

@@ -23,10 +23,13 @@ run = run_views.pick_run(completed, "Model", key="prediction_run")
 if not access.permit("predict", project, run):
     st.stop()
 with state.engine_errors():
-    model = run_views.predictor(str(ws.root), run.id)
-    classes = ", ".join(md_escape(label) for label in model.labels)
+    # The model loads in the background while photos are chosen; a damaged file is
+    # named now. The page itself needs only what the run stored beside the model.
+    tle.warm_predictor(ws, run.id)
+    labels = tle.runs.labels(ws, run.id)
+    classes = ", ".join(md_escape(label) for label in labels)
     n_train = run.result.n_train
-    st.caption(f"Classes: {classes} · input {model.image_size} px · "
+    st.caption(f"Classes: {classes} · input {run.spec.image_size} px · "
                f"trained on {'?' if n_train is None else n_train} images")
 
     upload_col, camera_col = st.columns([3, 2])
@@ -41,13 +44,14 @@ with state.engine_errors():
             "Folder of images", type=run_views.IMAGE_TYPES, accept_multiple_files="directory",
             key="predict_folder", help="Every image in the folder and its sub-folders.")
     with camera_col:
-        top_k = st.slider("Top-k classes", 1, len(model.labels), min(3, len(model.labels)),
+        top_k = st.slider("Top-k classes", 1, len(labels), min(3, len(labels)),
                           help="How many classes each card shows; the table and CSV always "
-                               f"list the top {tle.top_k_for(len(model.labels))}.")
+                               f"list the top {tle.top_k_for(len(labels))}.")
         not_sure_below = st.slider(
             "Not sure below", 0, 100, round(tle.DEFAULT_NOT_SURE_BELOW * 100), step=5,
             format="%d%%", key="not_sure_below",
-            help=run_views.not_sure_help(model.temperature)) / 100
+            help=run_views.not_sure_help(
+                tle.calibration.run_temperature(ws.run_dir(run.id)))) / 100
         shot = st.camera_input("Camera shot") if st.toggle("Use the camera") else None
 
     files = [(f.name, f.getvalue()) for f in [*(uploads or []), *(folder or [])]]
@@ -63,4 +67,4 @@ with state.engine_errors():
         st.stop()
     run_views.show_predictions(
         ws, run.id, images, top_k, not_sure_below,
-        why=functools.partial(explain_views.why_panel, ws, run.id, model.labels))
+        why=functools.partial(explain_views.why_panel, ws, run.id, labels))
