@@ -133,3 +133,16 @@ def test_a_cancelled_feature_pass_keeps_what_it_computed(workspace, tiny_dataset
     np.testing.assert_allclose(found.matrices[0], extractor.model.predict(pixels, verbose=0),
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(found.matrices[1], found.matrices[0][:5])
+
+
+def test_a_pixel_path_run_trains_and_leaves_no_pixel_cache(workspace, tiny_dataset):
+    """A fully trainable backbone runs on pixels every epoch, through the run's pixel cache,
+    which goes with the run."""
+    from conftest import train_tiny_run
+
+    from tl_engine.pipeline import PIXEL_CACHE_PREFIX
+
+    run = train_tiny_run(workspace, tiny_dataset, strategy="full", epochs=2)
+    assert run.status == "completed", run.error
+    assert run.result.epochs_run == 2
+    assert not list(workspace.tmp_dir.glob(f"{PIXEL_CACHE_PREFIX}*"))

@@ -40,7 +40,7 @@ from .phases import (
     read_resume_state,
     tag_phase_file,
 )
-from .pipeline import image_dataset
+from .pipeline import image_dataset, pixel_cache
 from .progress import EtaEstimator, Progress
 from .registry import get_backbone
 from .scoring import evaluate_predictions, top_k_for
@@ -111,8 +111,11 @@ def _discard_if_unreadable(weights_file: Path) -> None:
 class RunTrainer:
     """Everything one run needs, loaded once; `train()` loops over the phases of its plan."""
 
-    def __init__(self, ws: Workspace, run_id: str) -> None:
+    def __init__(self, ws: Workspace, run_id: str, pixel_dir: Path | None = None) -> None:
         self.ws = ws
+        # Where decoded, resized images are kept between the epochs of pixel-path phases
+        # (see pipeline.pixel_cache); None decodes every epoch.
+        self.pixel_dir = pixel_dir
         self.run = runs.get_run(ws, run_id)
         self.spec = self.run.spec
         self.dir = ws.run_dir(run_id)
@@ -145,6 +148,7 @@ class RunTrainer:
             shuffle_seed=spec.seed if shuffle else None,
             augment=spec.augment if shuffle else (),
             augment_seed=spec.seed,
+            cache_dir=self.pixel_dir,
         )
 
     def _report(self, progress: Progress) -> bool:
@@ -511,7 +515,8 @@ def execute_run(ws: Workspace, run_id: str) -> runs.RunStatus:
     import traceback
 
     try:
-        summary = RunTrainer(ws, run_id).train()
+        with pixel_cache(ws) as pixel_dir:
+            summary = RunTrainer(ws, run_id, pixel_dir).train()
     except RunCancelled:
         runs.finish_run(ws, run_id, runs.RunStatus.CANCELLED)
         return runs.RunStatus.CANCELLED
