@@ -9,10 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from tl_engine import runs
+from tl_engine import familiarity, runs
 from tl_engine.activations import activation_cache, cut_classifier
+from tl_engine.datasets import split_records
 from tl_engine.freeze import apply_freeze, layer_rate_factors, plan_freeze
 from tl_engine.jobs import submit_run, worker_main
+from tl_engine.model_file import load_run_model
 from tl_engine.modeling import build_classifier
 from tl_engine.optimizers import make_optimizer
 from tl_engine.pipeline import image_dataset
@@ -122,8 +124,8 @@ def test_the_heads_dropout_still_trains_in_the_top(keras_home):
     assert not np.allclose(inference, np.asarray(cut.top(activations, training=True)))
 
 
-TINY = dict(backbone="MobileNetV2-0.35", weights="none", image_size=32, batch_size=8,
-            learning_rate=0.01, strategy="partial", unfreeze=2, unfreeze_unit="blocks",
+TINY = dict(backbone="MobileNetV2-0.35", weights="imagenet", image_size=32, batch_size=8,
+            learning_rate=0.001, strategy="partial", unfreeze=2, unfreeze_unit="blocks",
             epochs=3)
 
 
@@ -137,7 +139,7 @@ def _train_here(ws, dataset, **settings):
 
 
 def test_a_partial_run_trains_on_cached_activations_and_saves_the_complete_model(
-        workspace, tiny_dataset):
+        workspace, tiny_dataset, keras_home):
     run = _train_here(workspace, tiny_dataset)
     result = run.result
     assert (result.activations_computed, result.activations_reused) == (
@@ -163,6 +165,24 @@ def test_a_partial_run_trains_on_cached_activations_and_saves_the_complete_model
         calibrated = raw ** (1 / temperature) / (raw ** (1 / temperature)).sum()
         np.testing.assert_allclose(row, calibrated, atol=1e-4)
 
+    # Its familiarity profile comes from the trained top run on the cached activations:
+    # what the saved model's own features of the images give, to float16 rounding.
+    splits = split_records(tiny_dataset, run.spec.val_split, run.spec.test_split,
+                           run.spec.seed)
+    scoring = familiarity.features_and_probabilities_model(load_run_model(workspace, run.id))
+
+    def features(records: list) -> np.ndarray:
+        pixels = image_dataset([str(workspace.image_path(r.hash)) for r in records], None,
+                               run.spec.image_size, 8)
+        return np.asarray(scoring.predict(pixels, verbose=0)[1])
+
+    labels = np.array([tiny_dataset.classes.index(r.label) for r in splits["train"]])
+    stored = familiarity.load_profile(workspace.run_dir(run.id))
+    on_pixels = familiarity.fit_profile(features(splits["train"]), labels,
+                                        features(splits["val"]), stored.fingerprint)
+    np.testing.assert_allclose(stored.means, on_pixels.means, atol=2e-3)
+    assert stored.threshold == pytest.approx(on_pixels.threshold, rel=0.05)
+
     # Another head and learning rate over the same frozen bottom: nothing to compute.
     other = _train_here(workspace, tiny_dataset, hidden_units=16, learning_rate=0.003).result
     assert (other.activations_computed, other.activations_reused) == (
@@ -172,11 +192,17 @@ def test_a_partial_run_trains_on_cached_activations_and_saves_the_complete_model
     assert deeper.activations_computed == result.n_train + result.n_val
 
 
-def test_with_augmentation_the_run_trains_on_pixels_and_says_why(workspace, tiny_dataset):
-    result = _train_here(workspace, tiny_dataset, augment=("flip",), epochs=1).result
+@pytest.mark.parametrize("settings, why", [
+    ({"augment": ("flip",)}, "augmentation"),
+    # Random weights give activations of ~1e-8 at the boundary: float16 would lose them.
+    ({"weights": "none"}, "random starting weights"),
+])
+def test_the_run_trains_on_pixels_and_says_why(workspace, tiny_dataset, keras_home,
+                                               settings, why):
+    result = _train_here(workspace, tiny_dataset, epochs=1, **settings).result
     assert result.activations_computed is None
     assert activation_cache(workspace).count() == 0
-    assert len(result.notes) == 1 and "augmentation" in result.notes[0]
+    assert len(result.notes) == 1 and why in result.notes[0]
     assert result.notes[0].startswith("Fine-tuning")
 
 

@@ -38,6 +38,7 @@ MAX_ACTIVATION_BYTES = 2 * 1024**3
 class ClassifierCut:
     bottom: Any  # pixels -> the boundary tensors (frozen)
     top: Any  # boundary tensors -> class probabilities (shares its layers with the model)
+    features: Any  # boundary tensors -> pooled features (the same layers, without the head)
     boundary: tuple[str, ...]  # the tensors' names, "layer" or "layer:index"
     shapes: tuple[tuple[int, ...], ...]  # each tensor's shape per image
 
@@ -148,7 +149,9 @@ def cut_classifier(clf: Any, freeze: FreezePlan, pretrained: bool) -> Classifier
     x = upper(inputs, training=False) if pretrained else upper(inputs)
     pooled = clf.model.get_layer("pool")(x)
     top = keras.Model(inputs, clf.head(pooled), name="classifier_top")
-    return ClassifierCut(bottom, top, tuple(_tensor_name(t) for t in crossing), shapes)
+    features = keras.Model(inputs, pooled, name="classifier_top_features")
+    return ClassifierCut(bottom, top, features, tuple(_tensor_name(t) for t in crossing),
+                         shapes)
 
 
 def too_big(cut: ClassifierCut, n_images: int) -> str | None:
@@ -166,13 +169,24 @@ def activation_dataset(cut: ClassifierCut, rows: np.ndarray, labels: np.ndarray,
 
     The activations are held once, as tensors; shuffling reorders row numbers (the same
     order as shuffling the rows, without a buffer holding a second copy of them)."""
+    return _batches(_tensors(cut, rows, labels), batch_size, shuffle_seed)
+
+
+def _tensors(cut: ClassifierCut, rows: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
     import tensorflow as tf
 
-    parts = tuple(tf.constant(part) for part in cut.split(rows))
-    targets = tf.constant(labels)
-    order = tf.data.Dataset.range(len(rows))
+    return tuple(tf.constant(part) for part in cut.split(rows)), tf.constant(labels)
+
+
+def _batches(tensors: tuple[Any, Any], batch_size: int, shuffle_seed: int | None) -> Any:
+    """Batches gathered from activation tensors, in order or shuffled by row number."""
+    import tensorflow as tf
+
+    parts, targets = tensors
+    count = int(targets.shape[0])
+    order = tf.data.Dataset.range(count)
     if shuffle_seed is not None:
-        order = order.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
+        order = order.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def gather(index: Any) -> Any:
         inputs = tuple(tf.cast(tf.gather(part, index), tf.float32) for part in parts)
@@ -186,6 +200,7 @@ class ActivationData:
     cut: ClassifierCut
     train: Any  # shuffled (activations, labels) batches for cut.top
     val: Any
+    train_in_order: Any  # the training batches unshuffled, from the same tensors
     computed: int  # images whose activations the bottom computed
     reused: int  # images whose activations came from the cache
 
@@ -210,8 +225,10 @@ def activation_data(ws: Workspace, clf: Any, freeze: FreezePlan, spec: Any, weig
     found = extract_features(ws, cut.bottom, key, [("training images", train[0]),
                                                    ("validation images", val[0])],
                              spec.batch_size, report, cache=activation_cache(ws))
+    train_tensors = _tensors(cut, found.matrices[0], train[1])
     return ActivationData(
         cut,
-        activation_dataset(cut, found.matrices[0], train[1], spec.batch_size, spec.seed),
+        _batches(train_tensors, spec.batch_size, spec.seed),
         activation_dataset(cut, found.matrices[1], val[1], spec.batch_size),
+        _batches(train_tensors, spec.batch_size, None),
         found.computed, found.reused)

@@ -53,7 +53,10 @@ def _head(spec: RunSpec, epochs: int) -> Phase:
 
 
 def _top_only(spec: RunSpec, top: int | None) -> bool:
-    return not spec.augment and top is not ALL and top != 0
+    """Whether a phase training this top can run on cached activations: not with
+    augmentation (each epoch sees other pixels), nor from random weights (their
+    activations are too small to keep in float16: ~1e-8 in MobileNetV2)."""
+    return (not spec.augment and spec.weights != "none" and top is not ALL and top != 0)
 
 
 def _fine_tune(spec: RunSpec, top: int | None, lr_factor: float) -> Phase:

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import calibration, familiarity, runs
-from .activations import activation_data
+from .activations import ActivationData, activation_data
 from .callbacks import KeepBestWeights, StoreProgress, discard_torn_first_backup, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import configure, distribution_strategy
@@ -132,6 +132,8 @@ class RunTrainer:
         self.activations_computed = 0
         self.activations_reused = 0
         self.notes: list[str] = []  # how phases ran where it is not the obvious way
+        # The cached activations the latest phase trained on, when it trained that way.
+        self._activations: ActivationData | None = None
         # The training and validation features of the last head phase on cached
         # features: the familiarity profile of a frozen backbone is made from them.
         self._head_features: tuple[np.ndarray, np.ndarray] | None = None
@@ -282,6 +284,7 @@ class RunTrainer:
         """Fit one phase; returns its result and, when it ran on cached features, the
         validation and test features the evaluation can reuse."""
         spec, n_classes = self.spec, len(self.classes)
+        self._activations = None
         rate = spec.learning_rate * phase.lr_factor
         y_train = one_hot(self.splits.train, self.index)
         y_val = one_hot(self.splits.val, self.index)
@@ -307,7 +310,9 @@ class RunTrainer:
                                lambda eta: later(eta, False), phase.title)
             return result, matrices[1], matrices[2] if len(matrices) > 2 else None
         factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
-        why = "augmentation changes each image every epoch" if spec.augment else None
+        why = ("augmentation changes each image every epoch" if spec.augment else
+               "a backbone with random starting weights gives activations too small to "
+               "keep in float16" if spec.weights == "none" else None)
         if phase.cached_activations:  # the top of the backbone and the head, shared weights
             try:
                 data = activation_data(self.ws, clf, freeze, spec, self._weights_id,
@@ -319,6 +324,7 @@ class RunTrainer:
                 self.activations_computed += data.computed
                 self.activations_reused += data.reused
                 compile_classifier(data.cut.top, spec, n_classes, rate, factors)
+                self._activations = data
                 return self._fit(data.cut.top, phase.name, data.train, data.val, offset,
                                  phase.epochs, steps, lambda eta: later(eta, True),
                                  phase.title), None, None
@@ -416,6 +422,14 @@ class RunTrainer:
         parts = [self.splits.train, self.splits.val]
         if not backbone_trained and self._head_features is not None:
             matrices = list(self._head_features)  # the same cached features, already read
+        elif backbone_trained and self._activations is not None:
+            # The last phase trained the top on cached activations: the trained features
+            # of every image are the top's, run on them (the bottom did not change).
+            features = self._activations.cut.features
+            matrices = [np.asarray(features.predict(data, verbose=0)) if part
+                        else np.zeros((0, 1)) for part, data in zip(parts, (
+                            self._activations.train_in_order, self._activations.val),
+                            strict=True)]
         elif backbone_trained:
             matrices = [np.asarray(clf.feature_model.predict(
                 self._pixels(part, False, labels=False), verbose=0)) if part
