@@ -28,7 +28,7 @@ def write_markdown(path: Path, figures: dict[str, Any], targets: dict[str, tuple
         "",
         f"Measured {today} on {figures['machine']}, with `{figures['command']} --markdown "
         f"BENCHMARKS.md` ({figures['total_seconds']:.0f} s in all). {figures['photos']} "
-        "flower photos (128 px, 80/20 split), MobileNetV2-0.35 with ImageNet weights; every "
+        "flower photos (at 224 px, 80/20 split), MobileNetV2-0.35 with ImageNet weights; every "
         "measurement in its own process. Baselines and method: `bench/run.py`'s docstring.",
         "",
         "| figure | what | value | target | met |",

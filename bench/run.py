@@ -2,7 +2,8 @@
 
 Same photos (class-balanced subsets of ../shared/data/flowers128 with a fixed 80/20
 train/val split), backbone (MobileNetV2-0.35, ImageNet weights from ../shared), head
-(global average pooling, dropout 0.2, softmax), image size, epochs and batch size for all.
+(global average pooling, dropout 0.2, softmax), image size (224 px, the app's default),
+epochs and batch size for all.
 Baselines are written the way the common tutorials do it:
 
 * seed recipe    - photos loaded into in-memory arrays, frozen base + head, `model.fit`
@@ -52,7 +53,9 @@ WEIGHTS_HOME = SHARED / "weights" / "keras_home"
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
 BACKBONE = "MobileNetV2-0.35"
-IMAGE_SIZE = 128  # the photos' own size
+# The backbone's own input size and the app's default (the photos, 128 px, are scaled up
+# alike on every side of the comparison).
+IMAGE_SIZE = 224
 BATCH_SIZE = 32
 FROZEN_EPOCHS = 20
 FINETUNE_EPOCHS = 10
@@ -113,9 +116,8 @@ def _head(keras: Any, base_output: Any, n_classes: int) -> Any:
 
 
 def _base(keras: Any) -> Any:
-    """MobileNetV2-0.35 at the benchmark size with ImageNet weights: what
-    `weights="imagenet"` downloads, read from the local cache since hosts here are offline
-    (the 224 px file: convolution weights do not depend on the input size)."""
+    """MobileNetV2-0.35 with ImageNet weights: the file `weights="imagenet"` downloads,
+    read from the local cache since hosts here are offline."""
     base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None,
                                           input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
     base.load_weights(str(Path(os.environ["KERAS_HOME"]) / "models" / WEIGHTS_FILE))

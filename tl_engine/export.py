@@ -72,7 +72,7 @@ def model_card(ws: Workspace, run_id: str) -> dict[str, Any]:
         "labels": runs.labels(ws, run_id),
         "input": {"shape": [spec.image_size, spec.image_size, 3], "dtype": "float32",
                   "range": "RGB pixels 0-255, no normalisation (the model does it)",
-                  "resize": "bilinear with antialiasing to the square input size"},
+                  "resize": "bilinear to the square input size, antialiased when it shrinks"},
         "output": {"shape": [len(dataset.classes)], "meaning": "softmax probabilities, "
                    "in the order of labels.txt" + (
                        "" if temperature is None else
