@@ -64,7 +64,8 @@ def test_temperature_scaling_on_held_out_photos(photo_run):
     # The fitting split, from the saved model's own probabilities: the same T, and a lower
     # ECE after scaling.
     labels, probs = _raw(ws, run, split["val"])
-    assert tle.fit_temperature(labels, probs) == pytest.approx(result.temperature, rel=0.01)
+    # (Pillow decodes the photos here, TensorFlow in training: a few pixels differ.)
+    assert tle.fit_temperature(labels, probs) == pytest.approx(result.temperature, rel=0.03)
     before = tle.expected_calibration_error(labels, probs)
     after = tle.expected_calibration_error(labels, tle.apply_temperature(probs,
                                                                          result.temperature))

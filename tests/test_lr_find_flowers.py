@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 BACKBONE = "MobileNetV2-0.35"
 SIZE = 96
 SEEDS = (42, 1, 2)
-TOLERANCE = 0.005  # half a point: about 4 of the 863 validation images
+TOLERANCE = 0.02  # two points (about 17 of the 863 validation images): seed-to-seed noise
 
 
 def test_range_test_suggestion_trains_as_well_as_the_default(tmp_path, flowers, keras_home):

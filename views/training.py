@@ -274,8 +274,9 @@ def use_head_weights(run_id: str) -> None:
 
 def final_panel(run: tle.RunRecord) -> None:
     who = md_escape(run.started_by or "anonymous")
-    if run.status == tle.RunStatus.COMPLETED and run_views.just_finished(run):
-        run_views.preload_predictor(ws, run.id)
+    if run.status == tle.RunStatus.COMPLETED:
+        if run_views.just_finished(run):
+            run_views.preload_predictor(ws, run.id)
         summary = run.result
         kept = run_views.weights_kept_text(run)
         st.success(f"Completed — validation accuracy **{run.val_accuracy:.1%}**"
