@@ -282,3 +282,15 @@ def kill_worker(pid: int) -> None:
             return
         time.sleep(0.1)  # the kernel reaps a non-child asynchronously
 
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a child of ours that ended is reaped first)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

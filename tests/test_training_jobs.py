@@ -11,7 +11,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, process_alive
 
 from tl_engine import runs
 from tl_engine.features import FeatureCache, feature_key
@@ -36,7 +36,7 @@ def _no_worker_outlives_its_test(workspace):
     the suite: stop every worker this test's workspace saw (never this process)."""
     yield
     for run in runs.list_runs(workspace):
-        if run.worker_pid and run.worker_pid != os.getpid() and _alive(run.worker_pid):
+        if run.worker_pid and run.worker_pid != os.getpid() and process_alive(run.worker_pid):
             os.kill(run.worker_pid, signal.SIGKILL)
 
 
@@ -159,7 +159,7 @@ def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_datase
     _wait_until(lambda: len(runs.run_metrics(workspace, third.run_id)) >= 1)
     pid = runs.get_run(workspace, third.run_id).worker_pid
     os.kill(pid, signal.SIGKILL)
-    _wait_until(lambda: not _alive(pid))
+    _wait_until(lambda: not process_alive(pid))
     assert third.run_id in recover_interrupted(Workspace(workspace.root))
     assert runs.get_run(workspace, third.run_id).status == "interrupted"
     done_before = len(runs.run_metrics(workspace, third.run_id))
@@ -169,18 +169,6 @@ def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_datase
     epochs = [m["epoch"] for m in runs.run_metrics(workspace, third.run_id)]
     assert epochs == list(range(1, 13))  # continuous: no epoch lost or repeated
     assert 1 <= done_before < 12 and resumed.epochs_run == 12
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def test_cli_train_runs_in_worker_and_returns_json(tiny_data_dir, tmp_path):

@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, kill_worker
+from conftest import PROJECT_ROOT, kill_worker, process_alive
 
 import tl_engine as tle
 from tl_engine import job_kinds, runs
@@ -132,24 +132,12 @@ def test_a_spawned_worker_exits_after_its_idle_period(workspace, monkeypatch):
     assert pid is not None
     try:
         # It warms up (TensorFlow, the default backbone), waits a second, and is gone.
-        _until(lambda: not _alive(pid), timeout_s=300)
+        _until(lambda: not process_alive(pid), timeout_s=300)
     finally:
-        if _alive(pid):
+        if process_alive(pid):
             kill_worker(pid)
     assert not slot_busy(workspace)
     assert "Traceback" not in (workspace.logs_dir / "worker.log").read_text()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.slow
