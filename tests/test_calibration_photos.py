@@ -58,7 +58,8 @@ def test_temperature_scaling_on_held_out_photos(photo_run):
     low, high = (np.exp(b) for b in calibration.LOG_T_BOUNDS)
     assert low < result.temperature < high and result.temperature != 1.0
     # Held-out images: no guarantee, but scaling by one number must not make it much worse.
-    assert result.ece_calibrated <= result.ece + 0.02
+    # (61 test images: one image moves ECE by about 0.016.)
+    assert result.ece_calibrated <= result.ece + 0.04
     assert report["nll_calibrated"] <= report["nll"] + 0.02
 
     # The fitting split, from the saved model's own probabilities: the same T, and a lower
