@@ -270,27 +270,10 @@ def kill_worker(pid: int) -> None:
     import signal
     import time
 
+    from tl_engine.processes import process_alive
+
     os.kill(pid, signal.SIGKILL)
-    while True:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return
+    while process_alive(pid):
         time.sleep(0.1)  # the kernel reaps a non-child asynchronously
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a child of ours that ended is reaped first)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

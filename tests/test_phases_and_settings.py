@@ -144,6 +144,22 @@ def test_gradual_unfreezing_adds_one_block_per_stage_down_to_unfreeze():
     assert [p.cached_activations for p in plan] == [False, True, True, True]
 
 
+def test_a_phase_that_cannot_use_cached_activations_says_why():
+    def reasons(**changes):
+        return [p.pixels_reason for p in phases(RunSpec(**changes).normalized())]
+
+    assert reasons(strategy="partial", unfreeze=2) == [None]
+    assert reasons(strategy="partial", unfreeze=2, augment=("flip",)) == [
+        "augmentation changes each image every epoch"]
+    assert "random starting weights" in reasons(strategy="partial", unfreeze=2,
+                                                weights="none")[0]
+    # Nothing to cache: a frozen backbone, or one that trains from its first layer.
+    assert reasons(weights="none") == [None]
+    assert reasons(strategy="full", augment=("flip",)) == [None]
+    assert reasons(strategy="two-phase", unfreeze=2, augment=("flip",)) == [
+        None, "augmentation changes each image every epoch"]
+
+
 def test_discriminative_rates_fall_block_by_block_from_the_top():
     freeze = describe_freeze("MobileNetV2-0.35", 3, "blocks", image_size=96)
     factors = layer_rate_factors(freeze, 0.5)

@@ -11,7 +11,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, process_alive
+from conftest import PROJECT_ROOT
 
 from tl_engine import runs
 from tl_engine.features import FeatureCache, feature_key
@@ -23,6 +23,7 @@ from tl_engine.jobs import (
     wait_for_run,
     worker_main,
 )
+from tl_engine.processes import process_alive
 from tl_engine.spec import RunSpec
 from tl_engine.store import Workspace
 

@@ -14,11 +14,12 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, kill_worker, process_alive
+from conftest import PROJECT_ROOT, kill_worker
 
 import tl_engine as tle
 from tl_engine import job_kinds, runs
 from tl_engine.jobs import ensure_worker, slot_busy, submit_job, worker_main
+from tl_engine.processes import process_alive
 from tl_engine.runs import RunStatus
 from tl_engine.spec import RunSpec
 

@@ -224,7 +224,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     rows = [{"phase": p.name, "epochs": p.epochs, "trains": p.trainable_text,
              "learning_rate": spec.learning_rate * p.lr_factor,
              "lr_per_block_down": p.lr_decay, "cached_features": p.cached_features,
-             "cached_activations": p.cached_activations}
+             "cached_activations": p.cached_activations, "pixels_reason": p.pixels_reason}
             for p in phases(spec)]
     if args.json:
         _print_json({"spec": spec.to_dict(), "phases": rows})

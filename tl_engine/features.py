@@ -192,7 +192,7 @@ def extract_features(
         planned.append(FeaturePass(name, len(missing)))
     passes = FeaturePassProgress(planned)
     size = int(feature_model.input_shape[1])
-    forward = _forward_function(feature_model, size)
+    forward = inference_function(feature_model, size)
     matrices, computed, reused = [], 0, 0
     for name, records in named:
         hashes = [r.hash for r in records]
@@ -220,9 +220,10 @@ _forwards: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _forwards_lock = threading.Lock()
 
 
-def _forward_function(model: Any, size: int) -> Any:
-    """`model`'s inference pass for batches of any size, traced once per model (a last,
-    smaller batch does not trace it again, nor does the model's next pass)."""
+def inference_function(model: Any, size: int) -> Any:
+    """`model`'s inference pass as one graph for batches of any size, traced once per
+    model: a fixed signature, so a last, smaller batch, a single photo or the model's next
+    pass never traces it again (Keras's own predict traces once per new batch shape)."""
     import tensorflow as tf
 
     with _forwards_lock:

@@ -29,6 +29,7 @@ from . import runs
 from .datasets import load_dataset
 from .errors import TLError
 from .job_kinds import executor_for, list_job_kinds
+from .processes import process_alive
 from .registry import get_backbone
 from .runs import DEFAULT_KIND, RunRecord, RunStatus
 from .runs import INTERRUPTED_ERROR as INTERRUPTED_ERROR  # importable from here, as before
@@ -220,13 +221,7 @@ def _spawned_worker_alive(ws: Workspace) -> bool:
             return False  # a stale file (say, from before a restart): the pid means nothing
     except (OSError, ValueError):
         return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child and has exited
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return process_alive(pid)
 
 
 def spawn_worker(ws: Workspace) -> int:

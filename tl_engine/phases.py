@@ -32,6 +32,9 @@ class Phase:
     # Only the top of the backbone trains and the frozen bottom sees each image the same
     # way every epoch: the bottom's activations are cached and only the top runs.
     cached_activations: bool = False
+    # Why a phase that trains only the top of the backbone runs the whole model on pixels
+    # every epoch instead (None when it does not, or when nothing could be cached).
+    pixels_reason: str | None = None
 
     @property
     def trains_backbone(self) -> bool:
@@ -52,17 +55,29 @@ def _head(spec: RunSpec, epochs: int) -> Phase:
                  cached_features=not spec.augment)
 
 
-def _top_only(spec: RunSpec, top: int | None) -> bool:
-    """Whether a phase training this top can run on cached activations: not with
-    augmentation (each epoch sees other pixels), nor from random weights (their
-    activations are too small to keep in float16: ~1e-8 in MobileNetV2)."""
-    return (not spec.augment and spec.weights != "none" and top is not ALL and top != 0)
+def _backbone_top(spec: RunSpec, name: str, title: str, epochs: int, top: int | None,
+                  lr_factor: float) -> Phase:
+    """A phase training `top` of the backbone (and the head). It runs on cached activations
+    when only part of the backbone trains, unless the reason it cannot is recorded."""
+    partly = top is not ALL and top != 0
+    reason = _why_pixels(spec) if partly else None
+    return Phase(name, title, epochs, top, spec.unfreeze_unit, lr_factor, spec.lr_decay,
+                 cached_features=False, cached_activations=partly and reason is None,
+                 pixels_reason=reason)
+
+
+def _why_pixels(spec: RunSpec) -> str | None:
+    """Why the frozen bottom's activations cannot be cached for this spec, if so."""
+    if spec.augment:
+        return "augmentation changes each image every epoch"
+    if spec.weights == "none":  # ~1e-8 in MobileNetV2
+        return ("a backbone with random starting weights gives activations too small to "
+                "keep in float16")
+    return None
 
 
 def _fine_tune(spec: RunSpec, top: int | None, lr_factor: float) -> Phase:
-    return Phase("fine-tune", "Fine-tuning", spec.epochs, top, spec.unfreeze_unit, lr_factor,
-                 spec.lr_decay, cached_features=False,
-                 cached_activations=_top_only(spec, top))
+    return _backbone_top(spec, "fine-tune", "Fine-tuning", spec.epochs, top, lr_factor)
 
 
 def phases(spec: RunSpec) -> list[Phase]:
@@ -80,10 +95,10 @@ def phases(spec: RunSpec) -> list[Phase]:
         stages = max(1, spec.unfreeze)
         unit = spec.unfreeze_unit.removesuffix("s")
         return [_head(spec, spec.head_epochs)] + [
-            Phase(f"stage-{k}", f"Stage {k} of {stages}: top {k} {unit}{'s' if k > 1 else ''}",
-                  spec.epochs if k == stages else spec.epochs_per_stage, k, spec.unfreeze_unit,
-                  spec.fine_tune_lr_factor, spec.lr_decay, cached_features=False,
-                  cached_activations=_top_only(spec, k))
+            _backbone_top(spec, f"stage-{k}",
+                          f"Stage {k} of {stages}: top {k} {unit}{'s' if k > 1 else ''}",
+                          spec.epochs if k == stages else spec.epochs_per_stage, k,
+                          spec.fine_tune_lr_factor)
             for k in range(1, stages + 1)
         ]
     raise ValueError(f"no phase plan for strategy {spec.strategy!r}")

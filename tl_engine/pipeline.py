@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .processes import process_alive
 from .store import Workspace
 
 PIXEL_CACHE_PREFIX = "pixels-"
@@ -221,17 +222,8 @@ def remove_orphan_pixel_caches(ws: Workspace) -> list[Path]:
     removed = []
     for folder in ws.tmp_dir.glob(f"{PIXEL_CACHE_PREFIX}*-*"):
         owner = folder.name.removeprefix(PIXEL_CACHE_PREFIX).split("-", 1)[0]
-        if folder.is_dir() and owner.isdigit() and not _alive(int(owner)):
+        if folder.is_dir() and owner.isdigit() and not process_alive(int(owner)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True

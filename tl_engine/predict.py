@@ -45,6 +45,7 @@ from .familiarity import (
     fingerprint_image,
     load_profile,
 )
+from .features import inference_function
 from .images import load_rgb_array
 from .model_file import checked_model_path, load_run_model
 from .pipeline import to_model_input
@@ -145,7 +146,7 @@ class Predictor:
         scoring = (features_and_probabilities_model(model) if profile is not None
                    else None)
         self._network = scoring or model
-        self._forward = _forward_function(self._network, image_size)
+        self._forward = inference_function(self._network, image_size)
         self._graph_ready = threading.Event()
         # Tracing and optimising the graph takes about a second: until it is done, in the
         # background, the model runs eagerly (a few times slower per call, but at once), so
@@ -259,21 +260,6 @@ class Predictor:
                 unfamiliar=False if scores is None else bool(scores[1][row_index])))
             row_index += 1
         return results
-
-
-def _forward_function(model: Any, image_size: int) -> Any:
-    """`model`'s inference pass as one graph for any batch size: a fixed signature, so
-    batches of 1, 7 or 64 images never trace it again (Keras's predict_on_batch traces
-    once per new batch shape before it relaxes the shape)."""
-    import tensorflow as tf
-
-    spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32)
-
-    @tf.function(input_signature=[spec])
-    def forward(pixels: Any) -> Any:
-        return model([pixels], training=False)
-
-    return forward
 
 
 def _map_threads(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:

@@ -32,7 +32,6 @@ from .freeze import FreezePlan, apply_freeze, layer_rate_factors, plan_freeze
 from .modeling import Classifier, build_classifier
 from .optimizers import make_optimizer, variable_factors
 from .phases import (
-    ALL,
     Phase,
     PhaseResult,
     done_path,
@@ -85,8 +84,8 @@ def _class_weights(records: list[ImageRecord], index: dict[str, int]) -> dict[in
 
 
 def compile_classifier(model: Any, spec: RunSpec, n_classes: int, learning_rate: float,
-             rate_factors: dict[int, float] | None = None,
-             steps_per_execution: int = 1) -> None:
+                       rate_factors: dict[int, float] | None = None,
+                       steps_per_execution: int = 1) -> None:
     """`steps_per_execution` > 1 runs that many batches in one graph call: the same
     batches and updates, far less Python per step (callbacks see one call per chunk)."""
     k = top_k_for(n_classes)
@@ -310,9 +309,7 @@ class RunTrainer:
                                lambda eta: later(eta, False), phase.title)
             return result, matrices[1], matrices[2] if len(matrices) > 2 else None
         factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
-        why = ("augmentation changes each image every epoch" if spec.augment else
-               "a backbone with random starting weights gives activations too small to "
-               "keep in float16" if spec.weights == "none" else None)
+        why = phase.pixels_reason
         if phase.cached_activations:  # the top of the backbone and the head, shared weights
             try:
                 data = activation_data(self.ws, clf, freeze, spec, self._weights_id,
@@ -329,7 +326,7 @@ class RunTrainer:
                                  phase.epochs, steps, lambda eta: later(eta, True),
                                  phase.title), None, None
             why = data
-        if why and phase.trains_backbone and phase.trainable_top is not ALL:
+        if why:
             self.notes.append(f"{phase.title}: the whole model ran on pixels every epoch, not "
                               f"on cached activations: {why}.")
         compile_classifier(clf.model, spec, n_classes, rate, factors)

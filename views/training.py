@@ -108,6 +108,10 @@ with right, st.container(border=True):
     if any(phase.cached_activations for phase in plan):
         st.caption(":material/bolt: Only the top of the backbone trains, without augmentation: "
                    "the frozen bottom runs once per image and its activations are cached.")
+    reasons = sorted({phase.pixels_reason for phase in plan if phase.pixels_reason})
+    if reasons:
+        st.caption(":material/info: The whole backbone runs on every image every epoch, "
+                   f"not on cached activations: {'; '.join(reasons)}.")
     # A horizontal container sizes each link to its label and wraps: nothing is clipped.
     with st.container(horizontal=True, gap="small"):
         st.page_link(pages.DATASET, label="Dataset", icon=":material/photo_library:")
