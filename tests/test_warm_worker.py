@@ -175,3 +175,42 @@ def test_a_fine_tuned_run_does_not_leak_into_a_later_run_of_the_same_process(
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(mine.predict(pixels, verbose=0),
                                fresh.predict(pixels, verbose=0), atol=1e-5)
+
+
+def test_a_kept_backbone_is_reused_reset_to_its_starting_weights_and_saves_alike(
+        keras_home, tmp_path):
+    """A worker builds a backbone once for runs of the same backbone, weights, size and
+    seed: the next run gets it back with its starting weights and its head starts exactly
+    as after a new build; another seed builds anew."""
+    from tl_engine.modeling import build_classifier
+
+    spec = RunSpec(backbone="MobileNetV2-0.35", weights="imagenet", image_size=32,
+                   seed=3).normalized()
+
+    def build(seed: int, keep: bool):
+        keras.utils.set_random_seed(seed)
+        return build_classifier(spec, 4, keep=keep)
+
+    new = build(3, keep=False)
+    first = build(3, keep=True)
+    # A fine-tuning run changes convolution weights and BatchNormalization statistics.
+    for variable in first.backbone.weights[:6]:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    first.backbone.layers[-3].trainable = True
+    again = build(3, keep=True)
+    assert again.backbone is first.backbone and again.feature_model is first.feature_model
+    assert not any(layer.trainable for layer in again.backbone.layers)
+    for name, model in (("backbone", "backbone"), ("head", "head")):
+        for ours, theirs in zip(getattr(again, model).get_weights(),
+                                getattr(new, model).get_weights(), strict=True):
+            np.testing.assert_array_equal(ours, theirs, err_msg=name)
+    assert build(4, keep=True).backbone is not first.backbone
+
+    # Saved, the classifier on a reused backbone is the one a new build gives.
+    path = tmp_path / "model.keras"
+    again.model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in new.model.layers]
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0),
+                               new.model.predict(pixels, verbose=0), atol=1e-6)

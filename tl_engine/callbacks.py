@@ -156,12 +156,16 @@ class KeepBestWeights(keras.callbacks.Callback):
 
     Each save goes to a temporary file, is tagged with its epoch, then renamed: a killed
     worker never leaves a torn file, and a resumed run knows which epoch it holds.
+    `in_memory` (for a phase that is not resumed) keeps the best weights in memory and
+    writes them once, when training ends.
     """
 
-    def __init__(self, path: Path, best_so_far: float | None) -> None:
+    def __init__(self, path: Path, best_so_far: float | None, in_memory: bool = False) -> None:
         super().__init__()
         self.path = path
         self.best = best_so_far
+        self.in_memory = in_memory
+        self._held: tuple[list[Any], int] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = (logs or {}).get("val_accuracy")
@@ -169,7 +173,21 @@ class KeepBestWeights(keras.callbacks.Callback):
             return
         if self.best is None or float(value) > self.best:
             self.best = float(value)
-            save_tagged_weights(self.model, self.path, epoch + 1, self.best)
+            if self.in_memory:
+                self._held = (self.model.get_weights(), epoch + 1)
+            else:
+                save_tagged_weights(self.model, self.path, epoch + 1, self.best)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._held is None:
+            return
+        weights, epoch = self._held
+        current = self.model.get_weights()
+        self.model.set_weights(weights)
+        try:
+            save_tagged_weights(self.model, self.path, epoch, self.best)
+        finally:
+            self.model.set_weights(current)
 
 
 def save_tagged_weights(model: Any, path: Path, epoch: int, val_accuracy: float | None) -> None:

@@ -76,6 +76,17 @@ def configure() -> DeviceInfo:
     return _device_info(tf, keras, gpus, mixed, notes)
 
 
+def clear_keras_session() -> None:
+    """Forget the Keras state a job left (layer names, graphs). Keras's clear_session also
+    forgets the global dtype policy, so a warm worker's next job would lose mixed precision:
+    it is set again."""
+    import keras
+
+    keras.backend.clear_session()
+    if configure.cache_info().currsize and configure().mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+
 def _device_info(tf: Any, keras: Any, gpus: list[Any], mixed: bool,
                  notes: list[str]) -> DeviceInfo:
     return DeviceInfo(

@@ -245,14 +245,14 @@ def execute_label_issues(ws: Workspace, run_id: str) -> RunStatus:
         runs.finish_run(ws, run_id, RunStatus.CANCELLED)
         return RunStatus.CANCELLED
     try:
-        import keras
+        from .device import clear_keras_session
 
         extractor = feature_extractor(spec.backbone, spec.weights, spec.image_size, spec.seed)
         try:
             found = extract_features(ws, extractor.model, extractor.key,
                                      [("all images", records)], spec.batch_size, report)
         finally:
-            keras.backend.clear_session()
+            clear_keras_session()
     except FeaturesCancelled:
         runs.finish_run(ws, run_id, RunStatus.CANCELLED)
         return RunStatus.CANCELLED

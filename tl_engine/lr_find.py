@@ -151,7 +151,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     import tensorflow as tf
 
     from .datasets import load_dataset, split_records
-    from .device import configure, distribution_strategy
+    from .device import clear_keras_session, configure, distribution_strategy
     from .features import FeaturesCancelled, extract_features, feature_key
     from .freeze import apply_freeze, layer_rate_factors, plan_freeze
     from .modeling import build_classifier
@@ -205,7 +205,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
         model.fit(data, steps_per_epoch=1, epochs=steps, callbacks=[callback], shuffle=False,
                   verbose=0)
     finally:
-        keras.backend.clear_session()
+        clear_keras_session()
     if callback.cancelled:
         return None
     finite = [(lr, loss) for lr, loss in zip(callback.rates, callback.losses, strict=True)

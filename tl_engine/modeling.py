@@ -8,6 +8,7 @@ then sit unchanged inside the complete model.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from .registry import Backbone, check_preprocessing, get_backbone
 from .spec import RunSpec
-from .weights import load_backbone
+from .weights import load_backbone, reset_starting_weights, weights_identity
 
 IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406]) * 255.0
 IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225]) * 255.0
@@ -71,14 +72,41 @@ def build_head(feature_dim: int, n_classes: int, hidden_units: int, dropout: flo
     return keras.Model(features, outputs, name="head")
 
 
-def build_classifier(spec: RunSpec, n_classes: int) -> Classifier:
-    """The complete model for a normalized spec, with its starting weights loaded."""
+@dataclass
+class _Trunk:
+    """Pixels -> pooled features: everything in a classifier but its head."""
+
+    pixels: Any
+    pooled: Any
+    backbone: Any
+    feature_model: Any
+    random_after: Any  # Python's random state right after the trunk was built
+
+
+# The last trunk built with `keep=True` (a worker keeps the one its jobs use). Keyed by
+# all that decides it, Python's random state before the build included: Keras seeds each
+# unseeded initializer from `random`, so the head built after a kept trunk starts exactly
+# as it does after a new one (runs seed `random` first: the same seed, the same state).
+_KEPT_TRUNK: dict[tuple[Any, ...], _Trunk] = {}
+
+
+def _trunk_key(spec: RunSpec, entry: Backbone) -> tuple[Any, ...] | None:
+    """What a kept trunk must match to be reused; None when none may be: random starting
+    weights are drawn anew; under a distribution strategy, variables belong to its scope."""
+    import keras
+    import tensorflow as tf
+
+    if spec.weights == "none" or tf.distribute.has_strategy():
+        return None
+    return (entry.key, weights_identity(entry, spec.weights, seed=0), spec.image_size,
+            keras.config.dtype_policy().name, random.getstate())
+
+
+def _build_trunk(spec: RunSpec, entry: Backbone) -> _Trunk:
     import keras
 
-    entry = get_backbone(spec.backbone)
     size = spec.image_size
     backbone = load_backbone(entry, spec.weights, size)
-    backbone.trainable = False
     pixels = keras.Input((size, size, 3), name="pixels")
     x = pixels
     for layer in preprocessing_layers(entry.preprocessing):
@@ -90,11 +118,45 @@ def build_classifier(spec: RunSpec, n_classes: int) -> Classifier:
         # training=False keeps BatchNormalization in inference mode even when fine-tuning.
         x = backbone(x, training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    head = build_head(int(pooled.shape[-1]), n_classes, spec.hidden_units, spec.dropout)
-    outputs = head(pooled)
-    model = keras.Model(pixels, outputs, name=re.sub(r"\W", "_", f"{entry.key}_classifier"))
     feature_model = keras.Model(pixels, pooled, name="feature_extractor")
-    return Classifier(model, backbone, head, feature_model, entry)
+    return _Trunk(pixels, pooled, backbone, feature_model, random.getstate())
+
+
+def _trunk(spec: RunSpec, entry: Backbone, keep: bool) -> _Trunk:
+    key = _trunk_key(spec, entry) if keep else None
+    kept = _KEPT_TRUNK.get(key) if key is not None else None
+    if kept is not None:
+        # A run before may have trained it: back to the starting weights (BatchNorm
+        # statistics included) and to the random state a new build would leave.
+        reset_starting_weights(entry, spec.weights, kept.backbone)
+        random.setstate(kept.random_after)
+        return kept
+    trunk = _build_trunk(spec, entry)
+    if key is not None:
+        _KEPT_TRUNK.clear()  # one at a time: a large backbone weighs ~100 MB
+        _KEPT_TRUNK[key] = trunk
+    return trunk
+
+
+def build_classifier(spec: RunSpec, n_classes: int, keep: bool = False) -> Classifier:
+    """The complete model for a normalized spec, with its starting weights loaded.
+
+    With `keep`, the backbone and its pooling are kept for the next call with the same
+    backbone, weights, size and random state, and reused from the last such call: a
+    worker running job after job builds them once (their traced inference graph too).
+    Only one user of the classifier at a time: a reused backbone is reset for each."""
+    import keras
+
+    entry = get_backbone(spec.backbone)
+    trunk = _trunk(spec, entry, keep)
+    trunk.backbone.trainable = False
+    for layer in trunk.backbone.layers:  # the model's flag leaves a layer a run unfroze
+        layer.trainable = False
+    head = build_head(int(trunk.pooled.shape[-1]), n_classes, spec.hidden_units, spec.dropout)
+    outputs = head(trunk.pooled)
+    model = keras.Model(trunk.pixels, outputs,
+                        name=re.sub(r"\W", "_", f"{entry.key}_classifier"))
+    return Classifier(model, trunk.backbone, head, trunk.feature_model, entry)
 
 
 def head_param_count(feature_dim: int, n_classes: int, hidden_units: int) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import runs
 from .datasets import ImageRecord, load_dataset, split_records
+from .device import clear_keras_session
 from .errors import SpecError
 from .progress import Progress
 from .registry import get_backbone, list_backbones
@@ -130,8 +131,6 @@ def run_probe(ws: Workspace, dataset_id: str, spec: RunSpec,
               report: Callable[[Progress], bool] | None = None) -> ProbeResult:
     """Score one backbone on a dataset's images; `report(progress)` returns True to stop
     (then FeaturesCancelled is raised)."""
-    import keras
-
     from .features import FeaturesCancelled, extract_features, feature_extractor
 
     report = report or (lambda progress: False)
@@ -142,7 +141,7 @@ def run_probe(ws: Workspace, dataset_id: str, spec: RunSpec,
         found = extract_features(ws, extractor.model, extractor.key, [("images", records)],
                                  PROBE_BATCH, report)
     finally:
-        keras.backend.clear_session()
+        clear_keras_session()
 
     def scoring_cancelled() -> bool:
         return report(Progress(phase="scoring", phase_title="Scoring the features",

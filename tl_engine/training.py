@@ -10,6 +10,7 @@ continues the phase it was in from Keras's BackupAndRestore state.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,8 +27,8 @@ from . import calibration, familiarity, runs
 from .activations import ActivationData, activation_data
 from .callbacks import KeepBestWeights, StoreProgress, discard_torn_first_backup, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
-from .device import configure, distribution_strategy
-from .features import FeaturesCancelled, extract_features, feature_key
+from .device import clear_keras_session, configure, distribution_strategy
+from .features import FeaturesCancelled, extract_features, feature_key, inference_function
 from .freeze import FreezePlan, apply_freeze, layer_rate_factors, plan_freeze
 from .modeling import Classifier, build_classifier
 from .optimizers import make_optimizer, variable_factors
@@ -58,12 +59,17 @@ class RunCancelled(Exception):
 def warm_up() -> None:
     """Pay a worker's fixed costs before its first job: TensorFlow and Keras imported and
     initialised, the default backbone's starting weights read (kept per process, see
-    weights.py) and one classifier built, so the first run only builds its own."""
+    weights.py), and its classifier built and its inference graph traced as a run of the
+    default spec would: that run reuses both (see build_classifier's `keep`)."""
     configure()
     spec = RunSpec().normalized()
+    keras.utils.set_random_seed(spec.seed)  # as RunTrainer.train does before its build
     with distribution_strategy().scope():
-        build_classifier(spec, n_classes=2)
-    keras.backend.clear_session()
+        clf = build_classifier(spec, n_classes=2, keep=True)
+    size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
+    inference_function(clf.feature_model, size)(
+        np.zeros((spec.batch_size, size, size, 3), np.float32))
+    clear_keras_session()
 
 
 @dataclass
@@ -172,7 +178,7 @@ class RunTrainer:
 
     def _callbacks(self, phase: str, epoch_offset: int, epochs: int, steps: int,
                    best_path: Path, later_seconds: Callable[[EtaEstimator], float | None] | None,
-                   title: str = "") -> tuple[list[Any], StoreProgress]:
+                   title: str = "", resumable: bool = True) -> tuple[list[Any], StoreProgress]:
         spec = self.spec
         val_steps = -(-len(self.splits.val) // spec.batch_size)
         progress = StoreProgress(
@@ -184,6 +190,8 @@ class RunTrainer:
         )
         _discard_if_unreadable(best_path)  # left torn by a worker of an older version
         backup = self.dir / "backup" / phase
+        if not resumable:  # left by an older version that backed up every phase
+            shutil.rmtree(backup, ignore_errors=True)
         discard_torn_first_backup(backup)
         if not backup.exists():
             # No state to resume this phase from (new, or cancelled: Keras removes the
@@ -201,10 +209,12 @@ class RunTrainer:
         # its backup is, so a resume never skips recording an epoch.
         callbacks: list[Any] = [progress]
         if spec.keep_weights == "best":
-            callbacks.append(KeepBestWeights(best_path, best_so_far))
-        # double_checkpoint: a torn backup (worker killed mid-write) falls back to the
-        # previous epoch's copy instead of failing the resume.
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True))
+            callbacks.append(KeepBestWeights(best_path, best_so_far, in_memory=not resumable))
+        if resumable:
+            # double_checkpoint: a torn backup (worker killed mid-write) falls back to the
+            # previous epoch's copy instead of failing the resume.
+            callbacks.append(keras.callbacks.BackupAndRestore(str(backup),
+                                                              double_checkpoint=True))
         if spec.early_stopping:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_accuracy", mode="max", patience=spec.early_stopping,
@@ -218,11 +228,12 @@ class RunTrainer:
 
     def _fit(self, model: Any, phase: str, train: Any, val: Any, epoch_offset: int, epochs: int,
              steps: int, later_seconds: Callable[[EtaEstimator], float | None] | None = None,
-             title: str = "") -> PhaseResult:
-        """One `fit` phase. With keep_weights "best", its best epoch's weights are restored."""
+             title: str = "", resumable: bool = True) -> PhaseResult:
+        """One `fit` phase. With keep_weights "best", its best epoch's weights are restored.
+        A phase that is not `resumable` writes no backups: a killed run trains it again."""
         best_path = self.dir / f"best-{phase}.weights.h5"
         callbacks, progress = self._callbacks(phase, epoch_offset, epochs, steps, best_path,
-                                              later_seconds, title)
+                                              later_seconds, title, resumable)
         model.fit(
             train,
             validation_data=val,
@@ -305,8 +316,10 @@ class RunTrainer:
             # An epoch on features takes milliseconds: one graph call per epoch, so the
             # per-step Python (callbacks, iterator, dispatch) is paid once, not per batch.
             compile_classifier(clf.head, spec, n_classes, rate, steps_per_execution=steps)
+            # Epochs on cached features take milliseconds: a killed run trains the phase
+            # again rather than write a backup every epoch.
             result = self._fit(clf.head, phase.name, train, val, offset, phase.epochs, steps,
-                               lambda eta: later(eta, False), phase.title)
+                               lambda eta: later(eta, False), phase.title, resumable=False)
             return result, matrices[1], matrices[2] if len(matrices) > 2 else None
         factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
         why = phase.pixels_reason
@@ -348,7 +361,7 @@ class RunTrainer:
         self._weights_id = weights_identity(entry, spec.weights, spec.seed)
         n_classes = len(self.classes)
         with distribution_strategy().scope():
-            clf = build_classifier(spec, n_classes)
+            clf = build_classifier(spec, n_classes, keep=True)
         steps = -(-len(self.splits.train) // spec.batch_size)
         plan = phases(spec)
 
@@ -525,20 +538,23 @@ def execute_run(ws: Workspace, run_id: str) -> runs.RunStatus:
     """Train one claimed run to its end state; returns that state. Never raises."""
     import traceback
 
+    # Keras's state is cleared after the run's end is stored: whoever waits for the run
+    # does not wait for the garbage collection that clearing runs.
     try:
-        with pixel_cache(ws) as pixel_dir:
-            summary = RunTrainer(ws, run_id, pixel_dir).train()
-    except RunCancelled:
-        runs.finish_run(ws, run_id, runs.RunStatus.CANCELLED)
-        return runs.RunStatus.CANCELLED
-    except Exception as exc:  # a failed run is a stored state, not a crashed worker
-        message = f"{type(exc).__name__}: {exc}"
-        (ws.run_dir(run_id)).mkdir(parents=True, exist_ok=True)
-        (ws.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
-        runs.finish_run(ws, run_id, runs.RunStatus.FAILED, error=message)
-        return runs.RunStatus.FAILED
+        try:
+            with pixel_cache(ws) as pixel_dir:
+                summary = RunTrainer(ws, run_id, pixel_dir).train()
+        except RunCancelled:
+            runs.finish_run(ws, run_id, runs.RunStatus.CANCELLED)
+            return runs.RunStatus.CANCELLED
+        except Exception as exc:  # a failed run is a stored state, not a crashed worker
+            message = f"{type(exc).__name__}: {exc}"
+            (ws.run_dir(run_id)).mkdir(parents=True, exist_ok=True)
+            (ws.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
+            runs.finish_run(ws, run_id, runs.RunStatus.FAILED, error=message)
+            return runs.RunStatus.FAILED
+        runs.finish_run(ws, run_id, runs.RunStatus.COMPLETED, summary=summary.to_dict())
+        ws.write_json_atomic(ws.run_dir(run_id) / "summary.json", summary.to_dict())
+        return runs.RunStatus.COMPLETED
     finally:
-        keras.backend.clear_session()
-    runs.finish_run(ws, run_id, runs.RunStatus.COMPLETED, summary=summary.to_dict())
-    ws.write_json_atomic(ws.run_dir(run_id) / "summary.json", summary.to_dict())
-    return runs.RunStatus.COMPLETED
+        clear_keras_session()

@@ -217,6 +217,11 @@ def _starting_weights(backbone: Backbone, weights: str, target: Any) -> None:
         _STARTING_WEIGHTS.popitem(last=False)
 
 
+def reset_starting_weights(backbone: Backbone, weights: str, target: Any) -> None:
+    """Give a backbone built earlier in this process its starting weights again."""
+    _starting_weights(backbone, weights, target)
+
+
 def _load_source(backbone: Backbone, weights: str) -> Any:
     """The backbone at its default size with the pretrained weights loaded."""
     if weights == "imagenet":
