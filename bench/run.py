@@ -294,6 +294,7 @@ def prediction(workspace: Path, run_id: str, photos: Path) -> dict[str, Any]:
     singles = items[1:41]
     decoded = [to_model_input(load_rgb_array(data, name), predictor.image_size)[None]
                .astype(np.float32) for name, data in singles]
+    predictor.wait_until_traced(120)  # warm means on its graph: eager runs only at first
     for item, x in zip(singles[:5], decoded[:5], strict=True):  # warm both paths
         predictor.predict([item])
         predictor.model.predict_on_batch(x)

@@ -46,3 +46,33 @@ def test_a_batch_keeps_its_order_with_unreadable_images(trained_workspace):
                                                       False]
     alone = tle.predict_images(ws, run.id, good)
     assert [p.label for p in predictions if p.error is None] == [p.label for p in alone]
+
+
+def test_the_first_prediction_checks_the_familiarity_profile_in_its_own_pass(
+        trained_workspace):
+    """A new Predictor runs nothing until asked: the first prediction carries the profile's
+    fingerprint image along, and only then does the graph's tracing start."""
+    import threading
+
+    from tl_engine import runs
+    from tl_engine.calibration import run_temperature
+    from tl_engine.familiarity import load_profile
+    from tl_engine.model_file import load_run_model
+    from tl_engine.predict import Predictor
+
+    ws, dataset, run = trained_workspace
+    images = [ws.image_path(r.hash) for r in dataset.records[:4]]
+    run_dir = ws.run_dir(run.id)
+    predictor = Predictor(load_run_model(ws, run.id), runs.labels(ws, run.id),
+                          run.spec.image_size, run.id, load_profile(run_dir),
+                          run_temperature(run_dir))
+    tracer = f"tl-trace-{run.id}"
+    assert tracer not in {t.name for t in threading.enumerate()}
+    first = predictor.predict(images)
+    assert all(p.familiarity is not None for p in first)
+    assert predictor.profile is not None
+    assert predictor.wait_until_traced(timeout=120)
+    again = predictor.predict(images)
+    np.testing.assert_allclose([p.familiarity for p in first],
+                               [p.familiarity for p in again], rtol=1e-4, atol=1e-4)
+    assert [p.label for p in first] == [p.label for p in again]

@@ -148,15 +148,38 @@ class Predictor:
         self._network = scoring or model
         self._forward = inference_function(self._network, image_size)
         self._graph_ready = threading.Event()
-        # Tracing and optimising the graph takes about a second: until it is done, in the
-        # background, the model runs eagerly (a few times slower per call, but at once), so
-        # a model is ready to predict as soon as its weights are loaded.
-        outputs = self._call(fingerprint_image(image_size))
-        self.profile: FamiliarityProfile | None = None
-        if profile is not None and outputs[1] is not None and profile.matches(outputs[1]):
-            self.profile = profile
+        self._tracing_started = False
+        # The profile is checked against this model (a fingerprint image's features) with
+        # the first prediction, in the same forward pass, or when `profile` is first read.
+        self._unchecked_profile = profile
+        self._checked_profile: FamiliarityProfile | None = None
+        self._profile_lock = threading.Lock()
+
+    @property
+    def profile(self) -> FamiliarityProfile | None:
+        """The run's familiarity profile, if it matches this model's features."""
+        with self._profile_lock:
+            if self._unchecked_profile is not None:
+                self._check_profile(self._call(fingerprint_image(self.image_size))[1])
+        return self._checked_profile
+
+    def _check_profile(self, fingerprint_features: np.ndarray | None) -> None:
+        profile, self._unchecked_profile = self._unchecked_profile, None
+        if (profile is not None and fingerprint_features is not None
+                and profile.matches(fingerprint_features)):
+            self._checked_profile = profile
+
+    def start_tracing(self) -> None:
+        """Trace and optimise the forward graph in the background (about a second); until
+        it is done the model runs eagerly: a few times slower per call, but at once. It
+        starts after the first prediction, or when a load in the background ends: tracing
+        beside a prediction would hold it up, both needing Python at the same time."""
+        with self._lock:
+            if self._tracing_started:
+                return
+            self._tracing_started = True
         # Not a daemon: TensorFlow aborts a process that exits while a thread traces.
-        threading.Thread(target=self._prepare_graph, name=f"tl-trace-{run_id}").start()
+        threading.Thread(target=self._prepare_graph, name=f"tl-trace-{self.run_id}").start()
 
     def _prepare_graph(self) -> None:
         size = self.image_size
@@ -172,6 +195,7 @@ class Predictor:
     def wait_until_traced(self, timeout: float | None = None) -> bool:
         """Wait for the forward graph (it is prepared in the background after loading);
         True once predictions run on it."""
+        self.start_tracing()
         return self._graph_ready.wait(timeout)
 
     @property
@@ -208,12 +232,21 @@ class Predictor:
     def _outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities and, with a profile, pooled features, in one forward pass
         per _MODEL_BATCH images."""
-        parts = [self._call(batch[start:start + _MODEL_BATCH])
-                 for start in range(0, len(batch), _MODEL_BATCH)]
+        with self._profile_lock:
+            checking = self._unchecked_profile is not None
+            if checking:  # the fingerprint rides along with the first prediction
+                batch = np.concatenate([fingerprint_image(self.image_size), batch])
+            parts = [self._call(batch[start:start + _MODEL_BATCH])
+                     for start in range(0, len(batch), _MODEL_BATCH)]
+            if checking:
+                features = parts[0][1]
+                self._check_profile(None if features is None else features[:1])
+                parts[0] = (parts[0][0][1:], None if features is None else features[1:])
+        self.start_tracing()
         if not parts:
             return np.zeros((0, len(self.labels)), np.float32), None
         probabilities = np.concatenate([p[0] for p in parts])
-        if self.profile is None:
+        if self._checked_profile is None:
             return probabilities, None
         return probabilities, np.concatenate([p[1] for p in parts])
 
@@ -242,7 +275,7 @@ class Predictor:
         errors = [error for _, _, error in decoded]
         good = [a for a in arrays if a is not None]
         probs, features = self._outputs(np.stack(good)) if good else (np.zeros((0, 1)), None)
-        scores = (self.profile.score(features) if self.profile is not None
+        scores = (self._checked_profile.score(features) if self._checked_profile is not None
                   and features is not None else None)
         results = []
         row_index = 0
@@ -338,7 +371,9 @@ def warm_predictor(ws: Workspace, run_id: str) -> Future[Predictor]:
 
     def load() -> None:
         try:
-            done.set_result(load_predictor(ws, run_id))
+            predictor = load_predictor(ws, run_id)
+            predictor.start_tracing()  # nobody waits on this load: its graph may come now
+            done.set_result(predictor)
         except BaseException as exc:  # kept for whoever asks the future; never lost silently
             done.set_exception(exc)
 
