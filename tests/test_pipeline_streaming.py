@@ -146,3 +146,31 @@ def test_a_pixel_path_run_trains_and_leaves_no_pixel_cache(workspace, tiny_datas
     assert run.status == "completed", run.error
     assert run.result.epochs_run == 2
     assert not list(workspace.tmp_dir.glob(f"{PIXEL_CACHE_PREFIX}*"))
+
+
+def test_a_range_test_on_pixels_streams_photos_over_several_passes(workspace, tiny_dataset):
+    """Fine-tuning with augmentation runs the range test on pixels: photos decoded as
+    batches are needed, for as many steps as asked: about three passes over the photos."""
+    from tl_engine import runs
+    from tl_engine.lr_find import run_range_test, submit_lr_find
+    from tl_engine.spec import RunSpec
+
+    spec = RunSpec(backbone="MobileNetV2-0.35", weights="none", image_size=32, batch_size=5,
+                   strategy="partial", unfreeze=2, augment=("flip",), seed=4)
+    job = submit_lr_find(workspace, "test", tiny_dataset.id, spec, start_worker=False)
+    run = runs.get_run(workspace, job.run_id)
+    n_train = len(_train_split(workspace, run))
+    steps = 3 * -(-n_train // 5)  # about three passes
+    summary = run_range_test(workspace, run, steps=steps)
+    assert summary is not None and summary["phase"] == "fine-tune"
+    assert summary["steps"] == steps and summary["batch_size"] == 5
+    assert len(summary["raw_losses"]) == steps
+    assert all(loss is not None for loss in summary["raw_losses"][:steps // 2])
+
+
+def _train_split(workspace, run):
+    from tl_engine.datasets import load_dataset, split_records
+
+    spec = run.spec
+    return split_records(load_dataset(workspace, run.dataset_id), spec.val_split,
+                         spec.test_split, spec.seed)["train"]

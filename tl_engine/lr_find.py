@@ -188,17 +188,21 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
                                      lambda progress: runs.heartbeat(ws, run.id, progress))
         except FeaturesCancelled:
             return None
-        data = tf.data.Dataset.from_tensor_slices((found.matrices[0], y))
+        # Equal batches of feature vectors, reshuffled on every pass, as many as needed.
+        data = tf.data.Dataset.from_tensor_slices((found.matrices[0], y)).shuffle(
+            len(train), seed=spec.seed, reshuffle_each_iteration=True).repeat()
+        data = data.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         model, factors = clf.head, None
     else:
+        # Photos are decoded as batches are needed, in an order reshuffled on every pass
+        # (file names are shuffled, never decoded pixels): memory stays a few batches
+        # whatever the dataset's size. A pass's last, smaller batch is left out.
         paths = [str(ws.image_path(r.hash)) for r in train]
-        data = image_dataset(paths, y, spec.image_size, batch, augment=spec.augment,
-                             augment_seed=spec.seed).unbatch()
+        data = image_dataset(paths, y, spec.image_size, batch, shuffle_seed=spec.seed,
+                             augment=spec.augment, augment_seed=spec.seed).repeat()
+        data = data.filter(lambda pixels, labels: tf.shape(pixels)[0] == batch)
         model = clf.model
         factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
-    # Equal batches, reshuffled on every pass, as many as the test needs.
-    data = data.shuffle(len(train), seed=spec.seed, reshuffle_each_iteration=True).repeat()
-    data = data.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     compile_classifier(model, spec, len(classes), START_LR, factors)
     callback = _range_test_callback(ws, run.id, steps)
     try:
