@@ -62,6 +62,7 @@ FINETUNE_EPOCHS = 10
 FINETUNE_LR = 1e-4
 LEARNING_RATE = 1e-3
 DROPOUT = 0.2
+SEED = 42  # the engine's default seed
 VAL_FRACTION = 0.2
 MEMORY_SMALL = 400
 SCALING = (250, 1000, 0)  # 0: every photo
@@ -129,6 +130,8 @@ def seed_recipe(data: Path) -> dict[str, Any]:
     import keras
     import numpy as np
 
+    keras.utils.set_random_seed(SEED)  # as the engine's runs are seeded: reproducible
+
     classes = sorted(p.name for p in (data / "train").iterdir())
 
     def load(split: str) -> tuple[Any, Any]:
@@ -158,6 +161,8 @@ def dataset_recipe(data: Path) -> dict[str, Any]:
     """`image_dataset_from_directory` + `fit`, the top 2 blocks of the base trainable
     (block_16 and Conv_1; BatchNormalization frozen, in inference mode)."""
     import keras
+
+    keras.utils.set_random_seed(SEED)
 
     def load(split: str, shuffle: bool) -> Any:
         return keras.utils.image_dataset_from_directory(

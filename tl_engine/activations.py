@@ -163,15 +163,6 @@ def too_big(cut: ClassifierCut, n_images: int) -> str | None:
     return None
 
 
-def activation_dataset(cut: ClassifierCut, rows: np.ndarray, labels: np.ndarray,
-                       batch_size: int, shuffle_seed: int | None = None) -> Any:
-    """(activations, one-hot labels) batches for `cut.top`; float16 until each batch.
-
-    The activations are held once, as tensors; shuffling reorders row numbers (the same
-    order as shuffling the rows, without a buffer holding a second copy of them)."""
-    return _batches(_tensors(cut, rows, labels), batch_size, shuffle_seed)
-
-
 def _tensors(cut: ClassifierCut, rows: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
     import tensorflow as tf
 
@@ -195,14 +186,35 @@ def _batches(tensors: tuple[Any, Any], batch_size: int, shuffle_seed: int | None
     return order.batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
 
 
+# Images per direct call of a model cut from the classifier on cached activations.
+OUTPUTS_BATCH = 256
+
+
 @dataclass
 class ActivationData:
     cut: ClassifierCut
     train: Any  # shuffled (activations, labels) batches for cut.top
     val: Any
-    train_in_order: Any  # the training batches unshuffled, from the same tensors
+    train_tensors: tuple[Any, Any]  # (activation tensors, labels) of the training images
+    val_tensors: tuple[Any, Any]
     computed: int  # images whose activations the bottom computed
     reused: int  # images whose activations came from the cache
+
+    def train_outputs(self, model: Any) -> np.ndarray:
+        """`model` (the cut's top or features) on every training image, in order."""
+        return _outputs(model, self.train_tensors[0])
+
+    def val_outputs(self, model: Any) -> np.ndarray:
+        return _outputs(model, self.val_tensors[0])
+
+
+def _outputs(model: Any, parts: tuple[Any, ...]) -> np.ndarray:
+    """Direct calls in large batches: no predict function to trace for one pass."""
+    count = int(parts[0].shape[0])
+    chunks = [np.asarray(model([part[start:start + OUTPUTS_BATCH] for part in parts],
+                               training=False))
+              for start in range(0, count, OUTPUTS_BATCH)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, *model.output_shape[1:]))
 
 
 def activation_data(ws: Workspace, clf: Any, freeze: FreezePlan, spec: Any, weights_id: str,
@@ -226,9 +238,9 @@ def activation_data(ws: Workspace, clf: Any, freeze: FreezePlan, spec: Any, weig
                                                    ("validation images", val[0])],
                              spec.batch_size, report, cache=activation_cache(ws))
     train_tensors = _tensors(cut, found.matrices[0], train[1])
+    val_tensors = _tensors(cut, found.matrices[1], val[1])
     return ActivationData(
         cut,
         _batches(train_tensors, spec.batch_size, spec.seed),
-        activation_dataset(cut, found.matrices[1], val[1], spec.batch_size),
-        _batches(train_tensors, spec.batch_size, None),
-        found.computed, found.reused)
+        _batches(val_tensors, spec.batch_size, None),
+        train_tensors, val_tensors, found.computed, found.reused)

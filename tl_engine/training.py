@@ -14,6 +14,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from .summary import RunSummary
 from .weights import weights_identity
 
 VALIDATION_FEATURES_BATCH = 1024
+ACTIVATION_STEPS_PER_CALL = 8
 
 
 class RunCancelled(Exception):
@@ -139,9 +141,8 @@ class RunTrainer:
         self.notes: list[str] = []  # how phases ran where it is not the obvious way
         # The cached activations the latest phase trained on, when it trained that way.
         self._activations: ActivationData | None = None
-        # The training and validation features of the last head phase on cached
-        # features: the familiarity profile of a frozen backbone is made from them.
-        self._head_features: tuple[np.ndarray, np.ndarray] | None = None
+        # A frozen backbone's familiarity profile, fitted while its head trains.
+        self._frozen_profile: Future[familiarity.FamiliarityProfile] | None = None
         self._forward_s_per_image: float | None = None
 
     # --- helpers -----------------------------------------------------------------
@@ -290,9 +291,10 @@ class RunTrainer:
 
     def _run_phase(self, clf: Classifier, phase: Phase, freeze: FreezePlan, offset: int,
                    steps: int, later: Callable[[EtaEstimator], float | None],
-                   last: bool) -> tuple[PhaseResult, np.ndarray | None, np.ndarray | None]:
-        """Fit one phase; returns its result and, when it ran on cached features, the
-        validation and test features the evaluation can reuse."""
+                   last: bool) -> tuple[PhaseResult, dict[str, np.ndarray]]:
+        """Fit one phase; returns its result and the model's probabilities for the
+        validation (and test) images it could compute from the phase's cached inputs, for
+        the evaluation to reuse."""
         spec, n_classes = self.spec, len(self.classes)
         self._activations = None
         rate = spec.learning_rate * phase.lr_factor
@@ -312,7 +314,8 @@ class RunTrainer:
             # Validation only sums over its images: one large batch is the same result.
             val = tf.data.Dataset.from_tensor_slices((matrices[1], y_val)).batch(
                 max(spec.batch_size, VALIDATION_FEATURES_BATCH))
-            self._head_features = (matrices[0], matrices[1])
+            if last:  # the saved model's backbone is this one, frozen
+                self._start_frozen_profile(clf, matrices[0], matrices[1])
             # An epoch on features takes milliseconds: one graph call per epoch, so the
             # per-step Python (callbacks, iterator, dispatch) is paid once, not per batch.
             compile_classifier(clf.head, spec, n_classes, rate, steps_per_execution=steps)
@@ -320,7 +323,11 @@ class RunTrainer:
             # again rather than write a backup every epoch.
             result = self._fit(clf.head, phase.name, train, val, offset, phase.epochs, steps,
                                lambda eta: later(eta, False), phase.title, resumable=False)
-            return result, matrices[1], matrices[2] if len(matrices) > 2 else None
+            # Direct calls on the feature matrices: no predict function to trace.
+            known = {"val": np.asarray(clf.head(matrices[1], training=False))}
+            if len(matrices) > 2:
+                known["test"] = np.asarray(clf.head(matrices[2], training=False))
+            return result, known
         factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
         why = phase.pixels_reason
         if phase.cached_activations:  # the top of the backbone and the head, shared weights
@@ -333,11 +340,17 @@ class RunTrainer:
             if not isinstance(data, str):
                 self.activations_computed += data.computed
                 self.activations_reused += data.reused
-                compile_classifier(data.cut.top, spec, n_classes, rate, factors)
+                # A step on activations takes tens of milliseconds: a few per graph call
+                # saves Python's share of each, with progress still within the epoch.
+                compile_classifier(data.cut.top, spec, n_classes, rate, factors,
+                                   steps_per_execution=min(steps, ACTIVATION_STEPS_PER_CALL))
                 self._activations = data
-                return self._fit(data.cut.top, phase.name, data.train, data.val, offset,
-                                 phase.epochs, steps, lambda eta: later(eta, True),
-                                 phase.title), None, None
+                result = self._fit(data.cut.top, phase.name, data.train, data.val, offset,
+                                   phase.epochs, steps, lambda eta: later(eta, True),
+                                   phase.title)
+                # The bottom is frozen: the top on the cached validation activations gives
+                # the complete model's probabilities (to float16's precision of them).
+                return result, {"val": data.val_outputs(data.cut.top)}
             why = data
         if why:
             self.notes.append(f"{phase.title}: the whole model ran on pixels every epoch, not "
@@ -346,7 +359,7 @@ class RunTrainer:
         result = self._fit(clf.model, phase.name, self._pixels(self.splits.train, True),
                            self._pixels(self.splits.val, False), offset, phase.epochs, steps,
                            lambda eta: later(eta, phase.trains_backbone), phase.title)
-        return result, None, None
+        return result, {}
 
     # --- the run -------------------------------------------------------------------
     def train(self) -> RunSummary:
@@ -376,12 +389,12 @@ class RunTrainer:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Skipping variable loading for")
                 clf.model.load_weights(str(done_path(self.dir, plan[len(results) - 1].name)))
-        val_features = test_features = None
+        known: dict[str, np.ndarray] = {}
         for index in range(state.next_index(), len(plan)):
             phase, last = plan[index], index == len(plan) - 1
             freeze = freeze_for(phase)
             apply_freeze(clf.backbone, freeze)
-            result, val_features, test_features = self._run_phase(
+            result, known = self._run_phase(
                 clf, phase, freeze, results[-1].last_epoch if results else 0, steps,
                 self._later_seconds(plan[index + 1:], steps), last)
             results.append(result)
@@ -391,7 +404,7 @@ class RunTrainer:
         final = results[-1]
         final_freeze = freeze_for(plan[-1])
         cached = any(phase.cached_activations for phase in plan)
-        evaluation = self._evaluate(clf, val_features, test_features)
+        evaluation = self._evaluate(clf, known)
         self._save(clf, evaluation)
         self._store_familiarity(clf, any(phase.trains_backbone for phase in plan))
         metrics = runs.run_metrics(self.ws, self.run.id)
@@ -429,17 +442,48 @@ class RunTrainer:
     def _store_familiarity(self, clf: Classifier, backbone_trained: bool) -> None:
         """What the training images look like to the saved model, for prediction to flag
         images unlike them. A trained backbone's features are not the cached ones."""
+        if not backbone_trained and self._frozen_profile is not None:
+            profile = self._frozen_profile.result()
+        else:
+            profile = self._fit_profile(clf, backbone_trained)
+        familiarity.save_profile(self.ws, self.dir, profile)
+
+    def _start_frozen_profile(self, clf: Classifier, train: np.ndarray,
+                              val: np.ndarray) -> None:
+        """A frozen backbone's profile depends on the cached features alone: it is fitted
+        (or read, see familiarity.shared_profile) in a thread while the head trains, NumPy
+        beside TensorFlow."""
+        parts = (self.splits.train, self.splits.val)
+        labels = np.array([self.index[r.label] for r in parts[0]])
+        key = feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
+        fingerprint = self._fingerprint(clf)
+
+        def fit() -> familiarity.FamiliarityProfile:
+            return familiarity.shared_profile(self.ws, key, [r.hash for r in parts[0]], labels,
+                                              train, [r.hash for r in parts[1]], val,
+                                              fingerprint)
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tl-profile")
+        self._frozen_profile = pool.submit(fit)
+        pool.shutdown(wait=False)
+
+    def _fingerprint(self, clf: Classifier) -> np.ndarray:
+        image = familiarity.fingerprint_image(self.spec.image_size)
+        forward = inference_function(clf.feature_model, self.spec.image_size)
+        if forward.experimental_get_tracing_count():  # a feature pass of this backbone traced it
+            return np.asarray(forward(image))
+        # One image, called directly: tracing a graph for it would cost more.
+        return np.asarray(clf.feature_model(image, training=False))
+
+    def _fit_profile(self, clf: Classifier, backbone_trained: bool,
+                     ) -> familiarity.FamiliarityProfile:
         parts = [self.splits.train, self.splits.val]
-        if not backbone_trained and self._head_features is not None:
-            matrices = list(self._head_features)  # the same cached features, already read
-        elif backbone_trained and self._activations is not None:
+        if backbone_trained and self._activations is not None:
             # The last phase trained the top on cached activations: the trained features
             # of every image are the top's, run on them (the bottom did not change).
             features = self._activations.cut.features
-            matrices = [np.asarray(features.predict(data, verbose=0)) if part
-                        else np.zeros((0, 1)) for part, data in zip(parts, (
-                            self._activations.train_in_order, self._activations.val),
-                            strict=True)]
+            matrices = [self._activations.train_outputs(features),
+                        self._activations.val_outputs(features)]
         elif backbone_trained:
             matrices = [np.asarray(clf.feature_model.predict(
                 self._pixels(part, False, labels=False), verbose=0)) if part
@@ -452,18 +496,14 @@ class RunTrainer:
                     self.spec.batch_size, self._report).matrices
             except FeaturesCancelled:
                 raise RunCancelled() from None
-        # One image, called directly: `predict` would trace the whole model for it.
-        fingerprint = np.asarray(clf.feature_model(
-            familiarity.fingerprint_image(self.spec.image_size), training=False))
+        fingerprint = self._fingerprint(clf)
         labels = np.array([self.index[r.label] for r in parts[0]])
         if backbone_trained:
-            profile = familiarity.fit_profile(matrices[0], labels, matrices[1], fingerprint)
-        else:
-            profile = familiarity.shared_profile(
-                self.ws, feature_key(self.spec.backbone, self._weights_id, self.spec.image_size),
-                [r.hash for r in parts[0]], labels, matrices[0], [r.hash for r in parts[1]],
-                matrices[1], fingerprint)
-        familiarity.save_profile(self.ws, self.dir, profile)
+            return familiarity.fit_profile(matrices[0], labels, matrices[1], fingerprint)
+        return familiarity.shared_profile(
+            self.ws, feature_key(self.spec.backbone, self._weights_id, self.spec.image_size),
+            [r.hash for r in parts[0]], labels, matrices[0], [r.hash for r in parts[1]],
+            matrices[1], fingerprint)
 
     def _keep_phase_weights(self, clf: Classifier, phase: Phase, result: PhaseResult) -> None:
         """The weights a finished phase leaves, tagged with its result, written atomically:
@@ -488,7 +528,7 @@ class RunTrainer:
                 # Saved before the fine-tune optimizer existed; only the weights matter here.
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
                 clf.model.load_weights(str(phase1_done))
-            evaluation = self._evaluate(clf, None, None)
+            evaluation = self._evaluate(clf, {})
             tmp = self.dir / ".model-head.tmp.keras"
             clf.model.save(str(tmp))
             tmp.replace(head_model)
@@ -501,17 +541,15 @@ class RunTrainer:
                                    head_best_epoch=int(head.kept_epoch),
                                    head_model_available=bool(better))
 
-    def _evaluate(self, clf: Classifier, val_features: np.ndarray | None,
-                  test_features: np.ndarray | None = None) -> dict[str, Any]:
+    def _evaluate(self, clf: Classifier, known: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Scores on the validation and test images: from `known` probabilities (the last
+        phase's, from its cached inputs) where given, else the complete model on pixels."""
         result, scored = {}, {}
-        for name, records, features in (("val", self.splits.val, val_features),
-                                        ("test", self.splits.test, test_features)):
+        for name, records in (("val", self.splits.val), ("test", self.splits.test)):
             if not records:
                 continue
-            if features is not None:
-                # A direct call on the feature matrix: no predict function to trace.
-                probs = np.asarray(clf.head(features, training=False))
-            else:
+            probs = known.get(name)
+            if probs is None:
                 probs = clf.model.predict(self._pixels(records, False, labels=False), verbose=0)
             y_true = np.array([self.index[r.label] for r in records])
             images = [{"hash": r.hash, "filename": r.filename} for r in records]
