@@ -425,7 +425,9 @@ def run_all(quick: bool, demo: bool, log: Any, photos_override: int = 0) -> dict
         log(f"engine, frozen: {first['seconds']:.1f} s, val acc {first['val_accuracy']:.3f}; "
             f"another head: {rerun['seconds']:.1f} s (worker still warm), "
             f"{cold_rerun['seconds']:.1f} s (new worker)")
+        device = first.get("device") or ""
         figures.update(
+            device=device, gpu="GPU" in device and not device.startswith("CPU"),
             seed_recipe_seconds=seed["seconds"], seed_recipe_val_accuracy=seed["val_accuracy"],
             engine_frozen_seconds=first["seconds"],
             engine_frozen_val_accuracy=first["val_accuracy"],

@@ -193,6 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "model_path": summary.model_path,
         "features_computed": summary.features_computed,
         "features_reused": summary.features_reused,
+        "device": summary.device,
         "error": run.error,
     }
     if summary.activations_computed is not None:

@@ -263,6 +263,18 @@ class RunTrainer:
                          if m["epoch"] == kept_epoch), None)
         return PhaseResult(last_epoch - epoch_offset, kept_epoch, kept_val, last_epoch)
 
+    def _through_cut(self, data: ActivationData, records: list[ImageRecord]) -> np.ndarray:
+        """The complete model's probabilities for `records`, computed as the saved model
+        computes them (pixels, float32 throughout: not from the float16 cache), as its
+        bottom, whose graph the activation pass traced, then its top: no model to trace."""
+        bottom = inference_function(data.cut.bottom, self.spec.image_size)
+        outputs = []
+        for pixels in self._pixels(records, False, labels=False):
+            crossing = bottom(pixels)
+            crossing = list(crossing) if isinstance(crossing, (list, tuple)) else [crossing]
+            outputs.append(np.asarray(data.cut.top(crossing, training=False)))
+        return np.concatenate(outputs)
+
     def _later_seconds(self, later: Sequence[Phase], steps: int,
                        ) -> Callable[[EtaEstimator], float | None]:
         """Estimate of the phases after the current one, from what the current one measures.
@@ -348,9 +360,7 @@ class RunTrainer:
                 result = self._fit(data.cut.top, phase.name, data.train, data.val, offset,
                                    phase.epochs, steps, lambda eta: later(eta, True),
                                    phase.title)
-                # The bottom is frozen: the top on the cached validation activations gives
-                # the complete model's probabilities (to float16's precision of them).
-                return result, {"val": data.val_outputs(data.cut.top)}
+                return result, {"val": self._through_cut(data, self.splits.val)}
             why = data
         if why:
             self.notes.append(f"{phase.title}: the whole model ran on pixels every epoch, not "
