@@ -71,6 +71,9 @@ def test_the_first_prediction_checks_the_familiarity_profile_in_its_own_pass(
     first = predictor.predict(images)
     assert all(p.familiarity is not None for p in first)
     assert predictor.profile is not None
+    # The first prediction started the tracing: under way, or done already.
+    assert (tracer in {t.name for t in threading.enumerate()}
+            or predictor.traces == 1)
     assert predictor.wait_until_traced(timeout=120)
     again = predictor.predict(images)
     np.testing.assert_allclose([p.familiarity for p in first],

@@ -4,6 +4,7 @@ Starting weights are read once per process without leaking a run's training."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -182,14 +183,16 @@ def test_a_kept_backbone_is_reused_reset_to_its_starting_weights_and_saves_alike
     """A worker builds a backbone once for runs of the same backbone, weights, size and
     seed: the next run gets it back with its starting weights and its head starts exactly
     as after a new build; another seed builds anew."""
+    from tl_engine.device import clear_keras_session
     from tl_engine.modeling import build_classifier
 
     spec = RunSpec(backbone="MobileNetV2-0.35", weights="imagenet", image_size=32,
                    seed=3).normalized()
 
-    def build(seed: int, keep: bool):
+    def build(seed: int, keep: bool, weights: str = "imagenet"):
+        clear_keras_session()  # as a worker does after each job
         keras.utils.set_random_seed(seed)
-        return build_classifier(spec, 4, keep=keep)
+        return build_classifier(dataclasses.replace(spec, weights=weights), 4, keep=keep)
 
     new = build(3, keep=False)
     first = build(3, keep=True)
@@ -205,6 +208,9 @@ def test_a_kept_backbone_is_reused_reset_to_its_starting_weights_and_saves_alike
                                 getattr(new, model).get_weights(), strict=True):
             np.testing.assert_array_equal(ours, theirs, err_msg=name)
     assert build(4, keep=True).backbone is not first.backbone
+    # Random starting weights are drawn anew for every run: never kept.
+    scratch = build(3, keep=True, weights="none")
+    assert build(3, keep=True, weights="none").backbone is not scratch.backbone
 
     # Saved, the classifier on a reused backbone is the one a new build gives.
     path = tmp_path / "model.keras"

@@ -147,7 +147,9 @@ def cut_classifier(clf: Any, freeze: FreezePlan, pretrained: bool) -> Classifier
     shapes = tuple(tuple(int(d) for d in t.shape[1:]) for t in crossing)
     inputs = [keras.Input(shape, name=f"activation_{i}") for i, shape in enumerate(shapes)]
     x = upper(inputs, training=False) if pretrained else upper(inputs)
-    pooled = clf.model.get_layer("pool")(x)
+    # A pooling layer of its own (it has no weights): calling the classifier's would add a
+    # node to it per phase, and a worker keeps the classifier's trunk for its next runs.
+    pooled = keras.layers.GlobalAveragePooling2D(name="cut_pool")(x)
     top = keras.Model(inputs, clf.head(pooled), name="classifier_top")
     features = keras.Model(inputs, pooled, name="classifier_top_features")
     return ClassifierCut(bottom, top, features, tuple(_tensor_name(t) for t in crossing),

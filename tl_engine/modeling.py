@@ -150,7 +150,8 @@ def build_classifier(spec: RunSpec, n_classes: int, keep: bool = False) -> Class
     entry = get_backbone(spec.backbone)
     trunk = _trunk(spec, entry, keep)
     trunk.backbone.trainable = False
-    for layer in trunk.backbone.layers:  # the model's flag leaves a layer a run unfroze
+    # Keras's flag on a functional model does not reach a layer an earlier run unfroze.
+    for layer in trunk.backbone.layers:
         layer.trainable = False
     head = build_head(int(trunk.pooled.shape[-1]), n_classes, spec.hidden_units, spec.dropout)
     outputs = head(trunk.pooled)

@@ -149,6 +149,7 @@ class Predictor:
         self._forward = inference_function(self._network, image_size)
         self._graph_ready = threading.Event()
         self._tracing_started = False
+        self._trace_lock = threading.Lock()
         # The profile is checked against this model (a fingerprint image's features) with
         # the first prediction, in the same forward pass, or when `profile` is first read.
         self._unchecked_profile = profile
@@ -174,7 +175,7 @@ class Predictor:
         it is done the model runs eagerly: a few times slower per call, but at once. It
         starts after the first prediction, or when a load in the background ends: tracing
         beside a prediction would hold it up, both needing Python at the same time."""
-        with self._lock:
+        with self._trace_lock:
             if self._tracing_started:
                 return
             self._tracing_started = True
@@ -193,8 +194,8 @@ class Predictor:
         self._graph_ready.set()
 
     def wait_until_traced(self, timeout: float | None = None) -> bool:
-        """Wait for the forward graph (it is prepared in the background after loading);
-        True once predictions run on it."""
+        """Start tracing the forward graph if it has not started (see `start_tracing`) and
+        wait for it; True once predictions run on it."""
         self.start_tracing()
         return self._graph_ready.wait(timeout)
 
@@ -232,17 +233,10 @@ class Predictor:
     def _outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities and, with a profile, pooled features, in one forward pass
         per _MODEL_BATCH images."""
-        with self._profile_lock:
-            checking = self._unchecked_profile is not None
-            if checking:  # the fingerprint rides along with the first prediction
-                batch = np.concatenate([fingerprint_image(self.image_size), batch])
+        parts = self._first_outputs(batch) if self._unchecked_profile is not None else None
+        if parts is None:
             parts = [self._call(batch[start:start + _MODEL_BATCH])
                      for start in range(0, len(batch), _MODEL_BATCH)]
-            if checking:
-                features = parts[0][1]
-                self._check_profile(None if features is None else features[:1])
-                parts[0] = (parts[0][0][1:], None if features is None else features[1:])
-        self.start_tracing()
         if not parts:
             return np.zeros((0, len(self.labels)), np.float32), None
         probabilities = np.concatenate([p[0] for p in parts])
@@ -250,15 +244,34 @@ class Predictor:
             return probabilities, None
         return probabilities, np.concatenate([p[1] for p in parts])
 
+    def _first_outputs(self, batch: np.ndarray) -> list[tuple[np.ndarray, Any]] | None:
+        """The first prediction's outputs, the profile's fingerprint image riding along in
+        its first model batch; None when another call has checked the profile meanwhile."""
+        with self._profile_lock:
+            if self._unchecked_profile is None:
+                return None
+            batch = np.concatenate([fingerprint_image(self.image_size), batch])
+            parts = [self._call(batch[start:start + _MODEL_BATCH])
+                     for start in range(0, len(batch), _MODEL_BATCH)]
+            features = parts[0][1]
+            self._check_profile(None if features is None else features[:1])
+            parts[0] = (parts[0][0][1:], None if features is None else features[1:])
+            return parts
+
     def predict(self, images: Sequence[ImageInput], top_k: int = 3,
-                not_sure_below: float | None = None) -> list[Prediction]:
+                not_sure_below: float | None = None,
+                expect_more: bool = True) -> list[Prediction]:
         """One Prediction per image, in order: the top-k classes and every class's
         probability, or the error that kept the image from being predicted; `not_sure`
-        where the top confidence is below `not_sure_below`."""
+        where the top confidence is below `not_sure_below`. `expect_more`: the model is
+        likely to predict again (a page, not a one-off command), so its graph is traced in
+        the background once this prediction is done."""
         k = max(1, min(top_k, len(self.labels)))
         results: list[Prediction] = []
         for start in range(0, len(images), _CHUNK):
             results.extend(self._predict_chunk(images[start:start + _CHUNK], k))
+        if expect_more:
+            self.start_tracing()
         return [p.judged(not_sure_below) for p in results] if not_sure_below else results
 
     def _decoded(self, image: ImageInput) -> tuple[str, np.ndarray | None, str | None]:
@@ -386,7 +399,9 @@ def predict_images(
     ws: Workspace, run_id: str, images: Sequence[ImageInput], top_k: int = 3,
     not_sure_below: float | None = None,
 ) -> list[Prediction]:
-    return load_predictor(ws, run_id).predict(images, top_k, not_sure_below)
+    """A one-off prediction (the CLI's): the model runs eagerly, no graph is traced."""
+    return load_predictor(ws, run_id).predict(images, top_k, not_sure_below,
+                                              expect_more=False)
 
 
 def prediction_batch(files: Iterable[tuple[str, bytes]]) -> list[BatchItem]:

@@ -58,6 +58,14 @@ class RunCancelled(Exception):
     pass
 
 
+def deterministic_ops() -> None:
+    """The same run gives the same model, whichever worker trains it."""
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # not every TF build offers it; results are then only close
+        pass
+
+
 def warm_up() -> None:
     """Pay a worker's fixed costs before its first job: TensorFlow and Keras imported and
     initialised, the default backbone's starting weights read (kept per process, see
@@ -66,6 +74,7 @@ def warm_up() -> None:
     configure()
     spec = RunSpec().normalized()
     keras.utils.set_random_seed(spec.seed)  # as RunTrainer.train does before its build
+    deterministic_ops()  # before any op runs, as TensorFlow asks
     with distribution_strategy().scope():
         clf = build_classifier(spec, n_classes=2, keep=True)
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
@@ -264,9 +273,9 @@ class RunTrainer:
         return PhaseResult(last_epoch - epoch_offset, kept_epoch, kept_val, last_epoch)
 
     def _through_cut(self, data: ActivationData, records: list[ImageRecord]) -> np.ndarray:
-        """The complete model's probabilities for `records`, computed as the saved model
-        computes them (pixels, float32 throughout: not from the float16 cache), as its
-        bottom, whose graph the activation pass traced, then its top: no model to trace."""
+        """The complete model's probabilities for `records`, computed from their pixels as
+        the saved model computes them (not from the float16 cache): its bottom, whose graph
+        the activation pass traced, then its top; no whole-model graph to trace."""
         bottom = inference_function(data.cut.bottom, self.spec.image_size)
         outputs = []
         for pixels in self._pixels(records, False, labels=False):
@@ -360,7 +369,12 @@ class RunTrainer:
                 result = self._fit(data.cut.top, phase.name, data.train, data.val, offset,
                                    phase.epochs, steps, lambda eta: later(eta, True),
                                    phase.title)
-                return result, {"val": self._through_cut(data, self.splits.val)}
+                if not last:
+                    return result, {}
+                known = {"val": self._through_cut(data, self.splits.val)}
+                if self.splits.test:
+                    known["test"] = self._through_cut(data, self.splits.test)
+                return result, known
             why = data
         if why:
             self.notes.append(f"{phase.title}: the whole model ran on pixels every epoch, not "
@@ -376,10 +390,7 @@ class RunTrainer:
         spec = self.spec
         device = configure()
         keras.utils.set_random_seed(spec.seed)
-        try:
-            tf.config.experimental.enable_op_determinism()
-        except Exception:  # not every TF build offers it; results are then only close
-            pass
+        deterministic_ops()
         entry = get_backbone(spec.backbone)
         self._weights_id = weights_identity(entry, spec.weights, spec.seed)
         n_classes = len(self.classes)
