@@ -76,13 +76,13 @@ def configure() -> DeviceInfo:
     return _device_info(tf, keras, gpus, mixed, notes)
 
 
-def clear_keras_session() -> None:
+def clear_keras_session(free_memory: bool = True) -> None:
     """Forget the Keras state a job left (layer names, graphs). Keras's clear_session also
     forgets the global dtype policy, so a warm worker's next job would lose mixed precision:
-    it is set again."""
+    it is set again. `free_memory`: collect garbage too (a few tenths of a second)."""
     import keras
 
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=free_memory)
     if configure.cache_info().currsize and configure().mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
 

@@ -80,7 +80,7 @@ def warm_up() -> None:
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
     inference_function(clf.feature_model, size)(
         np.zeros((spec.batch_size, size, size, 3), np.float32))
-    clear_keras_session()
+    clear_keras_session(free_memory=False)  # what it built is kept: nothing to collect
 
 
 @dataclass
