@@ -259,10 +259,15 @@ def pipeline(workspace: Path) -> dict[str, Any]:
 
     ours("warm_up", records[:batch])
     bare(pixels[-(len(pixels) % batch or batch) - batch:])  # a full batch and the last one
-    bare_seconds = bare(pixels) + bare(pixels)
-    ours_seconds = ours("pass_1", records) + ours("pass_2", records)
-    return {"photos": len(records), "bare_images_per_s": 2 * len(records) / bare_seconds,
-            "engine_images_per_s": 2 * len(records) / ours_seconds,
+    # Interleaved, the best of each side: a machine whose speed drifts over the seconds
+    # this takes (shared cores) moves both sides alike.
+    bare_times, ours_times = [], []
+    for attempt in range(3):
+        bare_times.append(bare(pixels))
+        ours_times.append(ours(f"pass_{attempt}", records))
+    bare_seconds, ours_seconds = min(bare_times), min(ours_times)
+    return {"photos": len(records), "bare_images_per_s": len(records) / bare_seconds,
+            "engine_images_per_s": len(records) / ours_seconds,
             "pipeline_efficiency": bare_seconds / ours_seconds}
 
 

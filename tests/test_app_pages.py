@@ -247,6 +247,27 @@ def test_freeze_slider_changes_the_trainable_parameters(monkeypatch, demo_ws):
     assert len(at.get("plotly_chart")) == 1  # the frozen / trainable strip
 
 
+def test_training_page_says_which_phases_cannot_use_cached_activations(monkeypatch, demo_ws):
+    def captions(**changes) -> str:
+        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+        monkeypatch.setenv("TL_WORKSPACE", str(demo_ws.root))
+        at.query_params["project"] = "demo"
+        at.session_state["spec_draft"] = tle.RunSpec(**{
+            **TINY_SPEC, "weights": "imagenet", "strategy": "two-phase", "unfreeze": 2,
+            "unfreeze_unit": "blocks", **changes}).to_dict()
+        at.run()
+        at.switch_page("views/training.py").run()
+        assert not at.exception, at.exception
+        return texts(at.caption)
+
+    assert ("Fine-tuning: the whole backbone runs on every image every epoch, not on cached "
+            "activations: augmentation changes each image every epoch."
+            ) in captions(augment=("flip",))
+    plain = captions()
+    assert "not on cached activations" not in plain
+    assert "its activations are cached" in plain
+
+
 def test_start_training_queues_a_run_and_an_identical_spec_shows_it(monkeypatch, demo_ws):
     ws = demo_ws
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)

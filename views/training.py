@@ -108,10 +108,11 @@ with right, st.container(border=True):
     if any(phase.cached_activations for phase in plan):
         st.caption(":material/bolt: Only the top of the backbone trains, without augmentation: "
                    "the frozen bottom runs once per image and its activations are cached.")
-    reasons = sorted({phase.pixels_reason for phase in plan if phase.pixels_reason})
-    if reasons:
-        st.caption(":material/info: The whole backbone runs on every image every epoch, "
-                   f"not on cached activations: {'; '.join(reasons)}.")
+    on_pixels = [phase for phase in plan if phase.pixels_reason]
+    if on_pixels:  # one spec, one reason: every such phase has the same
+        titles = ", ".join(phase.title for phase in on_pixels)
+        st.caption(f":material/info: {titles}: the whole backbone runs on every image every "
+                   f"epoch, not on cached activations: {on_pixels[0].pixels_reason}.")
     # A horizontal container sizes each link to its label and wraps: nothing is clipped.
     with st.container(horizontal=True, gap="small"):
         st.page_link(pages.DATASET, label="Dataset", icon=":material/photo_library:")
