@@ -27,7 +27,7 @@ def write_markdown(path: Path, figures: dict[str, Any], targets: dict[str, tuple
         "# Benchmarks",
         "",
         f"Measured {today} on {figures['machine']}"
-        f"{' (' + figures['device'] + ')' if figures.get('device') else ''}, "
+        f"{', device: ' + figures['device'] if figures.get('device') else ''}, "
         f"with `{figures['command']} --markdown "
         f"BENCHMARKS.md` ({figures['total_seconds']:.0f} s in all). {figures['photos']} "
         "flower photos (at 224 px, 80/20 split), MobileNetV2-0.35 with ImageNet weights; every "
