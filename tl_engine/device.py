@@ -58,7 +58,7 @@ def configure() -> DeviceInfo:
     """Set up TensorFlow for this process once; call before building any model.
 
     Memory growth lets several processes share a GPU; mixed precision where it pays off
-    (see `_uses_mixed_precision`).
+    (see `_uses_mixed_precision`); deterministic ops, so the same run gives the same model.
     """
     import keras
     import tensorflow as tf
@@ -73,6 +73,12 @@ def configure() -> DeviceInfo:
     mixed = _uses_mixed_precision(tf, gpus)
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    # Before any op runs in the process: kernels chosen earlier would keep their own
+    # arithmetic, and the same run would differ in its low bits from worker to worker.
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception as exc:  # not every TF build offers it; results are then only close
+        notes.append(f"op determinism not set: {exc}")
     return _device_info(tf, keras, gpus, mixed, notes)
 
 

@@ -58,14 +58,6 @@ class RunCancelled(Exception):
     pass
 
 
-def deterministic_ops() -> None:
-    """The same run gives the same model, whichever worker trains it."""
-    try:
-        tf.config.experimental.enable_op_determinism()
-    except Exception:  # not every TF build offers it; results are then only close
-        pass
-
-
 def warm_up() -> None:
     """Pay a worker's fixed costs before its first job: TensorFlow and Keras imported and
     initialised, the default backbone's starting weights read (kept per process, see
@@ -74,7 +66,6 @@ def warm_up() -> None:
     configure()
     spec = RunSpec().normalized()
     keras.utils.set_random_seed(spec.seed)  # as RunTrainer.train does before its build
-    deterministic_ops()  # before any op runs, as TensorFlow asks
     with distribution_strategy().scope():
         clf = build_classifier(spec, n_classes=2, keep=True)
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
@@ -390,7 +381,6 @@ class RunTrainer:
         spec = self.spec
         device = configure()
         keras.utils.set_random_seed(spec.seed)
-        deterministic_ops()
         entry = get_backbone(spec.backbone)
         self._weights_id = weights_identity(entry, spec.weights, spec.seed)
         n_classes = len(self.classes)
