@@ -156,8 +156,8 @@ class KeepBestWeights(keras.callbacks.Callback):
 
     Each save goes to a temporary file, is tagged with its epoch, then renamed: a killed
     worker never leaves a torn file, and a resumed run knows which epoch it holds.
-    `in_memory` (for a phase that is not resumed) keeps the best weights in memory and
-    writes them once, when training ends.
+    `in_memory` (for a phase that is not resumed) keeps the best weights in memory and,
+    when training ends, writes them once and leaves them in the model (`restored`).
     """
 
     def __init__(self, path: Path, best_so_far: float | None, in_memory: bool = False) -> None:
@@ -166,6 +166,7 @@ class KeepBestWeights(keras.callbacks.Callback):
         self.best = best_so_far
         self.in_memory = in_memory
         self._held: tuple[list[Any], int] | None = None
+        self.restored = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = (logs or {}).get("val_accuracy")
@@ -182,12 +183,9 @@ class KeepBestWeights(keras.callbacks.Callback):
         if self._held is None:
             return
         weights, epoch = self._held
-        current = self.model.get_weights()
         self.model.set_weights(weights)
-        try:
-            save_tagged_weights(self.model, self.path, epoch, self.best)
-        finally:
-            self.model.set_weights(current)
+        self.restored = True
+        save_tagged_weights(self.model, self.path, epoch, self.best)
 
 
 def save_tagged_weights(model: Any, path: Path, epoch: int, val_accuracy: float | None) -> None:

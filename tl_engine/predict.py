@@ -235,8 +235,7 @@ class Predictor:
         per _MODEL_BATCH images."""
         parts = self._first_outputs(batch) if self._unchecked_profile is not None else None
         if parts is None:
-            parts = [self._call(batch[start:start + _MODEL_BATCH])
-                     for start in range(0, len(batch), _MODEL_BATCH)]
+            parts = self._batched_calls(batch)
         if not parts:
             return np.zeros((0, len(self.labels)), np.float32), None
         probabilities = np.concatenate([p[0] for p in parts])
@@ -244,15 +243,18 @@ class Predictor:
             return probabilities, None
         return probabilities, np.concatenate([p[1] for p in parts])
 
+    def _batched_calls(self, batch: np.ndarray) -> list[tuple[np.ndarray, Any]]:
+        return [self._call(batch[start:start + _MODEL_BATCH])
+                for start in range(0, len(batch), _MODEL_BATCH)]
+
     def _first_outputs(self, batch: np.ndarray) -> list[tuple[np.ndarray, Any]] | None:
         """The first prediction's outputs, the profile's fingerprint image riding along in
         its first model batch; None when another call has checked the profile meanwhile."""
         with self._profile_lock:
             if self._unchecked_profile is None:
                 return None
-            batch = np.concatenate([fingerprint_image(self.image_size), batch])
-            parts = [self._call(batch[start:start + _MODEL_BATCH])
-                     for start in range(0, len(batch), _MODEL_BATCH)]
+            parts = self._batched_calls(
+                np.concatenate([fingerprint_image(self.image_size), batch]))
             features = parts[0][1]
             self._check_profile(None if features is None else features[:1])
             parts[0] = (parts[0][0][1:], None if features is None else features[1:])

@@ -251,8 +251,10 @@ class RunTrainer:
                          if m["phase"] == phase]
         last_epoch = max((m["epoch"] for m in phase_metrics), default=epoch_offset)
         kept_epoch = last_epoch
+        keeper = next((c for c in callbacks if isinstance(c, KeepBestWeights)), None)
         if self.spec.keep_weights == "best" and best_path.is_file():
-            model.load_weights(str(best_path))
+            if not (keeper and keeper.restored):
+                model.load_weights(str(best_path))
             tag = weights_tag(best_path)
             if tag:
                 kept_epoch = tag[0]
@@ -462,21 +464,22 @@ class RunTrainer:
     def _start_frozen_profile(self, clf: Classifier, train: np.ndarray,
                               val: np.ndarray) -> None:
         """A frozen backbone's profile depends on the cached features alone: it is fitted
-        (or read, see familiarity.shared_profile) in a thread while the head trains, NumPy
-        beside TensorFlow."""
-        parts = (self.splits.train, self.splits.val)
-        labels = np.array([self.index[r.label] for r in parts[0]])
-        key = feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
+        (or read) in a thread while the head trains, NumPy beside TensorFlow."""
         fingerprint = self._fingerprint(clf)
-
-        def fit() -> familiarity.FamiliarityProfile:
-            return familiarity.shared_profile(self.ws, key, [r.hash for r in parts[0]], labels,
-                                              train, [r.hash for r in parts[1]], val,
-                                              fingerprint)
-
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tl-profile")
-        self._frozen_profile = pool.submit(fit)
+        self._frozen_profile = pool.submit(self._frozen_backbone_profile, train, val,
+                                           fingerprint)
         pool.shutdown(wait=False)
+
+    def _frozen_backbone_profile(self, train: np.ndarray, val: np.ndarray,
+                                 fingerprint: np.ndarray) -> familiarity.FamiliarityProfile:
+        """The profile of the untrained backbone's features, shared by every run on the
+        same images (see familiarity.shared_profile)."""
+        labels = np.array([self.index[r.label] for r in self.splits.train])
+        key = feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
+        return familiarity.shared_profile(self.ws, key, [r.hash for r in self.splits.train],
+                                          labels, train, [r.hash for r in self.splits.val],
+                                          val, fingerprint)
 
     def _fingerprint(self, clf: Classifier) -> np.ndarray:
         image = familiarity.fingerprint_image(self.spec.image_size)
@@ -508,13 +511,10 @@ class RunTrainer:
             except FeaturesCancelled:
                 raise RunCancelled() from None
         fingerprint = self._fingerprint(clf)
-        labels = np.array([self.index[r.label] for r in parts[0]])
         if backbone_trained:
+            labels = np.array([self.index[r.label] for r in parts[0]])
             return familiarity.fit_profile(matrices[0], labels, matrices[1], fingerprint)
-        return familiarity.shared_profile(
-            self.ws, feature_key(self.spec.backbone, self._weights_id, self.spec.image_size),
-            [r.hash for r in parts[0]], labels, matrices[0], [r.hash for r in parts[1]],
-            matrices[1], fingerprint)
+        return self._frozen_backbone_profile(matrices[0], matrices[1], fingerprint)
 
     def _keep_phase_weights(self, clf: Classifier, phase: Phase, result: PhaseResult) -> None:
         """The weights a finished phase leaves, tagged with its result, written atomically:
