@@ -161,19 +161,30 @@ def trained_workspace(tmp_path_factory):
 
 
 class HostileTally:
-    """Counts of bad inputs tried and handled, faults injected and survived, this session."""
+    """Counts of bad inputs tried and handled, faults injected and survived, this session.
+
+    Each count rides on its test's report (`user_properties`), and the tally adds up the
+    reports where they are logged: in the one pytest process, or in the controller when
+    pytest-xdist runs the tests in several."""
+
+    KINDS = ("tried", "handled", "injected", "survived")
 
     def __init__(self) -> None:
-        self.tried: list[str] = []
-        self.handled: list[str] = []
-        self.injected: list[str] = []
-        self.survived: list[str] = []
+        self.counts = dict.fromkeys(self.KINDS, 0)
+
+    def add(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and report.failed):
+            for key, value in report.user_properties:
+                if key == TALLY_KEY:
+                    self.counts[value[0]] += 1
 
     def line(self) -> str:
-        return (f"bad inputs tried: {len(self.tried)}, handled: {len(self.handled)}; "
-                f"faults injected: {len(self.injected)}, survived: {len(self.survived)}")
+        c = self.counts
+        return (f"bad inputs tried: {c['tried']}, handled: {c['handled']}; "
+                f"faults injected: {c['injected']}, survived: {c['survived']}")
 
 
+TALLY_KEY = "hostile-tally"
 _TALLY = HostileTally()
 
 
@@ -183,24 +194,29 @@ class Hostile:
     same for injected faults. `with hostile.input(name):` and `with hostile.injected(name):`
     count the first on entry and the second on a clean exit."""
 
-    def __init__(self, tally: HostileTally) -> None:
-        self._tally = tally
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self._seen: dict[str, list[str]] = {kind: [] for kind in HostileTally.KINDS}
+
+    def _count(self, kind: str, name: str) -> None:
+        self._seen[kind].append(name)
+        self._item.user_properties.append((TALLY_KEY, (kind, name)))
 
     def bad_input(self, name: str) -> None:
-        self._tally.tried.append(name)
+        self._count("tried", name)
 
     def handled(self, name: str) -> None:
-        if name not in self._tally.tried:
+        if name not in self._seen["tried"]:
             raise ValueError(f"handled({name!r}) without bad_input({name!r})")
-        self._tally.handled.append(name)
+        self._count("handled", name)
 
     def fault(self, name: str) -> None:
-        self._tally.injected.append(name)
+        self._count("injected", name)
 
     def survived(self, name: str) -> None:
-        if name not in self._tally.injected:
+        if name not in self._seen["injected"]:
             raise ValueError(f"survived({name!r}) without fault({name!r})")
-        self._tally.survived.append(name)
+        self._count("survived", name)
 
     @contextmanager
     def input(self, name: str) -> Iterator[None]:
@@ -216,8 +232,8 @@ class Hostile:
 
 
 @pytest.fixture
-def hostile() -> Hostile:
-    return Hostile(_TALLY)
+def hostile(request: pytest.FixtureRequest) -> Hostile:
+    return Hostile(request.node)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -228,18 +244,21 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
-    counted = report.when == "call" or (report.when == "setup" and report.failed)
-    if counted:
+    if report.when == "call" or (report.when == "setup" and report.failed):
         name = item.nodeid
         if item.get_closest_marker("bad_input"):
-            _TALLY.tried.append(name)
+            report.user_properties.append((TALLY_KEY, ("tried", name)))
             if report.passed:
-                _TALLY.handled.append(name)
+                report.user_properties.append((TALLY_KEY, ("handled", name)))
         if item.get_closest_marker("fault"):
-            _TALLY.injected.append(name)
+            report.user_properties.append((TALLY_KEY, ("injected", name)))
             if report.passed:
-                _TALLY.survived.append(name)
+                report.user_properties.append((TALLY_KEY, ("survived", name)))
     return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _TALLY.add(report)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
