@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ def _offline_keras_home() -> None:
     os.environ["TL_OFFLINE"] = "1"
     source = shared_root() / "weights" / "keras_home"
     home = Path(tempfile.mkdtemp(prefix="tl-keras-home-"))
+    atexit.register(shutil.rmtree, home, True)  # one per test process, gone with it
     if source.is_dir():
         shutil.copytree(source, home, dirs_exist_ok=True)
         for path in [home, *home.rglob("*")]:
