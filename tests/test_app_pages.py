@@ -286,7 +286,7 @@ def test_start_training_queues_a_run_and_an_identical_spec_shows_it(monkeypatch,
         assert run.started_by == "tester"
         assert (run.spec.backbone, run.spec.weights, run.spec.image_size, run.spec.epochs) == (
             "MobileNetV2-0.35", "none", 32, 1)
-        assert f"Run {run.id} is queued" in texts(at.success)
+        assert f"Run {run.id} was queued" in texts(at.success)
 
         # Another person's browser does not take this run for theirs: at most it lists it
         # in the queue, with who started it.

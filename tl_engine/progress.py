@@ -83,6 +83,11 @@ class RateAverage:
             weight = 1 - (1 - self.smoothing) ** units
             self.value += weight * (per_unit - self.value)
 
+    @property
+    def settled(self) -> bool:
+        """Past the first measurement, whose one-off costs would otherwise be shown."""
+        return self._observations >= 2
+
 
 class EtaEstimator:
     """Seconds left in a training phase (and the phases after it), smoothed over the phase.
@@ -90,9 +95,10 @@ class EtaEstimator:
     Training steps and the pause at each epoch's end (validation, checkpoints) are timed
     separately, each with its own moving average, and never reset at an epoch start; the
     pause is then spread over the epoch's steps. So the estimate neither jumps when
-    validation starts nor when a new epoch begins. Until the first pause has been timed,
-    it is guessed from `pause_guess_steps`: the validation batches, costed as training
-    steps (an overestimate that the first measurement corrects).
+    validation starts nor when a new epoch begins. There is no estimate until a second
+    step has been timed: the first carries graph tracing. Until the first pause has been
+    timed, it is guessed from `pause_guess_steps`: the validation batches, costed as
+    training steps (an overestimate that the first measurement corrects).
     """
 
     def __init__(self, steps_per_epoch: int, pause_guess_steps: float = 0.0,
@@ -111,16 +117,17 @@ class EtaEstimator:
 
     @property
     def step_seconds(self) -> float | None:
-        """Seconds per training step, without the epoch-end pause."""
-        return self.step.value
+        """Seconds per training step, without the epoch-end pause; None until a second
+        measurement has replaced the first (graph tracing made a run's first step look
+        ten times slower than the rest)."""
+        return self.step.value if self.step.settled else None
 
     @property
     def pause_seconds(self) -> float | None:
         if self.pause.value is not None:
             return self.pause.value
-        if self.step.value is None:
-            return None
-        return self.step.value * self.pause_guess_steps
+        step = self.step_seconds
+        return None if step is None else step * self.pause_guess_steps
 
     @property
     def seconds_per_step(self) -> float | None:

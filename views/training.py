@@ -81,7 +81,9 @@ def settings_form(dataset: tle.Dataset) -> None:
         elif submission.status == tle.RunStatus.RUNNING:
             s["training_flash"] = ("info", "An identical run is already training — showing it.")
         else:
-            s["training_flash"] = ("success", f"Run {submission.run_id} is queued.")
+            # What happened, not what is: the banner outlives the queue (the panel below
+            # refreshes on its own), so it must stay true once the run is training.
+            s["training_flash"] = ("success", f"Run {submission.run_id} was queued.")
         s.pop("train_force", None)  # one run per tick, not every run from now on
         st.rerun()
 
