@@ -370,24 +370,30 @@ def paged(items: Sequence[Any], key: str, per_page: int) -> Sequence[Any]:
 # --- runs ----------------------------------------------------------------------------------
 
 
-def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
+def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None) -> pd.DataFrame:
     """One row per run. The columns no run has a value for (test accuracy without test
-    splits, top-k with two classes, ...) are left out."""
+    splits, top-k with two classes, ...) are left out. With `ws`, a run that trained
+    without completing (cancelled, interrupted, failed, running) shows how far it got:
+    its epochs, its last validation accuracy and its time; it keeps no model, so no
+    "val acc"."""
     rows = []
     for run in runs:
         summary = run.result
         kept = weights_kept_text(run, short=True)
         epochs = run.epochs_run if run.status == tle.RunStatus.COMPLETED else None
+        last_val, seconds = summary.final_val_accuracy, run.seconds
+        if ws is not None and epochs is None and run.started_at is not None:
+            epochs, last_val, seconds = _how_far(ws, run)
         rows.append({
             "run": run.id,
             "model": f"{run.spec.backbone} · {weights_text(run.spec.weights)}",
             "strategy": strategy_text(run.spec),
             "epochs": None if epochs is None else f"{epochs}" + (f" · {kept}" if kept else ""),
             "val acc": run.val_accuracy,
-            "last val acc": summary.final_val_accuracy,
+            "last val acc": last_val,
             "test acc": summary.test_accuracy,
             "top-k acc": top_k_accuracy(run),
-            "time": format_duration(run.seconds) if run.seconds is not None else None,
+            "time": format_duration(seconds) if seconds is not None else None,
             "status": run.status,
             "started by": run.started_by or "",
             "created": datetime.fromtimestamp(run.created_at),
@@ -399,6 +405,18 @@ def runs_table(runs: Sequence[tle.RunRecord]) -> pd.DataFrame:
     table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
     optional = ["last val acc", "test acc", "top-k acc"]
     return table.drop(columns=[c for c in optional if table[c].isna().all()])
+
+
+def _how_far(ws: tle.Workspace, run: tle.RunRecord,
+             ) -> tuple[int | None, float | None, float | None]:
+    """Epochs trained, the last one's validation accuracy and the seconds spent, of a run
+    that has no result (yet)."""
+    metrics = tle.run_metrics(ws, run.id)
+    epochs = max((m["epoch"] for m in metrics), default=None)
+    last_val = next((m["val_accuracy"] for m in reversed(metrics)
+                     if m.get("val_accuracy") is not None), None)
+    end = run.finished_at or run.heartbeat_at or time.time()
+    return epochs, last_val, max(0.0, end - run.started_at) if run.started_at else None
 
 
 RUNS_COLUMNS = {

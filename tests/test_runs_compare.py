@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import open_app, texts, train_tiny_run, write_color_classes
 from markdown_it import MarkdownIt
@@ -170,6 +171,22 @@ def test_runs_table_time_is_text_and_columns_fit(pair_root):
         assert config[column]["width"] >= run_views.fitted_width([text, column]), column
     assert config["started by"]["width"] > 400
     assert config["val acc"]["type_config"]["format"] == "percent"
+
+
+def test_a_run_that_stopped_early_shows_how_far_it_got(pair_root):
+    ws = tle.Workspace(pair_root)
+    run = tle.list_runs(ws, "pair")[0]
+    metrics = tle.run_metrics(ws, run.id)
+    # The record as a cancelled run leaves it: no result, its epochs' metrics stored.
+    stopped = tle.RunRecord(**{**run.__dict__, "status": tle.RunStatus.CANCELLED,
+                               "summary": {}, "started_at": 1000.0, "finished_at": 1075.0})
+    row = run_views.runs_table([stopped], ws).iloc[0]
+    assert row["epochs"] == str(max(m["epoch"] for m in metrics))
+    assert row["last val acc"] == pytest.approx(metrics[-1]["val_accuracy"])
+    assert row["time"] == "1 min 15 s"
+    assert pd.isna(row["val acc"])  # it keeps no model to score
+    # Without the workspace (or before it started) nothing is made up.
+    assert pd.isna(run_views.runs_table([stopped]).iloc[0]["epochs"])
 
 
 # --- the page, against real workspaces --------------------------------------------------------

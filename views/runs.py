@@ -51,7 +51,7 @@ if active:
         st.page_link(pages.TRAINING, label="Follow progress on Training",
                      icon=":material/model_training:", query_params={"project": project})
 
-runs_table = run_views.runs_table(runs)
+runs_table = run_views.runs_table(runs, ws)
 st.dataframe(runs_table, hide_index=True, width="stretch",
              column_config=run_views.runs_columns(runs_table), placeholder="–")
 
