@@ -39,6 +39,17 @@ def can(action: str, project: str, run: tle.RunRecord | None = None) -> bool:
     return tle.access.allowed(state.workspace(), identity(), project, action, run)
 
 
+def refusal(action: str, project: str, run: tle.RunRecord | None = None) -> str | None:
+    """Why the signed-in person may not do `action` (None: they may), for a control to
+    show disabled with the reason, where a refusal shown on click would not last (a part
+    of the page that refreshes itself)."""
+    try:
+        tle.access.require(state.workspace(), identity(), project, action, run)
+    except tle.AccessDenied as exc:
+        return str(exc)
+    return None
+
+
 def permit(action: str, project: str, run: tle.RunRecord | None = None) -> bool:
     """Whether the signed-in person may do `action`; if not, the page says why."""
     try:

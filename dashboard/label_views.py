@@ -58,8 +58,10 @@ def _follow(ws: tle.Workspace, project: str, run_id: str) -> None:
     if run.status == tle.RunStatus.RUNNING and tle.recover_interrupted(ws):
         st.rerun()
     st.progress(float(run.progress.fraction or 0.0), text=_progress_text(run))
-    if st.button("Cancel", key="label_issues_cancel", icon=":material/cancel:") and (
-            access.permit("cancel_run", project, run)):
+    refused = access.refusal("cancel_run", project, run)  # see views/training.py
+    if st.button("Cancel", key="label_issues_cancel", icon=":material/cancel:",
+                 disabled=refused is not None, help=md_escape(refused) if refused else None,
+                 ) and access.permit("cancel_run", project, run):
         tle.cancel_run(ws, run_id)
         st.rerun()
 
