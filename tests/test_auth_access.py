@@ -4,6 +4,7 @@ people with and without the role an action needs."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -205,15 +206,25 @@ def cli(ws: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
 
 def test_cli_adds_lists_and_removes_accounts(tmp_path):
     root = tmp_path / "ws"
+    # Listing a workspace that is not there (a mistyped path) is refused, and makes none.
+    missing = cli(root, "list")
+    assert missing.returncode == 2 and f"No workspace at {root}" in missing.stderr
+    assert not root.exists()
     added = cli(root, "add", "ann", "--admin", stdin=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
     assert PASSWORD not in added.stdout + added.stderr
-    assert cli(root, "add", "bob", stdin=PASSWORD + "\r\n").returncode == 0
-    empty = cli(root, "add", "cid", stdin="\n")
-    assert empty.returncode == 2 and "password is empty" in empty.stderr
+    assert added.stdout.strip() == f"added ann (admin) to a new workspace at {root}"
+    bob = cli(root, "add", "bob", stdin=PASSWORD + "\r\n")
+    assert bob.returncode == 0 and bob.stdout.strip() == "added bob"
+    for blank in ("\n", " " * 12 + "\n"):
+        empty = cli(root, "add", "cid", stdin=blank)
+        assert empty.returncode == 2 and "password is empty" in empty.stderr
     listed = cli(root, "list").stdout.splitlines()
     assert listed[0].split() == ["name", "admin", "created"]
     assert [line.split()[:2] for line in listed[1:]] == [["ann", "yes"], ["bob", "no"]]
+    rows = json.loads(cli(root, "list", "--json").stdout)
+    assert [(r["name"], r["admin"]) for r in rows] == [("ann", True), ("bob", False)]
+    assert all(isinstance(r["created_at"], float) for r in rows)
     ws = tle.Workspace(root)
     assert accounts.sign_in(ws, "bob", PASSWORD).name == "bob"  # the line ending is not kept
     assert cli(root, "remove", "bob").returncode == 0

@@ -108,10 +108,27 @@ def test_cli_check_data_reports_health_and_refuses_one_class(tmp_path):
     assert bad.returncode == 2
     assert "only" in bad.stdout + bad.stderr and "Traceback" not in bad.stderr
 
+    # A mistyped workspace is refused, not made anew and reported empty.
+    nowhere = tmp_path / "ws"
+    for command in (["runs"], ["predict", "--run", "r1", str(single / "only" / "only_000.jpg")],
+                    ["cancel", "--run", "r1"], ["export", "--run", "r1", "--format", "labels",
+                                                "--out", str(tmp_path / "out")]):
+        refused = _cli(*command, "--workspace", str(nowhere))
+        assert refused.returncode == 2, command
+        assert refused.stderr.strip() == (f"error: No workspace at {nowhere}: check "
+                                          "--workspace (or $TL_WORKSPACE). `train` starts a "
+                                          "new one."), command
+    assert not nowhere.exists()
+    Workspace(nowhere)
     missing = _cli("predict", "--run", "r_missing", str(single / "only" / "only_000.jpg"),
-                   "--workspace", str(tmp_path / "ws"))
+                   "--workspace", str(nowhere))
     assert missing.returncode == 2 and "r_missing" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    # Folders without their index: the message names the repair, not a new workspace.
+    (nowhere / "index.sqlite").unlink()
+    unindexed = _cli("runs", "--workspace", str(nowhere))
+    assert unindexed.returncode == 2 and "doctor --repair" in unindexed.stderr
+    assert not (nowhere / "index.sqlite").exists()
 
 
 def test_export_never_overwrites_a_users_folder(trained_workspace, tmp_path):

@@ -93,9 +93,10 @@ def validate_account_name(name: str) -> str:
 
 
 def _check_password(password: str) -> None:
-    if not password:
-        raise TLError("The password is empty: give one line with the password.")
-    if len(password) < MIN_PASSWORD:
+    if not password.strip():
+        raise TLError("The password is empty (or only spaces): give one line with the "
+                      "password.")
+    if len(password.strip()) < MIN_PASSWORD:
         raise TLError(f"The password is too short: use at least {MIN_PASSWORD} characters.")
 
 

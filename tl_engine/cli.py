@@ -22,7 +22,7 @@ from .cli_users import add_users_parser
 from .errors import SpecError, TLError
 from .runs import RunStatus
 from .spec import RunSpec
-from .store import Workspace
+from .store import INDEX_FILE, Workspace, repair_command, resolve_workspace
 
 
 def _import_tensorflow_quietly() -> None:
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", parents=[common], help="list runs")
     p.add_argument("--project", default=None)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_runs)
+    p.set_defaults(func=cmd_runs, needs_workspace=True)
 
     p = sub.add_parser("predict", parents=[common], help="top-k classes for images")
     p.add_argument("--run", required=True)
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="P", help="call a prediction 'not sure' when its calibrated "
                    f"confidence is below P (default {DEFAULT_NOT_SURE_BELOW}; 0: never)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, needs_workspace=True)
 
     p = sub.add_parser("export", parents=[common], help="export a completed run")
     p.add_argument("--run", required=True)
@@ -417,16 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("keras", "savedmodel", "tflite", "tflite-quant", "labels", "card"))
     p.add_argument("--out", required=True, help="where to write it, outside the workspace")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, needs_workspace=True)
 
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     p.add_argument("--run", required=True)
-    p.set_defaults(func=cmd_cancel)
+    p.set_defaults(func=cmd_cancel, needs_workspace=True)
 
     p = sub.add_parser("resume", parents=[common], help="resume an interrupted run")
     p.add_argument("--run", required=True)
     p.add_argument("--wait", action="store_true")
-    p.set_defaults(func=cmd_resume)
+    p.set_defaults(func=cmd_resume, needs_workspace=True)
 
     p = sub.add_parser("doctor", parents=[common],
                        help="check the workspace; --repair rebuilds a damaged index")
@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a consistent copy of the index, safe while a worker trains")
     p.add_argument("--out", required=True, help="the backup file, outside the workspace")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=cmd_backup)
+    p.set_defaults(func=cmd_backup, needs_workspace=True)
 
     add_label_issues_parser(sub, common)
     add_users_parser(sub, common)
@@ -453,12 +453,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def require_workspace(args: argparse.Namespace) -> None:
+    """Commands that read or act on what a workspace holds refuse a folder without one,
+    rather than make a new, empty workspace at a mistyped path and report it empty."""
+    root = resolve_workspace(args.workspace)
+    if (root / INDEX_FILE).is_file():
+        return
+    if any((root / folder).is_dir() for folder in ("runs", "datasets")):
+        raise TLError(f"The workspace {root} has runs or datasets but no index "
+                      f"({INDEX_FILE}): rebuild it with: {repair_command(root)}")
+    raise TLError(f"No workspace at {root}: check --workspace (or $TL_WORKSPACE). "
+                  "`train` starts a new one.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "workspace"):
         args.workspace = None
     try:
+        if getattr(args, "needs_workspace", False):
+            require_workspace(args)
         return int(args.func(args))
     except TLError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -40,4 +40,4 @@ def add_explain_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="class_name", default=None,
                    help="the class to explain (default: the predicted one)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=cmd_explain)
+    p.set_defaults(func=cmd_explain, needs_workspace=True)

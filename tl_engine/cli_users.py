@@ -8,7 +8,7 @@ from typing import Any
 
 from .cli_format import print_json as _print_json
 from .cli_format import table as _table
-from .store import Workspace
+from .store import INDEX_FILE, Workspace, resolve_workspace
 
 
 def _read_password(name: str) -> str:
@@ -23,9 +23,14 @@ def _read_password(name: str) -> str:
 def cmd_users_add(args: argparse.Namespace) -> int:
     from .accounts import add_account
 
-    account = add_account(Workspace(args.workspace), args.name, _read_password(args.name),
-                          admin=args.admin)
-    print(f"added {account.name}" + (" (admin)" if account.admin else ""))
+    root = resolve_workspace(args.workspace)
+    new = not (root / INDEX_FILE).is_file()
+    password = _read_password(args.name)
+    ws = Workspace(root)
+    account = add_account(ws, args.name, password, admin=args.admin)
+    # Named in full when it is new: a mistyped --workspace shows here, not at sign-in.
+    where = f" to a new workspace at {root}" if new else ""
+    print(f"added {account.name}" + (" (admin)" if account.admin else "") + where)
     return 0
 
 
@@ -34,13 +39,15 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
     from .accounts import list_accounts
 
+    accounts = list_accounts(Workspace(args.workspace))
+    if args.json:
+        _print_json([{"name": a.name, "admin": a.admin, "created_at": a.created_at}
+                     for a in accounts])
+        return 0
     rows = [{"name": a.name, "admin": "yes" if a.admin else "no",
              "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created_at))}
-            for a in list_accounts(Workspace(args.workspace))]
-    if args.json:
-        _print_json(rows)
-    else:
-        print(_table(rows, ["name", "admin", "created"]) if rows else "no accounts yet")
+            for a in accounts]
+    print(_table(rows, ["name", "admin", "created"]) if rows else "no accounts yet")
     return 0
 
 
@@ -63,8 +70,8 @@ def add_users_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_users_add)
     p = commands.add_parser("list", parents=[common], help="accounts: name, admin, created")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_users_list)
+    p.set_defaults(func=cmd_users_list, needs_workspace=True)
     p = commands.add_parser("remove", parents=[common],
                             help="remove an account, its sessions and its memberships")
     p.add_argument("name")
-    p.set_defaults(func=cmd_users_remove)
+    p.set_defaults(func=cmd_users_remove, needs_workspace=True)
