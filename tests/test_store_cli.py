@@ -131,6 +131,20 @@ def test_cli_check_data_reports_health_and_refuses_one_class(tmp_path):
     assert not (nowhere / "index.sqlite").exists()
 
 
+def test_a_train_refused_for_its_settings_or_data_leaves_nothing_behind(tmp_path):
+    good = write_color_classes(tmp_path / "good", {"a": (200, 0, 0), "b": (0, 0, 200)}, 4)
+    single = write_color_classes(tmp_path / "single", {"only": (0, 200, 0)}, 4)
+    root = tmp_path / "ws"
+    bad_epochs = _cli("train", "--data", str(good), "--epochs", "0", "--workspace", str(root))
+    assert bad_epochs.returncode == 2 and "epochs" in bad_epochs.stderr
+    assert not root.exists()  # settings are checked before anything is made
+    for data in (single, tmp_path / "nowhere"):
+        refused = _cli("train", "--data", str(data), "--project", "p1", "--workspace",
+                       str(root))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert Workspace(root).list_projects() == []  # no empty project left behind
+
+
 def test_export_never_overwrites_a_users_folder(trained_workspace, tmp_path):
     from tl_engine.errors import SpecError
     from tl_engine.export import export_run

@@ -135,6 +135,74 @@ def _wait_until(predicate, timeout_s=180.0, poll_s=0.2):
     raise AssertionError("condition not reached in time")
 
 
+def test_cli_ctrl_c_leaves_the_run_training_and_cancel_says_what_it_did(tiny_data_dir,
+                                                                         tmp_path):
+    import json
+
+    ws = tmp_path / "cli-ws"
+    command = [sys.executable, "-m", "tl_engine", "train", "--data", str(tiny_data_dir),
+               "--backbone", "MobileNetV2-0.35", "--weights", "none", "--image-size", "32",
+               "--batch-size", "8", "--strategy", "full", "--epochs", "400",
+               "--workspace", str(ws), "--json", "--no-progress"]
+    waiting = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    store = None
+    try:
+        def training() -> bool:
+            nonlocal store
+            if store is None and (ws / "index.sqlite").is_file():
+                store = Workspace(ws)
+            active = store and [r for r in runs.list_runs(store) if r.status == "running"]
+            return bool(active) and bool(runs.run_metrics(store, active[0].id))
+
+        _wait_until(training)
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    # Ctrl-C stops the waiting, not the run: the command names it and how to stop it.
+    assert waiting.returncode == 130, err
+    left = json.loads(out.strip().splitlines()[-1])
+    run_id = left["run_id"]
+    assert left["status"] == "running"
+    assert f"python -m tl_engine cancel --run {run_id} --workspace {ws}" in err
+    assert runs.get_run(store, run_id).status == "running"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tl_engine", *args, "--workspace",
+                               str(ws)], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=120)
+
+    cancelled = cli("cancel", "--run", run_id)
+    assert cancelled.returncode == 0
+    assert cancelled.stdout.strip() == (f"run {run_id}: cancel requested; it stops within a "
+                                        "batch or two")
+    final = wait_for_run(store, run_id, timeout_s=120)
+    assert final.status == "cancelled"
+    again = cli("cancel", "--run", run_id)
+    assert again.returncode == 1
+    assert again.stdout.strip() == f"run {run_id} is already cancelled: nothing to cancel"
+    # The same settings again: a new run, which `train --json` reports with the epochs it
+    # trained when it ends cancelled.
+    rerun = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until(lambda: any(r.status == "running" and r.id != run_id
+                                and runs.run_metrics(store, r.id)
+                                for r in runs.list_runs(store)))
+        second = next(r for r in runs.list_runs(store) if r.status == "running")
+        cancel_run(store, second.id)
+        out, err = rerun.communicate(timeout=120)
+    finally:
+        if rerun.poll() is None:
+            rerun.kill()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["run_id"] == second.id and result["status"] == "cancelled"
+    assert result["epochs_run"] == max(m["epoch"] for m in runs.run_metrics(store, second.id))
+    assert result["epochs_run"] >= 1
+
+
 def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_dataset):
     """A real detached worker: runs queue behind each other, cancel stops one, a killed
     worker leaves an interrupted run that resumes from its checkpoint."""

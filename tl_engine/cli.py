@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +84,23 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 2
 
 
-def _ingest(ws: Workspace, data: str, project: str) -> Any:
+def _ingest(ws: Workspace, data: str, project: str,
+            once_listed: Callable[[], None] | None = None) -> Any:
+    """The dataset of --data. `once_listed` is called once its files are listed and
+    laid out right, before they are decoded."""
     from .datasets import ingest_folder, ingest_zip
+
+    def progress(done: int, total: int) -> None:
+        nonlocal once_listed
+        if once_listed is not None:
+            once_listed, call = None, once_listed
+            call()
 
     path = Path(data).expanduser()
     if path.is_dir():
-        return ingest_folder(ws, path, project=project)
+        return ingest_folder(ws, path, project=project, progress=progress)
     if path.is_file():
-        return ingest_zip(ws, path, project=project)
+        return ingest_zip(ws, path, project=project, progress=progress)
     raise TLError(f"--data {data}: no such folder or .zip file.")
 
 
@@ -166,27 +176,36 @@ class _ProgressBar:
 def cmd_train(args: argparse.Namespace) -> int:
     from .jobs import prewarm_worker, submit_run, wait_for_run
 
+    spec = spec_from_args(args).normalized()  # bad settings: refused before anything is made
     ws = Workspace(args.workspace)
-    project = ws.ensure_project(args.project)
-    spec = spec_from_args(args).normalized()
-    prewarm_worker(ws)  # it imports TensorFlow while the photos are read
-    dataset = _ingest(ws, args.data, project)
+    # The worker imports TensorFlow while the photos are decoded; not started for a
+    # --data that is not there or not laid out in class folders.
+    dataset = _ingest(ws, args.data, args.project, once_listed=lambda: prewarm_worker(ws))
+    project = dataset.project
     submission = submit_run(ws, project, dataset.id, spec, force=args.force,
                             started_by=args.started_by)
     bar = _ProgressBar(enabled=not args.no_progress)
     try:
         # A short poll: a run served by a warm worker takes about a second.
         run = wait_for_run(ws, submission.run_id, on_update=bar, poll_s=0.1)
+    except KeyboardInterrupt:
+        bar.close()
+        return _left_training(ws, submission.run_id, args.json)
     finally:
         bar.close()
     summary = run.result
+    epochs_run = summary.epochs_run
+    if epochs_run is None:  # stopped before its end (cancelled, failed): what it trained
+        from .runs import run_metrics
+
+        epochs_run = max((m["epoch"] for m in run_metrics(ws, run.id)), default=0)
     result = {
         "run_id": run.id,
         "status": run.status,
         "cached": submission.cached,
         "dataset_id": dataset.id,
         "val_accuracy": summary.val_accuracy,
-        "epochs_run": summary.epochs_run,
+        "epochs_run": epochs_run,
         "best_epoch": summary.best_epoch,
         "final_val_accuracy": summary.final_val_accuracy,
         "seconds": summary.seconds,
@@ -216,6 +235,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif run.error:
             print(f"error: {run.error}", file=sys.stderr)
     return 0 if run.status == RunStatus.COMPLETED else 1
+
+
+def _left_training(ws: Workspace, run_id: str, as_json: bool) -> int:
+    """Ctrl-C while waiting: the run goes on in its worker; say which, and how to stop it."""
+    from .runs import get_run
+
+    status = get_run(ws, run_id).status
+    if as_json:
+        _print_json({"run_id": run_id, "status": status, "waiting": False})
+    print(f"interrupted: run {run_id} is {status} and keeps training in its worker; stop it "
+          f"with: python -m tl_engine cancel --run {run_id} --workspace "
+          f"{shlex.quote(str(ws.root))}",
+          file=sys.stderr)
+    return 130
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -302,8 +335,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .jobs import cancel_run
+    from .runs import ACTIVE, get_run
 
-    print(cancel_run(Workspace(args.workspace), args.run))
+    ws = Workspace(args.workspace)
+    before = get_run(ws, args.run).status
+    after = cancel_run(ws, args.run)
+    if after == RunStatus.RUNNING:
+        print(f"run {args.run}: cancel requested; it stops within a batch or two")
+    elif after == RunStatus.CANCELLED and before in ACTIVE:
+        print(f"run {args.run}: cancelled before it started")
+    else:
+        print(f"run {args.run} is already {after}: nothing to cancel")
+        return 1
     return 0
 
 

@@ -62,7 +62,9 @@ finished = [r.id for r in runs if r.status == tle.RunStatus.COMPLETED]
 if "compare_runs" in st.session_state:  # forget runs deleted since (here or elsewhere)
     st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in by_id]
 compared = st.multiselect(
-    "Runs to compare", list(by_id), default=finished[:3], key="compare_runs",
+    "Runs to compare", list(by_id), key="compare_runs",
+    # A default beside a value already in the session state draws Streamlit's warning.
+    default=None if "compare_runs" in st.session_state else finished[:3],
     format_func=lambda run_id: run_views.run_choice_label(by_id[run_id]),
     placeholder="Choose runs to overlay their curves")
 with state.engine_errors():

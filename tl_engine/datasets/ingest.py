@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
-from ..store import Workspace
+from ..store import Workspace, validate_project_name
 from .collect import (
     _archive_name,
     _collect_folder,
@@ -107,10 +107,11 @@ def check_data(source: str | os.PathLike[str]) -> dict[str, Any]:
 def _ingest(
     ws: Workspace, source: _Source, project: str, name: str, progress: Progress | None
 ) -> Dataset:
-    project = ws.ensure_project(project)
+    project = validate_project_name(project)
     records, report = _process(source, ws, progress)
     if report.errors:
         error = DatasetError(f"{source.name}: " + "; ".join(report.errors))
         error.report = report.to_dict()  # type: ignore[attr-defined]  # for pages that show it
         raise error
-    return _save(ws, project, name, records, report)
+    # Only now: data that cannot be used leaves no new, empty project behind.
+    return _save(ws, ws.ensure_project(project), name, records, report)
