@@ -304,7 +304,7 @@ def test_cli_predict_and_export(calibrated, exported, red_file, tmp_path):
     result = _cli("predict", "--run", run.id, str(red_file), "--json", "--workspace", str(ws.root))
     assert result.returncode == 0, result.stderr
     (prediction,) = json.loads(result.stdout)
-    assert prediction["image"] == "pure_red.jpg" and prediction["label"] == "red"
+    assert prediction["image"] == str(red_file) and prediction["label"] == "red"
     assert [t["label"] for t in prediction["top"]][0] == "red" and prediction["error"] is None
     (engine,) = tle.predict_images(ws, run.id, [red_file])  # calibrated, as the app shows
     assert prediction["confidence"] == pytest.approx(engine.confidence, abs=1e-5)
@@ -315,7 +315,7 @@ def test_cli_predict_and_export(calibrated, exported, red_file, tmp_path):
     result = _cli("predict", "--run", run.id, str(photo), "--workspace", str(ws.root),
                   "--not-sure-below", "1")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{photo.name}: not sure (below 1): ")
+    assert result.stdout.startswith(f"{photo}: not sure (below 1): ")
 
     out = tmp_path / "phone" / "model.tflite"
     result = _cli("export", "--run", run.id, "--format", "tflite", "--out", str(out),

@@ -304,12 +304,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _import_tensorflow_quietly()
     predictions = predict_images(ws, args.run, args.images, top_k=args.top_k,
                                  not_sure_below=args.not_sure_below)
+    # Each row names the path as given (one per image, in order): two files of the same
+    # name in different folders stay apart.
     if args.json:
-        _print_json([p.to_dict() for p in predictions])
+        _print_json([{**p.to_dict(), "image": given}
+                     for p, given in zip(predictions, args.images, strict=True)])
     else:
-        for p in predictions:
+        for p, given in zip(predictions, args.images, strict=True):
             if p.error:
-                print(f"{p.name}: error: {p.error}")
+                print(f"{given}: error: {p.error}")
             else:
                 tops = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top)
                 if p.unfamiliar:
@@ -317,7 +320,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             f"of the training images; closest {tops}")
                 elif p.not_sure:
                     tops = f"not sure (below {args.not_sure_below:g}): {tops}"
-                print(f"{p.name}: {tops}")
+                print(f"{given}: {tops}")
     return 2 if any(p.error for p in predictions) else 0
 
 
