@@ -409,14 +409,21 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None) -
 
 def _how_far(ws: tle.Workspace, run: tle.RunRecord,
              ) -> tuple[int | None, float | None, float | None]:
-    """Epochs trained, the last one's validation accuracy and the seconds spent, of a run
-    that has no result (yet)."""
+    """Epochs trained, the last one's validation accuracy and the seconds spent since its
+    latest start, of a run that has no result (yet)."""
     metrics = tle.run_metrics(ws, run.id)
     epochs = max((m["epoch"] for m in metrics), default=None)
     last_val = next((m["val_accuracy"] for m in reversed(metrics)
                      if m.get("val_accuracy") is not None), None)
-    end = run.finished_at or run.heartbeat_at or time.time()
-    return epochs, last_val, max(0.0, end - run.started_at) if run.started_at else None
+    if run.status == tle.RunStatus.INTERRUPTED:
+        # Its end is when the dead worker was noticed, maybe hours later: its last sign
+        # of life is when it stopped.
+        end = run.heartbeat_at or run.finished_at
+    else:
+        end = run.finished_at or run.heartbeat_at or time.time()
+    if run.started_at is None or end is None or end < run.started_at:
+        return epochs, last_val, None  # queued again after it ran: not this start's time
+    return epochs, last_val, end - run.started_at
 
 
 RUNS_COLUMNS = {

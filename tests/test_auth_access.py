@@ -209,6 +209,8 @@ def test_cli_adds_lists_and_removes_accounts(tmp_path):
     # Listing a workspace that is not there (a mistyped path) is refused, and makes none.
     missing = cli(root, "list")
     assert missing.returncode == 2 and f"No workspace at {root}" in missing.stderr
+    refused = cli(root, "add", "ann", stdin="\n")  # refused before anything is made
+    assert refused.returncode == 2 and "password is empty" in refused.stderr
     assert not root.exists()
     added = cli(root, "add", "ann", "--admin", stdin=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr

@@ -124,7 +124,11 @@ def test_cli_check_data_reports_health_and_refuses_one_class(tmp_path):
                    "--workspace", str(nowhere))
     assert missing.returncode == 2 and "r_missing" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
-    # Folders without their index: the message names the repair, not a new workspace.
+    # A dataset's folder without its index: the message names the repair, and no new
+    # index is made over it.
+    from tl_engine.datasets import ingest_folder
+
+    ingest_folder(Workspace(nowhere), good, project="p")
     (nowhere / "index.sqlite").unlink()
     unindexed = _cli("runs", "--workspace", str(nowhere))
     assert unindexed.returncode == 2 and "doctor --repair" in unindexed.stderr

@@ -137,8 +137,6 @@ def _wait_until(predicate, timeout_s=180.0, poll_s=0.2):
 
 def test_cli_ctrl_c_leaves_the_run_training_and_cancel_says_what_it_did(tiny_data_dir,
                                                                          tmp_path):
-    import json
-
     ws = tmp_path / "cli-ws"
     command = [sys.executable, "-m", "tl_engine", "train", "--data", str(tiny_data_dir),
                "--backbone", "MobileNetV2-0.35", "--weights", "none", "--image-size", "32",
@@ -147,26 +145,37 @@ def test_cli_ctrl_c_leaves_the_run_training_and_cancel_says_what_it_did(tiny_dat
     waiting = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     store = None
-    try:
-        def training() -> bool:
-            nonlocal store
-            if store is None and (ws / "index.sqlite").is_file():
-                store = Workspace(ws)
-            active = store and [r for r in runs.list_runs(store) if r.status == "running"]
-            return bool(active) and bool(runs.run_metrics(store, active[0].id))
 
-        _wait_until(training)
-        waiting.send_signal(signal.SIGINT)
-        out, err = waiting.communicate(timeout=60)
-    finally:
-        if waiting.poll() is None:
-            waiting.kill()
+    def training() -> bool:
+        nonlocal store
+        if store is None and (ws / "index.sqlite").is_file():
+            store = Workspace(ws)
+        active = store and [r for r in runs.list_runs(store) if r.status == "running"]
+        return bool(active) and bool(runs.run_metrics(store, active[0].id))
+
+    try:
+        try:
+            _wait_until(training)
+            waiting.send_signal(signal.SIGINT)
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+        _ctrl_c_and_cancel(command, waiting, out, err, store, ws)
+    finally:  # whatever failed, no worker goes on training for the rest of the session
+        for run in runs.list_runs(store) if store is not None else []:
+            cancel_run(store, run.id)
+
+
+def _ctrl_c_and_cancel(command, waiting, out, err, store, ws):
+    import json
+
     # Ctrl-C stops the waiting, not the run: the command names it and how to stop it.
     assert waiting.returncode == 130, err
     left = json.loads(out.strip().splitlines()[-1])
     run_id = left["run_id"]
     assert left["status"] == "running"
-    assert f"python -m tl_engine cancel --run {run_id} --workspace {ws}" in err
+    assert f"python -m tl_engine cancel --run {run_id} --workspace {ws.resolve()}" in err
     assert runs.get_run(store, run_id).status == "running"
 
     def cli(*args: str) -> subprocess.CompletedProcess:

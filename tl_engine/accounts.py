@@ -92,7 +92,8 @@ def validate_account_name(name: str) -> str:
     return name
 
 
-def _check_password(password: str) -> None:
+def check_password(password: str) -> None:
+    """Refuses a password too weak to keep (empty, only spaces, too short)."""
     if not password.strip():
         raise TLError("The password is empty (or only spaces): give one line with the "
                       "password.")
@@ -106,7 +107,7 @@ def _account(row: object) -> Account:
 
 def add_account(ws: Workspace, name: str, password: str, admin: bool = False) -> Account:
     name = validate_account_name(name)
-    _check_password(password)
+    check_password(password)
     _ensure_schema(ws)
     hashed = _hasher().hash(password)
     now = time.time()

@@ -23,7 +23,7 @@ from .cli_users import add_users_parser
 from .errors import SpecError, TLError
 from .runs import RunStatus
 from .spec import RunSpec
-from .store import INDEX_FILE, Workspace, repair_command, resolve_workspace
+from .store import INDEX_FILE, Workspace, folder_records, resolve_workspace
 
 
 def _import_tensorflow_quietly() -> None:
@@ -244,10 +244,13 @@ def _left_training(ws: Workspace, run_id: str, as_json: bool) -> int:
     status = get_run(ws, run_id).status
     if as_json:
         _print_json({"run_id": run_id, "status": status, "waiting": False})
-    print(f"interrupted: run {run_id} is {status} and keeps training in its worker; stop it "
-          f"with: python -m tl_engine cancel --run {run_id} --workspace "
-          f"{shlex.quote(str(ws.root))}",
-          file=sys.stderr)
+    if status in (RunStatus.QUEUED, RunStatus.RUNNING):
+        going_on = "keeps training" if status == RunStatus.RUNNING else "will train"
+        print(f"interrupted: run {run_id} is {status} and {going_on} in its worker; stop it "
+              f"with: python -m tl_engine cancel --run {run_id} --workspace "
+              f"{shlex.quote(str(ws.root))}", file=sys.stderr)
+    else:
+        print(f"interrupted: run {run_id} is {status}", file=sys.stderr)
     return 130
 
 
@@ -337,15 +340,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from .jobs import cancel_run
-    from .runs import ACTIVE, get_run
+    from .jobs import cancel_run, recover_interrupted
+    from .runs import get_run
 
     ws = Workspace(args.workspace)
+    recover_interrupted(ws)  # a run whose worker died is interrupted, not cancellable
     before = get_run(ws, args.run).status
     after = cancel_run(ws, args.run)
     if after == RunStatus.RUNNING:
         print(f"run {args.run}: cancel requested; it stops within a batch or two")
-    elif after == RunStatus.CANCELLED and before in ACTIVE:
+    elif after == RunStatus.CANCELLED and before == RunStatus.QUEUED:
         print(f"run {args.run}: cancelled before it started")
     else:
         print(f"run {args.run} is already {after}: nothing to cancel")
@@ -503,11 +507,9 @@ def require_workspace(args: argparse.Namespace) -> None:
     """Commands that read or act on what a workspace holds refuse a folder without one,
     rather than make a new, empty workspace at a mistyped path and report it empty."""
     root = resolve_workspace(args.workspace)
-    if (root / INDEX_FILE).is_file():
+    # Runs or datasets without their index: opening the workspace names the repair.
+    if (root / INDEX_FILE).is_file() or folder_records(root) is not None:
         return
-    if any((root / folder).is_dir() for folder in ("runs", "datasets")):
-        raise TLError(f"The workspace {root} has runs or datasets but no index "
-                      f"({INDEX_FILE}): rebuild it with: {repair_command(root)}")
     raise TLError(f"No workspace at {root}: check --workspace (or $TL_WORKSPACE). "
                   "`train` starts a new one.")
 

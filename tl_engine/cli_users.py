@@ -21,11 +21,13 @@ def _read_password(name: str) -> str:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    from .accounts import add_account
+    from .accounts import add_account, check_password, validate_account_name
 
     root = resolve_workspace(args.workspace)
     new = not (root / INDEX_FILE).is_file()
+    validate_account_name(args.name)
     password = _read_password(args.name)
+    check_password(password)  # before a new workspace is made for an account refused
     ws = Workspace(root)
     account = add_account(ws, args.name, password, admin=args.admin)
     # Named in full when it is new: a mistyped --workspace shows here, not at sign-in.
