@@ -86,8 +86,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def _ingest(ws: Workspace, data: str, project: str,
             once_listed: Callable[[], None] | None = None) -> Any:
-    """The dataset of --data. `once_listed` is called once its files are listed and
-    laid out right, before they are decoded."""
+    """The dataset of --data in `project`, which is made only once the data is accepted
+    (data refused leaves no empty project). `once_listed` is called once the files are
+    listed and laid out right, before they are decoded."""
     from .datasets import ingest_folder, ingest_zip
 
     def progress(done: int, total: int) -> None:

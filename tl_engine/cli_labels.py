@@ -25,8 +25,8 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     from .runs import RunStatus
 
     ws = Workspace(args.workspace)
-    project = ws.ensure_project(args.project)
-    dataset = _ingest(ws, args.data, project)
+    dataset = _ingest(ws, args.data, args.project)
+    project = dataset.project
     spec = label_issues_spec(args.backbone, args.weights, args.image_size, args.seed)
     _import_tensorflow_quietly()
     submission = submit_label_issues(ws, project, dataset.id, spec, force=args.force)

@@ -22,14 +22,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .probe import RANKED_BY, default_choices, parse_choices, probe_table, submit_probes
 
     ws = Workspace(args.workspace)
-    project = ws.ensure_project(args.project)
     choices = (parse_choices(args.backbones, args.image_size) if args.backbones
                else default_choices(args.image_size))
     if not choices:
         print("error: no backbone has its ImageNet weights on this host: name some with "
               "--backbones KEY[:none|FILE],...", file=sys.stderr)
         return 2
-    dataset = _ingest(ws, args.data, project)
+    dataset = _ingest(ws, args.data, args.project)
+    project = dataset.project
     submissions = submit_probes(ws, project, dataset.id, choices, started_by=args.started_by)
     failed: list[Any] = []
     for choice, submission in zip(choices, submissions, strict=True):

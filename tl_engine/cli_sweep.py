@@ -23,8 +23,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import submit_sweep, sweep_result
 
     ws = Workspace(args.workspace)
-    project = ws.ensure_project(args.project)
-    dataset = _ingest(ws, args.data, project)
+    dataset = _ingest(ws, args.data, args.project)
+    project = dataset.project
     base = RunSpec(backbone=args.backbone, image_size=args.image_size,
                    learning_rate=args.learning_rate, batch_size=args.batch_size)
     sweep_id = submit_sweep(ws, project, dataset.id, base, epochs=args.epochs,
@@ -68,8 +68,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from .sweep import depths
 
     ws = Workspace(args.workspace)
-    project = ws.ensure_project(args.project)
-    dataset = _ingest(ws, args.data, project)
+    dataset = _ingest(ws, args.data, args.project)
+    project = dataset.project
     unfreeze = args.unfreeze or depths(args.backbone, args.image_size)[0]
     spec = RunSpec(backbone=args.backbone, image_size=args.image_size,
                    strategy=args.strategy, unfreeze=unfreeze, unfreeze_unit="blocks",
