@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import streamlit as st
 
@@ -40,9 +41,7 @@ def can(action: str, project: str, run: tle.RunRecord | None = None) -> bool:
 
 
 def refusal(action: str, project: str, run: tle.RunRecord | None = None) -> str | None:
-    """Why the signed-in person may not do `action` (None: they may), for a control to
-    show disabled with the reason, where a refusal shown on click would not last (a part
-    of the page that refreshes itself)."""
+    """Why the signed-in person may not do `action`; None when they may."""
     try:
         tle.access.require(state.workspace(), identity(), project, action, run)
     except tle.AccessDenied as exc:
@@ -52,12 +51,23 @@ def refusal(action: str, project: str, run: tle.RunRecord | None = None) -> str 
 
 def permit(action: str, project: str, run: tle.RunRecord | None = None) -> bool:
     """Whether the signed-in person may do `action`; if not, the page says why."""
-    try:
-        tle.access.require(state.workspace(), identity(), project, action, run)
-    except tle.AccessDenied as exc:
-        st.error(md_escape(exc), icon=":material/lock:")
-        return False
-    return True
+    reason = refusal(action, project, run)
+    if reason is not None:
+        st.error(md_escape(reason), icon=":material/lock:")
+    return reason is None
+
+
+def guarded_button(where: Any, label: str, action: str, project: str,
+                   run: tle.RunRecord | None = None, *, disabled: bool = False,
+                   **button: Any) -> bool:
+    """A button for `action` in a part of the page that refreshes itself, where a refusal
+    shown on click would vanish with the next refresh: who may not do it sees the button
+    disabled, with the reason as its help. True when clicked and permitted (a click still
+    passes `permit`)."""
+    reason = refusal(action, project, run)
+    clicked = where.button(label, disabled=disabled or reason is not None,
+                           help=md_escape(reason) if reason else None, **button)
+    return clicked and permit(action, project, run)
 
 
 @contextmanager

@@ -58,10 +58,8 @@ def _follow(ws: tle.Workspace, project: str, run_id: str) -> None:
     if run.status == tle.RunStatus.RUNNING and tle.recover_interrupted(ws):
         st.rerun()
     st.progress(float(run.progress.fraction or 0.0), text=_progress_text(run))
-    refused = access.refusal("cancel_run", project, run)  # see views/training.py
-    if st.button("Cancel", key="label_issues_cancel", icon=":material/cancel:",
-                 disabled=refused is not None, help=md_escape(refused) if refused else None,
-                 ) and access.permit("cancel_run", project, run):
+    if access.guarded_button(st, "Cancel", "cancel_run", project, run,
+                             key="label_issues_cancel", icon=":material/cancel:"):
         tle.cancel_run(ws, run_id)
         st.rerun()
 

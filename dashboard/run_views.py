@@ -383,7 +383,8 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None) -
         epochs = run.epochs_run if run.status == tle.RunStatus.COMPLETED else None
         last_val, seconds = summary.final_val_accuracy, run.seconds
         if ws is not None and epochs is None and run.started_at is not None:
-            epochs, last_val, seconds = _how_far(ws, run)
+            so_far = tle.trained_so_far(ws, run)
+            epochs, last_val, seconds = so_far.epochs, so_far.last_val_accuracy, so_far.seconds
         rows.append({
             "run": run.id,
             "model": f"{run.spec.backbone} · {weights_text(run.spec.weights)}",
@@ -405,25 +406,6 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None) -
     table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
     optional = ["last val acc", "test acc", "top-k acc"]
     return table.drop(columns=[c for c in optional if table[c].isna().all()])
-
-
-def _how_far(ws: tle.Workspace, run: tle.RunRecord,
-             ) -> tuple[int | None, float | None, float | None]:
-    """Epochs trained, the last one's validation accuracy and the seconds spent since its
-    latest start, of a run that has no result (yet)."""
-    metrics = tle.run_metrics(ws, run.id)
-    epochs = max((m["epoch"] for m in metrics), default=None)
-    last_val = next((m["val_accuracy"] for m in reversed(metrics)
-                     if m.get("val_accuracy") is not None), None)
-    if run.status == tle.RunStatus.INTERRUPTED:
-        # Its end is when the dead worker was noticed, maybe hours later: its last sign
-        # of life is when it stopped.
-        end = run.heartbeat_at or run.finished_at
-    else:
-        end = run.finished_at or run.heartbeat_at or time.time()
-    if run.started_at is None or end is None or end < run.started_at:
-        return epochs, last_val, None  # queued again after it ran: not this start's time
-    return epochs, last_val, end - run.started_at
 
 
 RUNS_COLUMNS = {

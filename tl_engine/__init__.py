@@ -108,6 +108,7 @@ from .runs import (
     queue_position,
     run_metrics,
     running_run,
+    trained_so_far,
 )
 from .samples import synthetic_shapes
 from .scoring import cell_images, confused_pairs, top_k_for
@@ -252,6 +253,7 @@ __all__ = [
     "revise_dataset",
     "run_hints",
     "run_metrics",
+    "trained_so_far",
     "running_run",
     "save_draft",
     "setting",

@@ -190,16 +190,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         # A short poll: a run served by a warm worker takes about a second.
         run = wait_for_run(ws, submission.run_id, on_update=bar, poll_s=0.1)
     except KeyboardInterrupt:
-        bar.close()
-        return _left_training(ws, submission.run_id, args.json)
+        run = None
     finally:
         bar.close()
+    if run is None:
+        return _left_training(ws, submission.run_id, args.json)
     summary = run.result
     epochs_run = summary.epochs_run
     if epochs_run is None:  # stopped before its end (cancelled, failed): what it trained
-        from .runs import run_metrics
+        from .runs import trained_so_far
 
-        epochs_run = max((m["epoch"] for m in run_metrics(ws, run.id)), default=0)
+        epochs_run = trained_so_far(ws, run).epochs or 0
     result = {
         "run_id": run.id,
         "status": run.status,

@@ -172,6 +172,31 @@ def run_metrics(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class TrainedSoFar:
+    """How far a run without a result (cancelled, interrupted, failed, running) got."""
+
+    epochs: int | None  # the last epoch with metrics
+    last_val_accuracy: float | None
+    seconds: float | None  # since its latest start (a resumed run's earlier time not counted)
+
+
+def trained_so_far(ws: Workspace, run: RunRecord) -> TrainedSoFar:
+    metrics = run_metrics(ws, run.id)
+    epochs = max((m["epoch"] for m in metrics), default=None)
+    last_val = next((m["val_accuracy"] for m in reversed(metrics)
+                     if m.get("val_accuracy") is not None), None)
+    if run.status == RunStatus.INTERRUPTED:
+        # Its end is when the dead worker was noticed, maybe hours later: its last sign
+        # of life is when it stopped.
+        end = run.heartbeat_at or run.finished_at
+    else:
+        end = run.finished_at or run.heartbeat_at or time.time()
+    if run.started_at is None or end is None or end < run.started_at:
+        return TrainedSoFar(epochs, last_val, None)  # queued again after it ran
+    return TrainedSoFar(epochs, last_val, end - run.started_at)
+
+
 def queue_position(ws: Workspace, run_id: str) -> int | None:
     """1 when the run is next in line, None when it is not queued."""
     run = get_run(ws, run_id)

@@ -163,9 +163,15 @@ class RunTrainer:
         """Store live progress; True when someone asked to cancel the run."""
         return runs.heartbeat(self.ws, self.run.id, progress)
 
+    @property
+    def _feature_key(self) -> str:
+        """Where this run's frozen-backbone features are cached (set once `train` knows the
+        weights' identity)."""
+        return feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
+
     def _feature_matrices(self, clf: Classifier,
                           named: list[tuple[str, list[ImageRecord]]]) -> list[np.ndarray]:
-        key = feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
+        key = self._feature_key
         try:
             found = extract_features(self.ws, clf.feature_model, key, named,
                                      self.spec.batch_size, self._report)
@@ -476,8 +482,8 @@ class RunTrainer:
         """The profile of the untrained backbone's features, shared by every run on the
         same images (see familiarity.shared_profile)."""
         labels = np.array([self.index[r.label] for r in self.splits.train])
-        key = feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
-        return familiarity.shared_profile(self.ws, key, [r.hash for r in self.splits.train],
+        return familiarity.shared_profile(self.ws, self._feature_key,
+                                          [r.hash for r in self.splits.train],
                                           labels, train, [r.hash for r in self.splits.val],
                                           val, fingerprint)
 
@@ -503,9 +509,8 @@ class RunTrainer:
                 self._pixels(part, False, labels=False), verbose=0)) if part
                 else np.zeros((0, 1)) for part in parts]
         else:
-            key = feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
             try:
-                matrices = extract_features(self.ws, clf.feature_model, key, list(zip(
+                matrices = extract_features(self.ws, clf.feature_model, self._feature_key, list(zip(
                     ("training images", "validation images"), parts, strict=True)),
                     self.spec.batch_size, self._report).matrices
             except FeaturesCancelled:

@@ -252,13 +252,9 @@ def live_panel(shown_id: str | None, shown_status: str | None,
         cols[0].markdown(f"**{widgets.STATUS_ICONS[run.status]} {run.status.capitalize()}** · "
                          f"{md_escape(run.spec.backbone)} · started by "
                          f"{md_escape(run.started_by or 'anonymous')}")
-        # This panel refreshes every second or so: a refusal shown on click would vanish
-        # with the next refresh, so who may not cancel sees the button disabled, and why.
-        refused = access.refusal("cancel_run", project, run)
-        if cols[1].button("Cancel run", key=f"cancel_{run.id}", icon=":material/stop:",
-                          disabled=run.cancel_requested or refused is not None,
-                          help=md_escape(refused) if refused else None,
-                          ) and access.permit("cancel_run", project, run):
+        if access.guarded_button(cols[1], "Cancel run", "cancel_run", project, run,
+                                 disabled=run.cancel_requested, key=f"cancel_{run.id}",
+                                 icon=":material/stop:"):
             with state.engine_errors():
                 tle.cancel_run(ws, run.id)
                 st.rerun()
