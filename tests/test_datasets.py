@@ -410,6 +410,29 @@ def test_reingest_returns_the_same_dataset_without_a_new_row(workspace, tmp_path
     assert dataset_rows(workspace) == 2
 
 
+def test_images_already_stored_are_read_again_with_the_same_facts(workspace, tmp_path,
+                                                                  monkeypatch) -> None:
+    root = make_classes(tmp_path / "src", {"a": 2, "b": 2})
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.new("RGB", (90, 40), (0, 90, 200)).save(root / "a" / "sideways.jpg", exif=exif)
+    write(root / "b" / "big.png", image_bytes("PNG", size=(700, 300)))
+    first = ingest_folder(workspace, root, project="first")
+
+    # Stored images are known by their content: the second ingest reads JPEG headers only.
+    again = ingest_folder(workspace, root, project="again")
+    assert again.records == first.records and again.report == first.report
+    (sideways,) = [r for r in again.records if r.filename == "a/sideways.jpg"]
+    assert (sideways.width, sideways.height) == (40, 90)
+
+    # The size limit in force still applies to an image the workspace already holds.
+    monkeypatch.setenv("TL_MAX_IMAGE_PIXELS", "3000")
+    limited = ingest_folder(workspace, root, project="limited")
+    refused = {item["file"]: item["reason"] for item in limited.report["unreadable"]}
+    assert "3,600 pixels, over the limit of 3,000" in refused["a/sideways.jpg"]
+    assert "210,000 pixels" in refused["b/big.png"]
+
+
 def test_load_list_and_delete(workspace, tmp_path) -> None:
     older = ingest_folder(workspace, make_classes(tmp_path / "one", {"a": 2, "b": 2}))
     newer = ingest_folder(workspace, make_classes(tmp_path / "two", {"c": 2, "d": 3}))

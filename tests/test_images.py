@@ -15,6 +15,7 @@ from tl_engine.errors import DatasetError, SpecError
 from tl_engine.images import (
     STORED_MAX_SIDE,
     ImageRejected,
+    header_size,
     load_rgb_array,
     open_rgb,
     prepare,
@@ -112,6 +113,25 @@ def test_exif_orientation_turns_the_image_upright() -> None:
     assert close(upright.getpixel((15, 55)), BLUE, 30)
     prepared = prepare(data, "phone.jpg")
     assert (prepared.original_width, prepared.original_height) == (30, 60)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_header_gives_the_size_prepare_reports(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.new("RGB", (60, 30), BLUE), "JPEG", exif=exif)
+    prepared = prepare(data, "phone.jpg")
+    assert header_size(data, "phone.jpg") == (prepared.original_width,
+                                              prepared.original_height)
+
+
+def test_only_a_jpeg_header_is_read_for_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A PNG's EXIF block may follow its pixels: its size is left to a full decode.
+    assert header_size(encode(Image.new("RGB", (8, 8)), "PNG"), "a.png") is None
+    assert header_size(b"not an image", "a.jpg") is None
+    monkeypatch.setenv("TL_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(ImageRejected, match="1,800 pixels, over the limit of 1,000"):
+        header_size(encode(Image.new("RGB", (60, 30)), "JPEG"), "wide.jpg")
 
 
 def test_cmyk_jpeg_converts_to_matching_rgb() -> None:

@@ -194,6 +194,25 @@ def prepare(data: bytes, name: str, max_side: int | None = STORED_MAX_SIDE) -> P
     return Prepared(image, width, height, fmt)
 
 
+def header_size(data: bytes, name: str) -> tuple[int, int] | None:
+    """The upright size `prepare` reports for a JPEG, read from its header without decoding
+    a pixel; None for other formats, whose EXIF may follow the pixels. The pixel limit in
+    force is checked as `prepare` checks it (ImageRejected above it)."""
+    limit = max_image_pixels()
+    try:
+        img = Image.open(io.BytesIO(data), formats=("JPEG",))
+    except Exception:  # not a JPEG, or a header `prepare` would judge: let it
+        return None
+    with img:
+        if img.format not in ("JPEG", "MPO"):
+            return None
+        width, height = img.size
+        _check_pixels(name, width, height, limit)
+        if _orientation(img) in _QUARTER_TURNS:
+            width, height = height, width
+    return width, height
+
+
 def load_rgb_array(
     source: str | os.PathLike[str] | bytes,
     name: str | None = None,

@@ -15,6 +15,7 @@ from ..images import (
     ImageRejected,
     MemoryBudget,
     decode_budget_bytes,
+    header_size,
     max_image_pixels,
     prepare,
     to_jpeg_bytes,
@@ -118,15 +119,20 @@ def _decode_one(
         with reading.hold(candidate.size, READ_BUDGET_BYTES):
             data = candidate.read()
             content_hash = hashlib.sha256(data).hexdigest()
+            target = ws.image_path(content_hash) if ws is not None else None
+            # Content-addressed: stored pixels mean these very bytes were decoded and
+            # accepted before, so a JPEG's header says all that is left to know (the size
+            # limit in force is checked again). Re-ingesting a folder costs no decoding.
+            known = header_size(data, candidate.filename) if target and target.exists() else None
+            if known is not None:
+                return _Decoded(content_hash, *known)
             prepared = prepare(data, candidate.filename)
             del data
     except ImageRejected as exc:
         return exc.reason
     except _Unreadable as exc:
         return str(exc)
-    if ws is not None:
-        target = ws.image_path(content_hash)
-        # Content-addressed: the same bytes always give the same stored pixels.
-        if not target.exists():
-            ws.write_bytes_atomic(target, to_jpeg_bytes(prepared.image))
+    if target is not None and not target.exists():
+        # The same bytes always give the same stored pixels.
+        ws.write_bytes_atomic(target, to_jpeg_bytes(prepared.image))
     return _Decoded(content_hash, prepared.original_width, prepared.original_height)
