@@ -27,6 +27,9 @@ with st.sidebar:
     if project and st.query_params.get("project") != project:
         # Page switches drop the query string; put the project back so links stay shareable.
         st.query_params["project"] = project
+    if project and "dataset" not in st.query_params and (
+            dataset := state.chosen_dataset_id()):
+        st.query_params["dataset"] = dataset  # as the project: dropped by a page switch
     if auth.mode() == "none":
         widgets.user_name_field()
     else:

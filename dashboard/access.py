@@ -59,14 +59,14 @@ def permit(action: str, project: str, run: tle.RunRecord | None = None) -> bool:
 
 def guarded_button(where: Any, label: str, action: str, project: str,
                    run: tle.RunRecord | None = None, *, disabled: bool = False,
-                   **button: Any) -> bool:
-    """A button for `action` in a part of the page that refreshes itself, where a refusal
-    shown on click would vanish with the next refresh: who may not do it sees the button
-    disabled, with the reason as its help. True when clicked and permitted (a click still
-    passes `permit`)."""
+                   help: str | None = None, **button: Any) -> bool:
+    """A button for `action` that who may not do it sees disabled, with the reason as its
+    help (`help` otherwise): told before they try, and in a part of the page that refreshes
+    itself, a refusal shown on click would vanish with the next refresh. True when clicked
+    and permitted (a click still passes `permit`)."""
     reason = refusal(action, project, run)
     clicked = where.button(label, disabled=disabled or reason is not None,
-                           help=md_escape(reason) if reason else None, **button)
+                           help=md_escape(reason) if reason else help, **button)
     return clicked and permit(action, project, run)
 
 
@@ -122,8 +122,12 @@ def members_panel(project: str) -> None:
     with st.container(border=True):
         st.markdown("**Members**")
         if mine is not None:
-            st.caption(f"Your role here: {mine.value}. Viewers see, predict and export; "
-                       "editors also upload, train and delete their own runs.")
+            # An administrator who also belongs to the project is named by the listed role.
+            listed = next((p.role for p in people if p.name == identity().name), None)
+            shown = f"{listed.value}, and you administer this instance" if (
+                listed is not None and mine is tle.Role.ADMIN) else mine.value
+            st.caption(f"Your role here: {md_escape(shown)}. Viewers see, predict and "
+                       "export; editors also upload, train and delete their own runs.")
         if not people:
             st.caption("No members yet: only admins see this project.")
         for person in people:

@@ -76,8 +76,9 @@ def label_issues_section(ws: tle.Workspace, project: str, dataset: tle.Dataset
                    "of your Model page) predicts each image without seeing its label; images "
                    "whose label the probe confidently disagrees with are listed with the "
                    "label it suggests (confident learning). It also draws the map below.")
-        if st.button("Find label issues", key="label_issues_start", type="primary",
-                     icon=":material/search:"):
+        if access.guarded_button(st, "Find label issues", "analyse_dataset", project,
+                                 key="label_issues_start", type="primary",
+                                 icon=":material/search:"):
             _start(ws, project, dataset)
         return None
     if job.is_active:

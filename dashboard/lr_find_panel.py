@@ -87,7 +87,8 @@ def render(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -
             f"({md_escape(plan[0].trainable_text)}) with the rate rising from "
             f"{lr_find.START_LR:g} to {lr_find.END_LR:g}; the suggestion is where the "
             "smoothed loss falls fastest. Later phases scale it by their factor.")
-        if st.button("Find a learning rate", key="lr_find_start", icon=":material/search:"):
+        if access.guarded_button(st, "Find a learning rate", "train", project,
+                                 key="lr_find_start", icon=":material/search:"):
             _start(ws, project, dataset, draft)
         run = None
         with state.engine_errors():  # settings the form has not validated yet

@@ -116,10 +116,9 @@ def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: 
                "alone, in seconds once features are cached, before any training — each with "
                "random weights beside it, to show what the pretraining is worth here.")
     cols = st.columns([0.3, 0.7], vertical_alignment="center")
-    if cols[0].button(f"Probe {len(choices)} models", key="probe_start",
-                      icon=":material/query_stats:",
-                      help="; ".join(_choice_text(c) for c in choices)) and access.permit(
-                          "train", project):
+    if access.guarded_button(cols[0], f"Probe {len(choices)} models", "train", project,
+                             key="probe_start", icon=":material/query_stats:",
+                             help="; ".join(_choice_text(c) for c in choices)):
         with state.engine_errors():
             tle.submit_probes(ws, project, dataset.id, choices, started_by=state.user_name())
             st.rerun()

@@ -23,6 +23,7 @@ DRAFT_OWNER_KEY = "spec_draft_owner"
 SETTING_WIDGET_PREFIXES = ("model_", "freeze_", "train_")
 USER_KEY = "user_name"
 USER_COOKIE = "tl_user"
+DATASET_KEY = "dataset_id"
 
 
 @st.cache_resource(show_spinner=False)
@@ -123,7 +124,14 @@ def current_project() -> str | None:
 def set_project(name: str) -> None:
     st.session_state["project"] = name
     st.query_params["project"] = name
-    st.session_state.pop("dataset_id", None)
+    st.session_state.pop(DATASET_KEY, None)
+    st.query_params.pop("dataset", None)
+
+
+def arrived_at_project(name: str) -> None:
+    """A link named the project: remember it; the dataset the link names (if any) stays."""
+    st.session_state["project"] = name
+    st.session_state.pop(DATASET_KEY, None)  # chosen in another project
 
 
 def require_project() -> str:
@@ -137,17 +145,29 @@ def require_project() -> str:
 
 
 def current_dataset(project: str) -> tle.Dataset | None:
-    """The dataset chosen in this session, else the project's newest one."""
+    """The dataset chosen (kept in the URL, so a reload or a shared link trains on the same
+    one, and in the session, for page switches that drop the URL), else the project's
+    newest one."""
     ws = workspace()
     datasets = tle.list_datasets(ws, project)
     if not datasets:
         return None
-    chosen = st.session_state.get("dataset_id")
-    return next((d for d in datasets if d.id == chosen), datasets[0])
+    chosen = st.query_params.get("dataset") or st.session_state.get(DATASET_KEY)
+    found = next((d for d in datasets if d.id == chosen), None)
+    if found is None:
+        return datasets[0]
+    st.session_state[DATASET_KEY] = found.id
+    return found
 
 
 def set_dataset(dataset_id: str) -> None:
-    st.session_state["dataset_id"] = dataset_id
+    st.session_state[DATASET_KEY] = dataset_id
+    st.query_params["dataset"] = dataset_id
+
+
+def chosen_dataset_id() -> str | None:
+    """The dataset chosen in this session, for the URL after a page switch."""
+    return st.session_state.get(DATASET_KEY)
 
 
 def current_run_id() -> str | None:

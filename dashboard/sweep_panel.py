@@ -28,7 +28,8 @@ def sweep_table(result: sweep.SweepResult) -> pd.DataFrame:
         "": "★" if winner is not None and row.run_id == winner.run_id else "",
         "Strategy": row.label,
         "Weights": "random init" if row.weights == "none" else row.weights,
-        "Val accuracy": row.val_accuracy,
+        # In percent, one decimal, as the Runs table shows accuracies.
+        "Val accuracy": None if row.val_accuracy is None else 100.0 * row.val_accuracy,
         "Time": format_duration(row.seconds) if row.seconds is not None else "",
         "Run": row.run_id,
         "Status": row.status,
@@ -85,47 +86,96 @@ def live_sweep(ws: tle.Workspace, sweep_id: str, seen: tuple[tuple[str, str], ..
     st.progress(min(1.0, fraction), text=md_escape(text))
 
 
+def _sweep_entries(draft: dict) -> list[sweep.SweepEntry]:
+    """The strategies a sweep of the draft trains. Choosing the partial depths builds the
+    backbone (TensorFlow's import, the first time in the server): set up as the worker does
+    it, with a spinner."""
+    state.device()
+    with st.spinner("Building the backbone…"):
+        return sweep.sweep_entries(draft)
+
+
+def _start_panel(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -> None:
+    entries = _sweep_entries(draft)
+    st.caption(
+        f"Trains **{md_escape(draft['backbone'])}** on **{md_escape(dataset.name)}** with "
+        f"every freeze strategy ({_epochs(entries[0].spec.epochs)} each, your draft's other "
+        "settings), and the same network from random weights as the baseline. Pretrained "
+        "layers fine-tune at a tenth of the head's learning rate. Runs already trained are "
+        "reused.")
+    if access.guarded_button(st, f"Sweep {len(entries)} strategies", "train", project,
+                             key="sweep_start", icon=":material/compare_arrows:",
+                             help="; ".join(e.label for e in entries)):
+        _start(ws, project, dataset, draft)
+
+
+def _shown_sweep(results: Mapping[str, sweep.SweepResult], names: Mapping[str, str],
+                 dataset: tle.Dataset) -> str:
+    """The sweep to show: the one this session started or picked, else the newest on the
+    current dataset, else the project's newest; a picker when there are several."""
+    sweeps = list(results)
+    shown = st.session_state.get(SWEEP_KEY)
+    if shown not in results:
+        shown = next((s for s in sweeps if results[s].dataset_id == dataset.id), sweeps[0])
+    if len(sweeps) > 1:
+        shown = st.selectbox(
+            "Sweep", sweeps, index=sweeps.index(shown), key="sweep_pick",
+            format_func=lambda s: f"{results[s].backbone} on "
+            f"{names.get(results[s].dataset_id, results[s].dataset_id)} · "
+            f"{format_time(results[s].created_at)} · {s}")
+    st.session_state[SWEEP_KEY] = shown
+    return shown
+
+
+def _about(result: sweep.SweepResult, dataset_name: str) -> str:
+    """What the shown sweep trained, from its own runs (not the reader's draft)."""
+    text = f"{result.backbone} on {dataset_name}"
+    if result.epochs:
+        text += f", {_epochs(result.epochs)} per strategy"
+    if result.started_by:
+        text += f", started by {result.started_by}"
+    return text + f", {format_time(result.created_at)}."
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch" + ("" if count == 1 else "s")
+
+
+def _no_comparison_text(result: sweep.SweepResult) -> str:
+    baseline = result.baseline
+    if baseline is not None and baseline.status != tle.RunStatus.COMPLETED:
+        return (f"The from-scratch run {baseline.run_id} is {baseline.status}, so what "
+                "transfer learning bought cannot be said: sweep again to train it.")
+    return ("No pretrained run of this sweep completed, so there is no winner: sweep "
+            "again to train them.")
+
+
 def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: dict) -> None:
     st.header("Strategy sweep")
     if dataset is None:
         st.caption("Add a dataset to compare freeze strategies on it.")
         return
-    entries = sweep.sweep_entries(draft)
-    epochs = entries[0].spec.epochs
-    st.caption(
-        f"Trains **{md_escape(draft['backbone'])}** on **{md_escape(dataset.name)}** with "
-        f"every freeze strategy ({epochs} epochs each, the draft's other settings), and the "
-        "same network from random weights as the baseline. Pretrained layers fine-tune at "
-        "a tenth of the head's learning rate. Runs already trained are reused.")
-    if st.button(f"Sweep {len(entries)} strategies", key="sweep_start",
-                 icon=":material/compare_arrows:",
-                 help="; ".join(e.label for e in entries)):
-        _start(ws, project, dataset, draft)
-    sweeps = sweep.list_sweeps(ws, project, dataset.id)
-    if not sweeps:
-        st.caption("No sweep on this dataset yet.")
+    _start_panel(ws, project, dataset, draft)
+    results = {s: sweep.sweep_result(ws, s) for s in sweep.list_sweeps(ws, project)}
+    if not results:
+        st.caption("No sweep in this project yet.")
         return
-    shown = st.session_state.get(SWEEP_KEY)
-    if shown not in sweeps:
-        shown = sweeps[0]
-    if len(sweeps) > 1:
-        results = {s: sweep.sweep_result(ws, s) for s in sweeps}
-        shown = st.selectbox(
-            "Sweep", sweeps, index=sweeps.index(shown), key="sweep_pick",
-            format_func=lambda s: f"{results[s].backbone} · {format_time(results[s].created_at)}"
-            f" · {s}")
-    st.session_state[SWEEP_KEY] = shown
-    result = sweep.sweep_result(ws, shown)
+    names = {d.id: d.name for d in tle.list_datasets(ws, project)}
+    shown = _shown_sweep(results, names, dataset)
+    result = results[shown]
+    st.caption(md_escape(_about(result, names.get(result.dataset_id, result.dataset_id))))
     seen = tuple((r.run_id, r.status) for r in result.rows)
     if result.active:  # polls the store only while the sweep's runs wait or train
         st.fragment(live_sweep, run_every=POLL_S)(ws, shown, seen)
     st.dataframe(sweep_table(result), hide_index=True, width="stretch", column_config={
-        "Val accuracy": st.column_config.NumberColumn("Val accuracy", format="percent")})
+        "Val accuracy": st.column_config.NumberColumn("Val accuracy", format="%.1f%%")})
     if result.sentence:
         st.success(md_escape(result.sentence), icon=":material/emoji_events:")
-    elif not result.active:
+    elif result.active:
         st.caption("The winner and what transfer learning bought show once a pretrained run "
                    "and the from-scratch run have completed.")
+    else:
+        st.caption(md_escape(_no_comparison_text(result)))
     curves = {row.label: tle.run_metrics(ws, row.run_id) for row in result.rows
               if row.status == tle.RunStatus.COMPLETED}
     if curves:

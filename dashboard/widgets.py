@@ -150,7 +150,7 @@ def project_picker() -> str | None:
     current = state.current_project()
     if current and st.session_state.get("project") != current:
         # Arrived through a link: remember the project for when page switches drop the URL.
-        state.set_project(current)
+        state.arrived_at_project(current)
     if projects:
         # No key: the box follows the current project however it changed (Home, the URL).
         choice = st.selectbox("Project", projects, placeholder="Choose a project",

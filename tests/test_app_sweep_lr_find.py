@@ -6,11 +6,12 @@ and "Use this learning rate" puts its suggestion into the draft and the form."""
 
 from __future__ import annotations
 
-from conftest import PROJECT_ROOT, texts
+from conftest import PROJECT_ROOT, texts, write_color_classes
 from streamlit.testing.v1 import AppTest
 
 import tl_engine as tle
 from dashboard import controls
+from dashboard.text import md_escape
 from tl_engine import lr_find, sweep
 from tl_engine.jobs import wait_for_run
 
@@ -30,10 +31,10 @@ def open_page(monkeypatch, ws: tle.Workspace, page: str) -> AppTest:
 
 
 def test_runs_page_sweep_button_queues_every_strategy_with_live_status(monkeypatch, demo_ws,
-                                                                      keras_home):
+                                                                      keras_home, tmp_path):
     at = open_page(monkeypatch, demo_ws, "views/runs.py")
     assert "Strategy sweep" in texts(at.header)
-    assert "No sweep on this dataset yet." in texts(at.caption)
+    assert "No sweep in this project yet." in texts(at.caption)
     start = at.button(key="sweep_start")
     assert start.label == "Sweep 7 strategies"
 
@@ -57,7 +58,22 @@ def test_runs_page_sweep_button_queues_every_strategy_with_live_status(monkeypat
     at.run()
     assert not at.exception, at.exception
     assert not any("strategies trained" in str(p.proto.text) for p in at.get("progress"))
-    assert "The winner and what transfer learning bought show once" in texts(at.caption)
+    baseline = result.rows[-1].run_id
+    assert md_escape(f"The from-scratch run {baseline} is cancelled, so what transfer learning "
+                     "bought cannot be said: sweep again to train it.") in texts(at.caption)
+
+    # A newer dataset and other settings: the sweep stays, described by its own runs.
+    newer = tle.ingest_folder(demo_ws, write_color_classes(
+        tmp_path / "newer", {"dark": (30, 30, 30), "light": (220, 220, 220)}, per_class=4, seed=5),
+                              project="demo", name="newer photos")
+    at.session_state["spec_draft"] = tle.RunSpec(**{**DRAFT, "epochs": 4}).to_dict()
+    at.run()
+    assert not at.exception, at.exception
+    captions = texts(at.caption)
+    assert f"on **{newer.name}** with every freeze strategy (4 epochs each" in captions
+    assert f"MobileNetV2-0.35 on {dataset.name}, 1 epoch per strategy" in captions
+    table = next(df.value for df in at.dataframe if "Strategy" in df.value.columns)
+    assert list(table["Run"]) == [row.run_id for row in result.rows]
 
 
 def test_training_page_lr_find_and_use(monkeypatch, demo_ws, keras_home):

@@ -447,9 +447,10 @@ def test_training_actions_need_the_editor_role_and_ones_own_run(monkeypatch, tea
     try:
         at = open_as(monkeypatch, team_root, "vera", "views/training.py", project="demo",
                      run=run_id)
-        at.button(key="FormSubmitter:train_form-Start training").click().run()
-        assert "Starting a training run in project “demo” needs the editor role" in texts(
-            at.error)
+        # Told before trying: Start training is disabled for a viewer, with the reason.
+        start = at.button(key="FormSubmitter:train_form-Start training")
+        assert start.disabled
+        assert "Starting a training run in project “demo” needs the editor role" in start.help
         assert len(tle.list_runs(ws, "demo")) == runs_before
         # The live panel refreshes itself: the button is disabled and says why, rather
         # than refuse on click and have the refusal vanish with the next refresh.
@@ -493,6 +494,9 @@ def test_runs_page_deletes_only_with_the_right_role(monkeypatch, team_root):
     assert "Deleting a run in project “demo” needs the editor role" in texts(viewer.error)
     # Viewers still export: the small files are ready at once.
     assert {"dl_labels", "dl_card"} <= {b.key for b in viewer.get("download_button")}
+    # The sweep is offered disabled, saying why, not refused after a click.
+    sweep = viewer.button(key="sweep_start")
+    assert sweep.disabled and "needs the editor role" in sweep.help
     assert "only they, the project's owner or an admin" in texts(
         delete("eddie", completed.id).error)
     assert tle.get_run(ws, completed.id).status == "completed"

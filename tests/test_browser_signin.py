@@ -233,7 +233,8 @@ def test_oidc_sign_in_through_the_organisations_provider(tmp_path, oidc_provider
         expect(sidebar.get_by_text("Signed in · admin")).to_be_visible()  # TL_ADMINS
         expect(sidebar.get_by_label("Your name")).to_have_count(0)
         _create_project(page, "Bolts")
-        expect(page.get_by_text("Your role here: admin")).to_be_visible()
+        expect(page.get_by_text("Your role here: owner, and you administer this instance")
+               ).to_be_visible()
         _shot(page, "signin-05-oidc-signed-in")
 
         # Signing out ends the provider's session too (its end-session page), then back here.

@@ -91,6 +91,29 @@ def test_the_name_is_kept_in_the_url(monkeypatch, demo_ws):
     assert at.text_input(key="user_name").value == "Ann Lee"
 
 
+def test_the_chosen_dataset_is_kept_in_the_url(monkeypatch, demo_ws, tmp_path):
+    older = tle.list_datasets(demo_ws, "demo")[0]
+    newer = tle.ingest_folder(demo_ws, write_color_classes(
+        tmp_path / "newer", {"dark": (30, 30, 30), "light": (220, 220, 220)}, per_class=4),
+        project="demo", name="newer photos")
+    at = open_app(monkeypatch, demo_ws.root, "views/dataset.py", project="demo")
+    assert at.selectbox(key="dataset_pick").value == newer.id  # the newest by default
+    at.selectbox(key="dataset_pick").select(older.id).run()
+    assert at.query_params["dataset"] == older.id
+    at.switch_page("views/training.py").run()  # a page switch keeps the choice in the URL
+    assert at.query_params["dataset"] == older.id
+    assert f"**Dataset** &nbsp; {older.name} · 30 images" in all_markdown(at)
+
+    # A reload (a new session, only the URL) trains on the same dataset, not the newest.
+    reloaded = open_app(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+                        dataset=older.id)
+    assert f"**Dataset** &nbsp; {older.name} · 30 images" in all_markdown(reloaded)
+    # Another project's (or a deleted) dataset in a link falls back to the newest.
+    stranger = open_app(monkeypatch, demo_ws.root, "views/training.py", project="demo",
+                        dataset="d000000000000")
+    assert f"**Dataset** &nbsp; {newer.name} · 8 images" in all_markdown(stranger)
+
+
 @pytest.mark.bad_input
 def test_training_page_shows_my_run_and_lists_others_with_their_names(monkeypatch, demo_ws):
     (dataset,) = tle.list_datasets(demo_ws, "demo")

@@ -318,6 +318,31 @@ def test_cli_predict_and_export_name_a_damaged_model_file(damaged_model, tmp_pat
         assert not out.exists()
 
 
+def test_a_run_whose_model_is_damaged_is_trained_again_not_reused(damaged_model, hostile):
+    ws, run_id, model = damaged_model
+    run = tle.get_run(ws, run_id)
+    # The copy lives elsewhere: the model is named where it is now, not where it was made.
+    assert run.summary["model_path"] == str(model)
+    with hostile.injected("truncated model.keras, the same run asked for again"):
+        again = tle.submit_run(ws, "demo", run.dataset_id, run.spec, start_worker=False)
+        assert not again.cached and again.run_id != run_id and again.status == "queued"
+        # Asked for once more, the new run is what stands in, not a third.
+        assert tle.submit_run(ws, "demo", run.dataset_id, run.spec,
+                              start_worker=False).run_id == again.run_id
+    tle.cancel_run(ws, again.run_id)
+
+
+def test_explain_writes_only_a_png(trained_workspace, tmp_path, hostile):
+    ws, _, run = trained_workspace
+    image = tmp_path / "red.jpg"
+    image.write_bytes(_jpeg((200, 40, 40), 1))
+    with hostile.input("explain --out with a .jpg name"):
+        line = _one_line_error(_cli("--workspace", str(ws.root), "explain", "--run", run.id,
+                                    str(image), "--out", str(tmp_path / "heat.jpg")))
+        assert "The heat map is written as a PNG: name --out with .png" in line
+        assert not (tmp_path / "heat.jpg").exists()
+
+
 def test_the_engine_and_the_prediction_page_name_a_damaged_model_file(damaged_model,
                                                                      monkeypatch, hostile):
     from streamlit.testing.v1 import AppTest

@@ -13,6 +13,7 @@ import tl_engine as tle
 from tl_engine import job_kinds, runs
 from tl_engine.errors import TLError
 from tl_engine.jobs import INTERRUPTED_ERROR, interrupt_orphans, submit_job, worker_main
+from tl_engine.progress import Progress
 from tl_engine.runs import RunStatus
 from tl_engine.spec import RunSpec
 from tl_engine.store import Workspace
@@ -97,6 +98,8 @@ def test_claim_takes_the_oldest_queued_run(workspace, tiny_dataset):
 def test_a_running_run_without_a_worker_is_interrupted_and_requeued(workspace, tiny_dataset):
     run_id = _queue(workspace, tiny_dataset)
     runs.claim_next_run(workspace, worker_pid=4242)  # a worker that then died
+    runs.heartbeat(workspace, run_id,
+                   Progress(phase="head", epoch=3, epochs=12, logs={"loss": 1.7}))
     runs.request_cancel(workspace, run_id)
     assert interrupt_orphans(workspace) == [run_id]  # nobody holds the training slot
     run = runs.get_run(workspace, run_id)
@@ -108,6 +111,8 @@ def test_a_running_run_without_a_worker_is_interrupted_and_requeued(workspace, t
     run = runs.get_run(workspace, run_id)
     assert run.status == "queued" and run.error is None and run.finished_at is None
     assert not run.cancel_requested
+    # The stopped attempt's epoch, loss and ETA are not shown as the resumed one's.
+    assert run.progress == Progress()
     assert _run_file(workspace, run_id)["status"] == "queued"
     assert runs.queue_position(workspace, run_id) == 1
 

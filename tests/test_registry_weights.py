@@ -97,10 +97,16 @@ def test_local_weights_file_and_random_init(tmp_path, shared_dir):
     assert weights_identity(entry, "none", 1) != weights_identity(entry, "none", 2)
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         weights_identity(entry, str(tmp_path / "nope.h5"), 1)
+    # A file that is no weights file is refused where the run is asked for.
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not weights\n")
+    with pytest.raises(WeightsUnavailable, match="junk.h5 is not a readable HDF5 weights file"):
+        weights_identity(entry, str(junk), 1)
     wrong = tmp_path / "wrong.weights.h5"
     get_backbone("MobileNet-0.25").build(224).save_weights(wrong)
-    with pytest.raises(WeightsUnavailable, match="does not fit MobileNetV2-1.0"):
+    with pytest.raises(WeightsUnavailable, match="does not fit MobileNetV2-1.0") as caught:
         load_backbone(entry, str(wrong), 96)
+    assert ".." not in str(caught.value)
 
 
 def _cli(*args: str, workspace=None) -> subprocess.CompletedProcess:

@@ -144,9 +144,24 @@ def test_a_train_refused_for_its_settings_or_data_leaves_nothing_behind(tmp_path
     assert not root.exists()  # settings are checked before anything is made
     for data in (single, tmp_path / "nowhere"):
         refused = _cli("train", "--data", str(data), "--project", "p1", "--workspace",
-                       str(root))
+                       str(root), "--json")
         assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        # With --json the reason is the last stdout line too, for scripts that read it.
+        reason = refused.stderr.strip().removeprefix("error: ")
+        assert json.loads(refused.stdout.splitlines()[-1]) == {"error": reason,
+                                                                "exit_code": 2}
         assert Workspace(root).list_projects() == []  # no empty project left behind
+
+    # A workspace path taken by a file is named, with what to do; nothing is written.
+    taken = tmp_path / "taken"
+    taken.write_text("a file\n")
+    for command in (["train", "--data", str(good)], ["runs"], ["label-issues", "--data",
+                                                               str(good)]):
+        refused = _cli(*command, "--workspace", str(taken))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, command
+        assert f"Cannot use {taken} as a workspace" in refused.stderr or (
+            f"No workspace at {taken}" in refused.stderr), command
+    assert taken.read_text() == "a file\n"
 
 
 def test_export_never_overwrites_a_users_folder(trained_workspace, tmp_path):

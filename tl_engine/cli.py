@@ -366,6 +366,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     resume_run(ws, args.run)
     run = wait_for_run(ws, args.run) if args.wait else None
     print(run.status if run else RunStatus.QUEUED)
+    if run is not None and run.status != RunStatus.COMPLETED:
+        if run.error:
+            print(f"error: {run.error}", file=sys.stderr)
+        return 1  # as `train`: a script tells a run that failed again from one that finished
     return 0
 
 
@@ -516,6 +520,15 @@ def require_workspace(args: argparse.Namespace) -> None:
                   "`train` starts a new one.")
 
 
+def _refused(args: argparse.Namespace, message: str) -> int:
+    """A command refused for its input: the message on stderr, and with --json also as the
+    last stdout line, so a script that reads that line learns why."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_json({"error": message, "exit_code": 2})
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -526,11 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             require_workspace(args)
         return int(args.func(args))
     except TLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _refused(args, str(exc))
     except PermissionError as exc:  # a read-only workspace or --out folder
-        print(f"error: cannot write {exc.filename or ''}: permission denied", file=sys.stderr)
-        return 2
+        return _refused(args, f"cannot write {exc.filename or ''}: permission denied")
     except KeyboardInterrupt:
         print("interrupted: a started run keeps training in its worker", file=sys.stderr)
         return 130

@@ -221,6 +221,9 @@ def write_explanation(ws: Workspace, run_id: str, image: str | Path, out: str | 
     `out` must lie outside the workspace and not exist unless `overwrite` is set."""
     from .export import _checked_destination
 
+    if Path(out).suffix.lower() != ".png":  # never PNG bytes under another format's name
+        raise SpecError(f"The heat map is written as a PNG: name --out with .png, not "
+                      f"{Path(out).name!r}.")
     destination = _checked_destination(ws, Path(out), "heat map", overwrite)
     explanation = explain_image(ws, run_id, str(image), class_name)
     destination.parent.mkdir(parents=True, exist_ok=True)

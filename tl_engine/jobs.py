@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import subprocess
 import sys
@@ -154,13 +155,27 @@ def submit_job(
         require_imagenet(entry)  # fail now, in the caller, not minutes later in the worker
     key = cache_key(spec, identity, dataset.content_hash)
     recover_interrupted(ws)
-    run_id, status, added = runs.queue_run(ws, project, dataset_id, spec, key, kind=kind,
-                                           started_by=started_by, reuse=not force)
+    run_id, status, added = runs.queue_run(
+        ws, project, dataset_id, spec, key, kind=kind, started_by=started_by,
+        reuse=not force,
+        unusable=functools.partial(_model_damaged, ws) if kind == DEFAULT_KIND else None)
     if not added:  # an equal run completed or is on its way
         return Submission(run_id, status == RunStatus.COMPLETED, status)
     if start_worker:
         ensure_worker(ws)
     return Submission(run_id, False, status)
+
+
+def _model_damaged(ws: Workspace, run_id: str) -> bool:
+    """Whether a completed training run's model file is missing or damaged: such a run
+    cannot stand in for the run asked for, which is trained again instead."""
+    from .model_file import checked_model_path
+
+    try:
+        checked_model_path(ws, run_id)
+    except TLError:
+        return True
+    return False
 
 
 def cancel_run(ws: Workspace, run_id: str) -> RunStatus:

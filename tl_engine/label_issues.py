@@ -205,7 +205,7 @@ def latest_label_issues(ws: Workspace, dataset_id: str) -> RunRecord | None:
     rows = ws.query("SELECT * FROM runs WHERE dataset_id = ? ORDER BY created_at DESC",
                     (dataset_id,))
     # Kinds filtered here, not in SQL: a read-only workspace's index may lack the column.
-    jobs = [run for run in map(runs._record, rows) if run.kind == KIND]
+    jobs = [run for run in (runs._record(ws, row) for row in rows) if run.kind == KIND]
     done = [run for run in jobs if run.status == RunStatus.COMPLETED]
     return (done or jobs or [None])[0]
 

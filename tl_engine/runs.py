@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,10 @@ class RunRecord:
         }
 
 
-def _record(row: Any) -> RunRecord:
+def _record(ws: Workspace, row: Any) -> RunRecord:
+    summary = json.loads(row["summary_json"] or "{}")
+    if summary.get("model_path"):  # where it is now: the workspace may have moved since
+        summary["model_path"] = str(ws.run_dir(row["id"]) / Path(summary["model_path"]).name)
     return RunRecord(
         id=row["id"],
         project=row["project"],
@@ -134,7 +138,7 @@ def _record(row: Any) -> RunRecord:
         heartbeat_at=row["heartbeat_at"],
         worker_pid=row["worker_pid"],
         progress=Progress.from_dict(json.loads(row["progress_json"] or "{}")),
-        summary=json.loads(row["summary_json"] or "{}"),
+        summary=summary,
         error=row["error"],
         cancel_requested=bool(row["cancel_requested"]),
         # A read-only workspace's index may predate the column; its runs all trained.
@@ -146,7 +150,7 @@ def get_run(ws: Workspace, run_id: str) -> RunRecord:
     rows = ws.query("SELECT * FROM runs WHERE id = ?", (run_id,))
     if not rows:
         raise NotFound(f"Run {run_id!r} is not in workspace {ws.root}: list runs with `runs`.")
-    return _record(rows[0])
+    return _record(ws, rows[0])
 
 
 def list_runs(ws: Workspace, project: str | None = None,
@@ -158,7 +162,7 @@ def list_runs(ws: Workspace, project: str | None = None,
     else:
         rows = ws.query("SELECT * FROM runs WHERE project = ? ORDER BY created_at DESC", (project,))
     # Filtered here, not in SQL: a read-only workspace's index may lack the kind column.
-    return [r for r in map(_record, rows) if kind is None or r.kind == kind]
+    return [r for r in (_record(ws, row) for row in rows) if kind is None or r.kind == kind]
 
 
 def run_metrics(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
@@ -212,7 +216,7 @@ def queue_position(ws: Workspace, run_id: str) -> int | None:
 def running_run(ws: Workspace) -> RunRecord | None:
     rows = ws.query("SELECT * FROM runs WHERE status = ? ORDER BY started_at LIMIT 1",
                     (RunStatus.RUNNING,))
-    return _record(rows[0]) if rows else None
+    return _record(ws, rows[0]) if rows else None
 
 
 def active_runs(ws: Workspace, project: str, kind: str | None = DEFAULT_KIND) -> list[RunRecord]:
@@ -222,7 +226,7 @@ def active_runs(ws: Workspace, project: str, kind: str | None = DEFAULT_KIND) ->
         "SELECT * FROM runs WHERE project = ? AND status IN (?, ?) ORDER BY created_at",
         (project, *ACTIVE),
     )
-    return [r for r in map(_record, rows) if kind is None or r.kind == kind]
+    return [r for r in (_record(ws, row) for row in rows) if kind is None or r.kind == kind]
 
 
 def evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:
@@ -275,19 +279,23 @@ def queue_run(
     kind: str = DEFAULT_KIND,
     started_by: str | None = None,
     reuse: bool = True,
+    unusable: Callable[[str], bool] | None = None,
 ) -> tuple[str, RunStatus, bool]:
     """A new queued run, or with `reuse` the project's run of the same kind and cache key
-    that completed or is on its way (completed first, then the newest): its id, its
-    status and whether it was added now."""
+    that completed or is on its way (completed first, then the newest; a completed run
+    `unusable` says cannot serve is passed over): its id, its status and whether it was
+    added now."""
     with ws.transaction() as db:  # look and add in one step: two equal submits add one run
         if reuse:
-            same = db.execute(
+            for same in db.execute(
                 "SELECT id, status FROM runs WHERE cache_key = ? AND project = ? AND kind = ? "
-                "AND status IN (?, ?, ?) ORDER BY status = ? DESC, created_at DESC LIMIT 1",
+                "AND status IN (?, ?, ?) ORDER BY status = ? DESC, created_at DESC",
                 (key, project, kind, RunStatus.COMPLETED, *ACTIVE, RunStatus.COMPLETED),
-            ).fetchone()
-            if same:
-                return same["id"], RunStatus(same["status"]), False
+            ).fetchall():
+                status = RunStatus(same["status"])
+                if status == RunStatus.COMPLETED and unusable and unusable(same["id"]):
+                    continue
+                return same["id"], status, False
         run_id = "r" + uuid.uuid4().hex[:10]
         db.execute(
             "INSERT INTO runs (id, project, dataset_id, kind, spec_json, cache_key, status, "
@@ -354,7 +362,7 @@ def mark_interrupted(ws: Workspace) -> list[str]:
 
 def requeue_run(ws: Workspace, run_id: str) -> None:
     """interrupted, failed or cancelled -> queued, at the back of the queue and with its
-    error and cancel request cleared. Raises TLError for a run in any other status."""
+    error, cancel request and progress cleared. Raises TLError for a run in any other status."""
     get_run(ws, run_id)  # a clear NotFound for a wrong id
     with ws.transaction() as db:
         row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -362,8 +370,9 @@ def requeue_run(ws: Workspace, run_id: str) -> None:
             status = row["status"] if row else "deleted"
             raise TLError(f"Run {run_id} is {status}: only a stopped run can be resumed.")
         db.execute(
+            # The progress of the stopped attempt goes too: the next one reports its own.
             "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, "
-            "cancel_requested = 0, created_at = ? WHERE id = ?",
+            "cancel_requested = 0, progress_json = '{}', created_at = ? WHERE id = ?",
             (RunStatus.QUEUED, time.time(), run_id),
         )
         write_run_file(ws, db, run_id)

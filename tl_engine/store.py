@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import WorkspaceDamaged, WorkspaceReadOnly
+from .errors import TLError, WorkspaceDamaged, WorkspaceReadOnly
 
 DEFAULT_WORKSPACE = "workspace"
 INDEX_FILE = "index.sqlite"
@@ -142,8 +142,11 @@ class Workspace:
             _verified.add(identity)
         if self.read_only:
             return
-        for sub in WORKSPACE_FOLDERS:
-            (self.root / sub).mkdir(exist_ok=True)
+        try:
+            for sub in WORKSPACE_FOLDERS:
+                (self.root / sub).mkdir(exist_ok=True)
+        except FileExistsError as exc:
+            raise not_a_folder_error(self.root, exc) from exc
         with self._sqlite_errors():
             db = self.connect()
             try:
@@ -171,6 +174,8 @@ class Workspace:
         except (OSError, sqlite3.OperationalError) as exc:
             if isinstance(exc, sqlite3.OperationalError) or exc.errno in _CANNOT_WRITE:
                 raise read_only_error(self.root, self.db_path) from exc
+            if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+                raise not_a_folder_error(self.root, exc) from exc
             raise
         finally:
             with contextlib.suppress(OSError):
@@ -348,6 +353,13 @@ def damaged_error(root: Path, reason: str) -> WorkspaceDamaged:
         f"from the run and dataset folders with: {repair_command(root)}",
         path=str(path), reason=reason,
     )
+
+
+def not_a_folder_error(root: Path, exc: OSError) -> TLError:
+    """A workspace path (or one of its folders) taken by a file."""
+    taken = exc.filename or root
+    return TLError(f"Cannot use {root} as a workspace: {taken} is a file, not a folder. "
+                   "Choose another --workspace (or $TL_WORKSPACE), or move the file away.")
 
 
 def read_only_error(root: Path, path: Path) -> WorkspaceReadOnly:

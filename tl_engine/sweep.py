@@ -90,6 +90,8 @@ class SweepResult:
     backbone: str
     created_at: float
     rows: tuple[SweepRow, ...]
+    epochs: int | None = None  # per strategy; None once every run is deleted
+    started_by: str | None = None
 
     @property
     def active(self) -> bool:
@@ -128,7 +130,8 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         winner = self.winner
         return {"sweep_id": self.sweep_id, "backbone": self.backbone,
-                "dataset_id": self.dataset_id, "rows": [r.to_dict() for r in self.rows],
+                "dataset_id": self.dataset_id, "epochs": self.epochs,
+                "started_by": self.started_by, "rows": [r.to_dict() for r in self.rows],
                 "winner": winner.key if winner else None, "gain_points": self.gain_points,
                 "sentence": self.sentence}
 
@@ -229,6 +232,7 @@ def sweep_result(ws: Workspace, sweep_id: str) -> SweepResult:
     if not members:
         raise NotFound(f"Sweep {sweep_id!r} is not in workspace {ws.root}.")
     rows = []
+    epochs: int | None = None
     for member in members:
         try:
             run = get_run(ws, member["run_id"])
@@ -236,6 +240,7 @@ def sweep_result(ws: Workspace, sweep_id: str) -> SweepResult:
             rows.append(SweepRow(member["entry"], member["label"], "", "", 0,
                                  member["run_id"], "deleted", None, None))
             continue
+        epochs = epochs or run.spec.epochs  # every entry has the sweep's epochs
         done = run.status == RunStatus.COMPLETED
         rows.append(SweepRow(member["entry"], member["label"], run.spec.strategy,
                              run.spec.weights, run.spec.unfreeze, run.id, str(run.status),
@@ -243,7 +248,7 @@ def sweep_result(ws: Workspace, sweep_id: str) -> SweepResult:
                              run.seconds if done else None))
     first = members[0]
     return SweepResult(sweep_id, first["project"], first["dataset_id"], first["backbone"],
-                       first["created_at"], tuple(rows))
+                       first["created_at"], tuple(rows), epochs, first["started_by"])
 
 
 def sweep_run_ids(result: SweepResult) -> Sequence[str]:

@@ -159,7 +159,26 @@ def weights_identity(backbone: Backbone, weights: str, seed: int) -> str:
             f"Weights file {path} does not exist: give the path to a .h5 or .weights.h5 "
             f"file for {backbone.key}, or use 'imagenet' or 'none'."
         )
+    if problem := _weights_file_problem(path):
+        raise WeightsUnavailable(
+            f"Weights file {path} {problem}: give a .h5 or .weights.h5 file saved from "
+            f"{backbone.key} without its top, or use 'imagenet' or 'none'."
+        )
     return f"file:{file_digest(path)}"
+
+
+def _weights_file_problem(path: Path) -> str | None:
+    """Why a weights file cannot be read as HDF5 weights (checked where a run is asked
+    for, not minutes later in the worker); None when it can."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if not len(handle) and not handle.attrs:
+                return "holds no weights"
+    except OSError as exc:
+        return f"is not a readable HDF5 weights file ({exc})"
+    return None
 
 
 def require_imagenet(backbone: Backbone) -> None:
@@ -239,7 +258,8 @@ def _load_source(backbone: Backbone, weights: str) -> Any:
         source.load_weights(str(path))
     except Exception as exc:
         raise WeightsUnavailable(
-            f"Weights file {path} does not fit {backbone.key} without its top: {exc}. "
+            f"Weights file {path} does not fit {backbone.key} without its top: "
+            f"{str(exc).rstrip('.')}. "
             f"Use a file saved from keras.applications.{backbone.constructor}"
             f"(include_top=False, input_shape=({backbone.default_size}, "
             f"{backbone.default_size}, 3))."

@@ -60,14 +60,20 @@ ws = state.workspace()
 project = state.current_project()
 
 if project is None:
+    if visible := access.visible_projects():
+        with st.container(border=True):
+            st.subheader("Open a project")
+            opened = st.selectbox("Your projects", visible, index=None, key="home_open",
+                                  placeholder=f"Choose one of {len(visible)}")
+            if opened:
+                state.set_project(opened)
+                st.rerun()
     with st.container(border=True):
-        st.subheader("Create your first project")
+        st.subheader("Create a project" if visible else "Create your first project")
         st.caption("A project holds your datasets and training runs; "
                    + ("you choose who else sees it." if access.checks_apply()
                       else "your team sees it too."))
         widgets.create_project_form("home_new", label="Project name")
-    if access.visible_projects():
-        st.caption("…or pick an existing project in the sidebar.")
     show_hardware()
     st.stop()
 

@@ -56,8 +56,11 @@ def settings_form(dataset: tle.Dataset) -> None:
                        "used as is; a test split is carved out of its training part.")
         force = st.checkbox("Force retrain", key="train_force",
                             help="Train again even if an identical run exists.")
+        refused = access.refusal("train", project)  # told before they try, not on click
         submitted = st.form_submit_button("Start training", type="primary",
-                                          icon=":material/play_arrow:")
+                                          icon=":material/play_arrow:",
+                                          disabled=refused is not None,
+                                          help=md_escape(refused) if refused else None)
     if not submitted or not access.permit("train", project):
         return
     s = st.session_state
