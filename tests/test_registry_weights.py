@@ -57,6 +57,33 @@ def test_blocks_cover_every_layer_and_param_count_matches(key):
     assert model.count_params() == entry.params
 
 
+@pytest.mark.parametrize("key", list(BACKBONES))
+def test_layer_and_block_counts_match_the_built_backbone(key):
+    entry = get_backbone(key)
+    model = entry.build(max(entry.min_size, 75))  # the counts do not depend on the size
+    blocks = entry.block_names([layer.name for layer in model.layers])
+    assert (entry.layer_count, entry.block_count) == (len(model.layers), len(set(blocks)))
+
+
+def test_a_trainable_top_beyond_the_backbone_and_a_mistyped_name_are_refused():
+    from tl_engine.errors import SpecError
+    from tl_engine.spec import RunSpec
+
+    most = RunSpec(backbone="MobileNetV2-0.35", strategy="partial", unfreeze=19,
+                   unfreeze_unit="blocks").normalized()
+    assert most.unfreeze == 19  # all of its blocks: allowed
+    with pytest.raises(SpecError, match="MobileNetV2-0.35 has 19 blocks: the trainable top "
+                       r"\(--unfreeze\) can be at most 19 blocks"):
+        RunSpec(backbone="MobileNetV2-0.35", strategy="gradual", unfreeze=25,
+                unfreeze_unit="blocks").normalized()
+    with pytest.raises(SpecError, match="has 154 layers"):
+        RunSpec(backbone="MobileNetV2-0.35", strategy="partial", unfreeze=5000).normalized()
+    # The frozen strategy has no trainable top: nothing to check.
+    assert RunSpec(strategy="frozen", unfreeze=5000).normalized().unfreeze == 0
+    with pytest.raises(SpecError, match="Did you mean MobileNetV2-0.35"):
+        get_backbone("MobilenetV2-0.35")
+
+
 def test_weights_status_offline(keras_home):
     assert weights_status(get_backbone("MobileNetV2-0.35")) == "cached"
     assert weights_status(get_backbone("MobileNet-0.25")) == "cached"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ class Backbone:
     imagenet_top1: float | None = None  # as published in the Keras documentation
     block_pattern: str = ""  # regex; its first matching group names a layer's block
     block_ends_at_match: bool = False  # True when a matching layer closes its block
+    # Its layers (the input layer included) and blocks: what a trainable top can count,
+    # known without building it (checked against the built model in the tests).
+    layer_count: int = 0
+    block_count: int = 0
     family: str = ""
 
     def __post_init__(self) -> None:
@@ -110,6 +115,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
             params=2_257_984, feature_dim=1280, imagenet_top1=0.713,
             block_pattern=r"^(expanded_conv|block_\d+|Conv_1)(?:_|$)",
+            layer_count=154, block_count=19,
         ),
         Backbone(
             key="MobileNetV2-0.35", constructor="MobileNetV2", kwargs={"alpha": 0.35},
@@ -117,6 +123,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
             params=410_208, feature_dim=1280, imagenet_top1=0.603,
             block_pattern=r"^(expanded_conv|block_\d+|Conv_1)(?:_|$)",
+            layer_count=154, block_count=19,
         ),
         Backbone(
             key="MobileNet-0.25", constructor="MobileNet", kwargs={"alpha": 0.25},
@@ -124,6 +131,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="mobilenet_2_5_224_tf_no_top.h5",
             params=218_544, feature_dim=256, imagenet_top1=0.498,
             block_pattern=r"^conv_(?:dw|pw)_(\d+)",
+            layer_count=86, block_count=14,
         ),
         Backbone(
             key="MobileNetV3Small", constructor="MobileNetV3Small",
@@ -131,6 +139,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
             params=939_120, feature_dim=576, imagenet_top1=0.681,
             block_pattern=r"^(expanded_conv(?:_\d+)?)_|^(conv_1)",
+            layer_count=157, block_count=13,
         ),
         Backbone(
             key="MobileNetV3Large", constructor="MobileNetV3Large",
@@ -138,6 +147,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
             params=2_996_352, feature_dim=960, imagenet_top1=0.756,
             block_pattern=r"^(expanded_conv(?:_\d+)?)_|^(conv_1)",
+            layer_count=187, block_count=17,
         ),
         Backbone(
             key="EfficientNetB0", constructor="EfficientNetB0",
@@ -145,6 +155,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="efficientnetb0_notop.h5",
             params=4_049_571, feature_dim=1280, imagenet_top1=0.771,
             block_pattern=r"^(block\d+[a-z])_|^(top)_",
+            layer_count=237, block_count=18,
         ),
         Backbone(
             key="EfficientNetV2B0", constructor="EfficientNetV2B0",
@@ -152,6 +163,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="efficientnetv2-b0_notop.h5",
             params=5_919_312, feature_dim=1280, imagenet_top1=0.787,
             block_pattern=r"^(block\d+[a-z])_|^(top)_",
+            layer_count=270, block_count=23,
         ),
         Backbone(
             key="ResNet50", constructor="ResNet50",
@@ -159,6 +171,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
             params=23_587_712, feature_dim=2048, imagenet_top1=0.749,
             block_pattern=r"^(conv\d_block\d+)_",
+            layer_count=175, block_count=17,
         ),
         Backbone(
             key="ResNet50V2", constructor="ResNet50V2",
@@ -166,6 +179,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             params=23_564_800, feature_dim=2048, imagenet_top1=0.76,
             block_pattern=r"^(conv\d_block\d+)_|^(post)_",
+            layer_count=190, block_count=18,
         ),
         Backbone(
             key="VGG16", constructor="VGG16",
@@ -173,6 +187,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             params=14_714_688, feature_dim=512, imagenet_top1=0.713,
             block_pattern=r"^(block\d)_",
+            layer_count=19, block_count=6,
         ),
         Backbone(
             key="DenseNet121", constructor="DenseNet121",
@@ -180,6 +195,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
             params=7_037_504, feature_dim=1024, imagenet_top1=0.75,
             block_pattern=r"^(conv\d_block\d+)_|^(pool\d)_",
+            layer_count=427, block_count=62,
         ),
         Backbone(
             key="InceptionV3", constructor="InceptionV3",
@@ -187,6 +203,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             params=21_802_784, feature_dim=2048, imagenet_top1=0.779,
             block_pattern=r"^(mixed\d+)$", block_ends_at_match=True,
+            layer_count=311, block_count=11,
         ),
         Backbone(
             key="Xception", constructor="Xception",
@@ -194,6 +211,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
             params=20_861_480, feature_dim=2048, imagenet_top1=0.79,
             block_pattern=r"^(block\d+)_",
+            layer_count=132, block_count=15,
         ),
         Backbone(
             key="ConvNeXtTiny", constructor="ConvNeXtTiny",
@@ -201,6 +219,7 @@ BACKBONES: dict[str, Backbone] = {
             weights_file="convnext_tiny_notop.h5",
             params=27_820_128, feature_dim=768, imagenet_top1=0.813,
             block_pattern=r"_(stage_\d_block_\d+)_",
+            layer_count=133, block_count=19,
         ),
     ]
 }
@@ -215,4 +234,6 @@ def get_backbone(key: str) -> Backbone:
         return BACKBONES[key]
     except KeyError:
         known = ", ".join(BACKBONES)
-        raise SpecError(f"Unknown backbone {key!r}. Choose one of: {known}.") from None
+        close = difflib.get_close_matches(str(key), list(BACKBONES), n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise SpecError(f"Unknown backbone {key!r}.{hint} Choose one of: {known}.") from None

@@ -236,6 +236,15 @@ class RunSpec:
                 f"Image size {size} does not fit {backbone.key}: use {backbone.min_size} to "
                 f"{MAX_IMAGE_SIZE} (default {backbone.default_size})."
             )
+        if values["strategy"] in _TOP_N and backbone.layer_count:
+            unit = values["unfreeze_unit"]
+            most = backbone.block_count if unit == "blocks" else backbone.layer_count
+            if values["unfreeze"] > most:
+                # More than it has would train all of it, by another name (and gradual
+                # unfreezing would train the whole model again for each stage past the end).
+                raise SpecError(
+                    f"{backbone.key} has {most} {unit}: the trainable top (--unfreeze) can be "
+                    f"at most {most} {unit}; the full strategy trains all of it.")
         if values["val_split"] + values["test_split"] >= 0.9:
             raise SpecError("Validation and test splits together must leave 10% to train on.")
         values["image_size"] = size

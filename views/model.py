@@ -145,7 +145,10 @@ head = controls.grid(
         else entry.default_size,
         "more_help": f"{entry.key} was trained at {entry.default_size} px; minimum "
         f"{entry.min_size}."}})
-state.update_spec(backbone=key, weights=weights, **head)
+# A trainable top counted for a deeper backbone becomes all of this one.
+most = entry.block_count if draft["unfreeze_unit"] == "blocks" else entry.layer_count
+fitted = {"unfreeze": most} if most and int(draft["unfreeze"]) > most else {}
+state.update_spec(backbone=key, weights=weights, **head, **fitted)
 
 with st.container(border=True):
     st.markdown("**Current choice**")
