@@ -275,6 +275,11 @@ def test_not_a_zip_is_a_dataset_error_naming_the_file(workspace, tmp_path) -> No
         ingest_zip(workspace, b"garbage", name="upload.zip")
     with pytest.raises(DatasetError, match="no such file"):
         ingest_zip(workspace, tmp_path / "missing.zip")
+    # One photo given where the data goes: what --data expects is said.
+    photo = write(tmp_path / "photo.jpg", image_bytes())
+    with pytest.raises(DatasetError, match="photo.jpg is neither a folder nor a .zip archive: "
+                       "give a folder with one sub-folder of images per class"):
+        ingest_zip(workspace, photo)
 
 
 # --- the health report's errors and warnings ------------------------------------------
