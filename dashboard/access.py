@@ -66,7 +66,8 @@ def guarded_button(where: Any, label: str, action: str, project: str,
     and permitted (a click still passes `permit`)."""
     reason = refusal(action, project, run)
     clicked = where.button(label, disabled=disabled or reason is not None,
-                           help=md_escape(reason) if reason else help, **button)
+                           help=md_escape(reason if reason else help) if (reason or help)
+                           else None, **button)
     return clicked and permit(action, project, run)
 
 

@@ -19,6 +19,7 @@ from tl_engine import sweep
 
 POLL_S = 2
 SWEEP_KEY = "sweep_shown"
+PICK_KEY = "sweep_pick"
 
 
 def sweep_table(result: sweep.SweepResult) -> pd.DataFrame:
@@ -64,8 +65,10 @@ def _start(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -
     if not access.permit("train", project):
         return
     with state.engine_errors():
-        st.session_state[SWEEP_KEY] = sweep.submit_sweep(
-            ws, project, dataset.id, draft, started_by=state.user_name())
+        started = sweep.submit_sweep(ws, project, dataset.id, draft,
+                                     started_by=state.user_name())
+        # The picker's own state would otherwise keep showing the sweep picked before.
+        st.session_state[SWEEP_KEY] = st.session_state[PICK_KEY] = started
 
 
 def live_sweep(ws: tle.Workspace, sweep_id: str, seen: tuple[tuple[str, str], ...]) -> None:
@@ -109,20 +112,21 @@ def _start_panel(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: d
         _start(ws, project, dataset, draft)
 
 
-def _shown_sweep(results: Mapping[str, sweep.SweepResult], names: Mapping[str, str],
+def _shown_sweep(headers: Sequence[sweep.SweepHeader], names: Mapping[str, str],
                  dataset: tle.Dataset) -> str:
     """The sweep to show: the one this session started or picked, else the newest on the
     current dataset, else the project's newest; a picker when there are several."""
-    sweeps = list(results)
+    by_id = {h.sweep_id: h for h in headers}
+    sweeps = list(by_id)
     shown = st.session_state.get(SWEEP_KEY)
-    if shown not in results:
-        shown = next((s for s in sweeps if results[s].dataset_id == dataset.id), sweeps[0])
+    if shown not in by_id:
+        shown = next((h.sweep_id for h in headers if h.dataset_id == dataset.id), sweeps[0])
     if len(sweeps) > 1:
         shown = st.selectbox(
-            "Sweep", sweeps, index=sweeps.index(shown), key="sweep_pick",
-            format_func=lambda s: f"{results[s].backbone} on "
-            f"{names.get(results[s].dataset_id, results[s].dataset_id)} · "
-            f"{format_time(results[s].created_at)} · {s}")
+            "Sweep", sweeps, index=sweeps.index(shown), key=PICK_KEY,
+            format_func=lambda s: f"{by_id[s].backbone} on "
+            f"{names.get(by_id[s].dataset_id, by_id[s].dataset_id)} · "
+            f"{format_time(by_id[s].created_at)} · {s}")
     st.session_state[SWEEP_KEY] = shown
     return shown
 
@@ -143,11 +147,14 @@ def _epochs(count: int) -> str:
 
 def _no_comparison_text(result: sweep.SweepResult) -> str:
     baseline = result.baseline
+    if baseline is not None and baseline.status == "deleted":
+        return (f"The from-scratch run {baseline.run_id} was deleted, so what transfer "
+                "learning bought cannot be said for this sweep.")
     if baseline is not None and baseline.status != tle.RunStatus.COMPLETED:
         return (f"The from-scratch run {baseline.run_id} is {baseline.status}, so what "
-                "transfer learning bought cannot be said: sweep again to train it.")
-    return ("No pretrained run of this sweep completed, so there is no winner: sweep "
-            "again to train them.")
+                "transfer learning bought cannot be said yet: resume it on the Training "
+                "page.")
+    return "No pretrained run of this sweep completed, so there is no winner."
 
 
 def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: dict) -> None:
@@ -156,13 +163,13 @@ def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: 
         st.caption("Add a dataset to compare freeze strategies on it.")
         return
     _start_panel(ws, project, dataset, draft)
-    results = {s: sweep.sweep_result(ws, s) for s in sweep.list_sweeps(ws, project)}
-    if not results:
+    headers = sweep.sweep_headers(ws, project)
+    if not headers:
         st.caption("No sweep in this project yet.")
         return
     names = {d.id: d.name for d in tle.list_datasets(ws, project)}
-    shown = _shown_sweep(results, names, dataset)
-    result = results[shown]
+    shown = _shown_sweep(headers, names, dataset)
+    result = sweep.sweep_result(ws, shown)
     st.caption(md_escape(_about(result, names.get(result.dataset_id, result.dataset_id))))
     seen = tuple((r.run_id, r.status) for r in result.rows)
     if result.active:  # polls the store only while the sweep's runs wait or train

@@ -214,6 +214,10 @@ def test_model_page_choices_change_the_spec_draft(monkeypatch, demo_ws):
     assert (draft["backbone"], draft["weights"], draft["image_size"], draft["hidden_units"]) == (
         "MobileNet-0.25", "none", 96, 64)
     assert "MobileNet-0.25 · random-init weights · 96 px" in texts(at.markdown)
+    # A trainable top counted for a deeper backbone becomes all of the chosen one.
+    at.session_state["spec_draft"] = {**draft, "strategy": "partial", "unfreeze": 150}
+    at.run()
+    assert at.session_state["spec_draft"]["unfreeze"] == 86  # MobileNet-0.25's layers
 
     # ImageNet weights that are neither cached nor downloadable: the page says where to
     # put which file, and that "none" still works.
@@ -320,6 +324,18 @@ def test_sidebar_picker_switches_project(monkeypatch, tmp_path):
     assert "Project · alpha" in texts(at.subheader)
     picker = next(s for s in at.sidebar.selectbox if s.label == "Project")
     picker.select("beta").run()
+    assert not at.exception
+    assert at.query_params["project"] == "beta"
+    assert "Project · beta" in texts(at.subheader)
+
+
+def test_home_offers_the_projects_there_are_before_a_new_one(monkeypatch, tmp_path):
+    ws = tle.Workspace(tmp_path / "ws")
+    ws.ensure_project("alpha")
+    ws.ensure_project("beta")
+    at = open_app(monkeypatch, ws.root)
+    assert texts(at.subheader).splitlines()[:2] == ["Open a project", "Create a project"]
+    at.selectbox(key="home_open").select("beta").run()
     assert not at.exception
     assert at.query_params["project"] == "beta"
     assert "Project · beta" in texts(at.subheader)

@@ -60,7 +60,8 @@ def test_runs_page_sweep_button_queues_every_strategy_with_live_status(monkeypat
     assert not any("strategies trained" in str(p.proto.text) for p in at.get("progress"))
     baseline = result.rows[-1].run_id
     assert md_escape(f"The from-scratch run {baseline} is cancelled, so what transfer learning "
-                     "bought cannot be said: sweep again to train it.") in texts(at.caption)
+                     "bought cannot be said yet: resume it on the Training page."
+                     ) in texts(at.caption)
 
     # A newer dataset and other settings: the sweep stays, described by its own runs.
     newer = tle.ingest_folder(demo_ws, write_color_classes(
@@ -74,6 +75,19 @@ def test_runs_page_sweep_button_queues_every_strategy_with_live_status(monkeypat
     assert f"MobileNetV2-0.35 on {dataset.name}, 1 epoch per strategy" in captions
     table = next(df.value for df in at.dataframe if "Strategy" in df.value.columns)
     assert list(table["Run"]) == [row.run_id for row in result.rows]
+
+    # A second sweep, started here, becomes the one shown; the picker offers both.
+    at.button(key="sweep_start").click().run()
+    assert not at.exception, at.exception
+    newest = sweep.list_sweeps(demo_ws, "demo")[0]
+    assert newest != sweep_id and at.session_state["sweep_shown"] == newest
+    assert at.selectbox(key="sweep_pick").value == newest
+    assert len(at.selectbox(key="sweep_pick").options) == 2
+    newer_rows = sweep.sweep_result(demo_ws, newest).rows
+    for row in newer_rows:
+        tle.cancel_run(demo_ws, row.run_id)
+    for row in newer_rows:
+        assert not wait_for_run(demo_ws, row.run_id, timeout_s=300).is_active
 
 
 def test_training_page_lr_find_and_use(monkeypatch, demo_ws, keras_home):

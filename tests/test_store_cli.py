@@ -162,6 +162,11 @@ def test_a_train_refused_for_its_settings_or_data_leaves_nothing_behind(tmp_path
         assert f"Cannot use {taken} as a workspace" in refused.stderr or (
             f"No workspace at {taken}" in refused.stderr), command
     assert taken.read_text() == "a file\n"
+    # Below a file, the file in the way is the one named.
+    from tl_engine.errors import TLError
+
+    with pytest.raises(TLError, match=f"{taken} is a file, not a folder"):
+        Workspace(taken / "ws")
 
 
 def test_export_never_overwrites_a_users_folder(trained_workspace, tmp_path):

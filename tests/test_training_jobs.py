@@ -271,3 +271,20 @@ def test_cli_train_runs_in_worker_and_returns_json(tiny_data_dir, tmp_path):
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert [r["run_id"] for r in json.loads(listing.stdout)] == [result["run_id"]]
+
+
+def test_cli_resume_wait_exits_1_when_the_run_fails_again(workspace, tiny_dataset):
+    spec = RunSpec(**TINY, epochs=1)
+    run_id = submit_run(workspace, tiny_dataset.project, tiny_dataset.id, spec,
+                        start_worker=False).run_id
+    assert runs.claim_next_run(workspace) == run_id
+    runs.finish_run(workspace, run_id, runs.RunStatus.FAILED, error="first attempt failed")
+    # Its dataset's manifest is damaged since: the resumed attempt fails too.
+    (workspace.dataset_dir(tiny_dataset.id) / "manifest.json").write_text("{")
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tl_engine", "resume", "--run", run_id, "--wait",
+         "--workspace", str(workspace.root)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 1, resumed.stderr
+    assert resumed.stdout.strip() == "failed"
+    assert "damaged manifest" in resumed.stderr and "Traceback" not in resumed.stderr

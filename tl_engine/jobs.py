@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import os
 import subprocess
 import sys
@@ -155,10 +154,13 @@ def submit_job(
         require_imagenet(entry)  # fail now, in the caller, not minutes later in the worker
     key = cache_key(spec, identity, dataset.content_hash)
     recover_interrupted(ws)
+    # Checked before the queue's transaction: reading a large model file must not hold
+    # the index's write lock, which workers' progress writes wait on.
+    damaged = {run for run in runs.completed_with_key(ws, project, key)
+               if _model_damaged(ws, run)} if kind == DEFAULT_KIND and not force else set()
     run_id, status, added = runs.queue_run(
         ws, project, dataset_id, spec, key, kind=kind, started_by=started_by,
-        reuse=not force,
-        unusable=functools.partial(_model_damaged, ws) if kind == DEFAULT_KIND else None)
+        reuse=not force, unusable=damaged.__contains__)
     if not added:  # an equal run completed or is on its way
         return Submission(run_id, status == RunStatus.COMPLETED, status)
     if start_worker:

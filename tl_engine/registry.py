@@ -45,6 +45,10 @@ class Backbone:
         # backbone trained on normalised ones: it trains, badly, and nothing says why.
         check_preprocessing(self.preprocessing, self.key)
 
+    def top_limit(self, unit: str) -> int:
+        """The most layers (or blocks) a trainable top can count; 0 when not known."""
+        return self.block_count if unit == "blocks" else self.layer_count
+
     def build(self, image_size: int) -> Any:
         """A fresh backbone without its top and without pretrained weights."""
         import keras

@@ -307,6 +307,14 @@ def queue_run(
     return run_id, RunStatus.QUEUED, True
 
 
+def completed_with_key(ws: Workspace, project: str, key: str, kind: str = DEFAULT_KIND,
+                       ) -> list[str]:
+    """The ids of the project's completed runs of this kind and cache key."""
+    rows = ws.query("SELECT id FROM runs WHERE cache_key = ? AND project = ? AND kind = ? "
+                    "AND status = ?", (key, project, kind, RunStatus.COMPLETED))
+    return [row["id"] for row in rows]
+
+
 def claim_next_run(ws: Workspace, worker_pid: int | None = None) -> str | None:
     """queued -> running for the oldest queued run, on behalf of `worker_pid` (this
     process by default); its id, or None when nothing is queued."""

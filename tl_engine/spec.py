@@ -236,10 +236,10 @@ class RunSpec:
                 f"Image size {size} does not fit {backbone.key}: use {backbone.min_size} to "
                 f"{MAX_IMAGE_SIZE} (default {backbone.default_size})."
             )
-        if values["strategy"] in _TOP_N and backbone.layer_count:
+        if values["strategy"] in _TOP_N:
             unit = values["unfreeze_unit"]
-            most = backbone.block_count if unit == "blocks" else backbone.layer_count
-            if values["unfreeze"] > most:
+            most = backbone.top_limit(unit)
+            if most and values["unfreeze"] > most:
                 # More than it has would train all of it, by another name (and gradual
                 # unfreezing would train the whole model again for each stage past the end).
                 raise SpecError(

@@ -357,7 +357,11 @@ def damaged_error(root: Path, reason: str) -> WorkspaceDamaged:
 
 def not_a_folder_error(root: Path, exc: OSError) -> TLError:
     """A workspace path (or one of its folders) taken by a file."""
-    taken = exc.filename or root
+    taken = Path(exc.filename or root)
+    # The error names the folder it could not make; the file in the way is that folder
+    # itself or the nearest existing path above it.
+    while not taken.exists() and taken.parent != taken:
+        taken = taken.parent
     return TLError(f"Cannot use {root} as a workspace: {taken} is a file, not a folder. "
                    "Choose another --workspace (or $TL_WORKSPACE), or move the file away.")
 

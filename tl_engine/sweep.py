@@ -218,10 +218,27 @@ def _rows(ws: Workspace, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]
 
 def list_sweeps(ws: Workspace, project: str, dataset_id: str | None = None) -> list[str]:
     """The project's sweeps (on one dataset, when given), newest first."""
+    return [h.sweep_id for h in sweep_headers(ws, project)
+            if dataset_id is None or h.dataset_id == dataset_id]
+
+
+@dataclass(frozen=True)
+class SweepHeader:
+    """What tells a sweep apart in a list, read without its runs."""
+
+    sweep_id: str
+    dataset_id: str
+    backbone: str
+    created_at: float
+
+
+def sweep_headers(ws: Workspace, project: str) -> list[SweepHeader]:
+    """The project's sweeps, newest first, in one query."""
     _ensure_schema(ws)
-    rows = _rows(ws, "SELECT sweep_id, dataset_id, MAX(created_at) AS at FROM sweep_runs "
-                 "WHERE project = ? GROUP BY sweep_id ORDER BY at DESC", (project,))
-    return [r["sweep_id"] for r in rows if dataset_id is None or r["dataset_id"] == dataset_id]
+    rows = _rows(ws, "SELECT sweep_id, dataset_id, backbone, MAX(created_at) AS at "
+                 "FROM sweep_runs WHERE project = ? GROUP BY sweep_id ORDER BY at DESC",
+                 (project,))
+    return [SweepHeader(r["sweep_id"], r["dataset_id"], r["backbone"], r["at"]) for r in rows]
 
 
 def sweep_result(ws: Workspace, sweep_id: str) -> SweepResult:

@@ -146,7 +146,7 @@ head = controls.grid(
         "more_help": f"{entry.key} was trained at {entry.default_size} px; minimum "
         f"{entry.min_size}."}})
 # A trainable top counted for a deeper backbone becomes all of this one.
-most = entry.block_count if draft["unfreeze_unit"] == "blocks" else entry.layer_count
+most = entry.top_limit(draft["unfreeze_unit"])
 fitted = {"unfreeze": most} if most and int(draft["unfreeze"]) > most else {}
 state.update_spec(backbone=key, weights=weights, **head, **fitted)
 

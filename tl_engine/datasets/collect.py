@@ -157,7 +157,8 @@ def _open_zip(source: str | os.PathLike[str] | bytes, archive_name: str) -> zipf
     except DatasetError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        if not isinstance(source, (bytes, bytearray, memoryview)) and (
+        if isinstance(exc, zipfile.BadZipFile) and not isinstance(
+                source, (bytes, bytearray, memoryview)) and (
                 Path(source).suffix.lower() != ".zip"):  # a photo, say, given as the data
             raise DatasetError(
                 f"{archive_name} is neither a folder nor a .zip archive: give a folder with "
