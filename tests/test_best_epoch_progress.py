@@ -151,6 +151,31 @@ class _ReadProgressAtEpochEnd(keras.callbacks.Callback):
         self.seen.append(runs.get_run(self.ws, self.run_id).progress)
 
 
+def test_later_stages_on_cached_activations_are_estimated_by_their_top(workspace,
+                                                                        tiny_dataset):
+    from tl_engine.phases import phases
+    from tl_engine.training import RunTrainer
+
+    spec = RunSpec(backbone="MobileNetV2-0.35", strategy="gradual", unfreeze=4,
+                   unfreeze_unit="blocks", head_epochs=2, epochs_per_stage=1, epochs=3)
+    run_id = submit_run(workspace, tiny_dataset.project, tiny_dataset.id, spec,
+                        start_worker=False).run_id
+    trainer = RunTrainer(workspace, run_id)
+    trainer._forward_s_per_image = 0.01  # as this run's feature pass measured it
+    plan = phases(spec.normalized())
+    stages = plan[1:]
+    assert all(stage.cached_activations for stage in stages)
+    estimate = trainer._later_seconds(stages, steps=3)(EtaEstimator(3), False)
+    n_train, n_val = len(trainer.splits.train), len(trainer.splits.val)
+    # Each stage: one pass of the bottom to cache its activations, then epochs on the top
+    # (its share of MobileNetV2's 19 blocks), far from whole-model epochs on pixels.
+    expected = sum((n_train + n_val) * 0.01 + stage.epochs * (3 * n_train + n_val) * 0.01
+                   * stage.trainable_top / 19 for stage in stages)
+    whole_model = sum(stage.epochs * (3 * n_train + n_val) * 0.01 for stage in stages)
+    assert estimate == pytest.approx(expected)
+    assert estimate < whole_model / 2
+
+
 def test_training_progress_counts_later_phases_and_reports_images_per_second(
         workspace, tiny_dataset):
     run_id = _queued_run(workspace, tiny_dataset)

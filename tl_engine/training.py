@@ -288,17 +288,26 @@ class RunTrainer:
         """Estimate of the phases after the current one, from what the current one measures.
 
         A training step through the backbone costs about three forward passes (forward and
-        backward); validation one. Forward speed comes from this run's feature passes, else
-        from the current phase's own steps: on pixels with a frozen backbone, backward
-        about doubles a step; with a trainable one, a later phase costs about the same.
+        backward); validation one. A phase on cached activations first passes every image
+        through the frozen bottom once, then runs only its trainable top: about the top's
+        share of the backbone's blocks (or layers), an upper bound since the top's maps
+        are the smallest. Forward speed comes from this run's feature passes, else from the
+        current phase's own steps: on pixels with a frozen backbone, backward about doubles
+        a step; with a trainable one, a later phase costs about the same.
         """
         n_train, n_val = len(self.splits.train), len(self.splits.val)
+        entry = get_backbone(self.spec.backbone)
 
         def estimate(current: EtaEstimator, trains_backbone: bool) -> float | None:
             total = 0.0
             for phase in later:
                 forward = self._forward_s_per_image
-                if forward is not None:
+                if forward is not None and phase.cached_activations and phase.trainable_top:
+                    share = min(1.0, phase.trainable_top
+                                / (entry.top_limit(phase.unit) or phase.trainable_top))
+                    total += (n_train + n_val) * forward
+                    total += phase.epochs * (3 * n_train + n_val) * forward * share
+                elif forward is not None:
                     total += phase.epochs * (3 * n_train + n_val) * forward
                 elif current.step_seconds is not None and current.pause_seconds is not None:
                     per_step = current.step_seconds * (1 if trains_backbone else 2)
