@@ -176,6 +176,19 @@ def test_later_stages_on_cached_activations_are_estimated_by_their_top(workspace
     assert estimate < whole_model / 2
 
 
+def test_a_test_split_too_small_to_make_is_said(workspace, tmp_path):
+    from tl_engine.training import RunTrainer
+
+    small = ingest_folder(workspace, write_color_classes(tmp_path / "small", TINY_CLASSES,
+                                                         per_class=2), project="small")
+    spec = RunSpec(backbone="MobileNetV2-0.35", weights="none", image_size=32, test_split=0.3)
+    run_id = submit_run(workspace, "small", small.id, spec, start_worker=False).run_id
+    trainer = RunTrainer(workspace, run_id)
+    assert trainer.splits.test == []
+    assert trainer.notes == ["No test images: a test split of 30% was asked for, but no "
+                             "class has enough images to spare one (a class needs 3 or more)."]
+
+
 def test_training_progress_counts_later_phases_and_reports_images_per_second(
         workspace, tiny_dataset):
     run_id = _queued_run(workspace, tiny_dataset)

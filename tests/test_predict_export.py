@@ -335,7 +335,10 @@ def test_cli_unknown_run_is_one_line_and_exit_2(trained_workspace, red_file, tmp
             for a in command]
     result = _cli(*args, "--workspace", str(ws.root))
     assert result.returncode == 2
-    assert result.stdout == ""
+    message = f"Run 'nope' is not in workspace {ws.root}: list runs with `runs`."
+    # With --json the reason is also stdout's one line, for scripts; without, stdout is empty.
+    assert result.stdout == (json.dumps({"error": message, "exit_code": 2}) + "\n"
+                             if "--json" in command else "")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: Run 'nope' is not in workspace {ws.root}: list runs with `runs`."]
+    assert errors == [f"error: {message}"]
     assert "Traceback" not in result.stderr

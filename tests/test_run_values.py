@@ -70,7 +70,8 @@ def test_a_summary_stored_by_an_older_version_reads_with_defaults(workspace, tin
     runs.update_run(workspace, run_id, status="completed", summary=old)
 
     run = runs.get_run(workspace, run_id)
-    assert run.summary == old  # kept as stored
+    # Kept as stored, but for the model's path: where the run's folder holds it now.
+    assert run.summary == {**old, "model_path": str(workspace.run_dir(run_id) / "model.keras")}
     result = run.result
     assert (result.val_accuracy, result.epochs_run, result.classes) == (
         0.75, 4, ("red", "green", "blue"))

@@ -139,6 +139,10 @@ class RunTrainer:
         self.activations_computed = 0
         self.activations_reused = 0
         self.notes: list[str] = []  # how phases ran where it is not the obvious way
+        if self.spec.test_split > 0 and not self.splits.test:
+            self.notes.append(
+                f"No test images: a test split of {self.spec.test_split:.0%} was asked for, "
+                "but no class has enough images to spare one (a class needs 3 or more).")
         # The cached activations the latest phase trained on, when it trained that way.
         self._activations: ActivationData | None = None
         # A frozen backbone's familiarity profile, fitted while its head trains.
