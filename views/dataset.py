@@ -152,7 +152,8 @@ def upload_by_class() -> None:
 
     cols = st.columns([0.4, 0.6], vertical_alignment="bottom")
     name = cols[0].text_input("Dataset name", value="uploads", key="upload_dataset_name")
-    if cols[1].button("Create dataset", type="primary", key="create_from_uploads"):
+    if access.guarded_button(cols[1], "Create dataset", "upload", project, type="primary",
+                             key="create_from_uploads"):
         uploads = []
         unnamed = []
         for i, cls in enumerate(classes):
@@ -186,7 +187,8 @@ def upload_folder() -> None:
     counts = Counter(path.parent.name for path in paths)
     st.dataframe(pd.DataFrame({"folder": list(counts), "photos": list(counts.values())}),
                  hide_index=True)
-    if st.button("Create dataset from folder", type="primary", key="create_from_folder"):
+    if access.guarded_button(st, "Create dataset from folder", "upload", project,
+                             type="primary", key="create_from_folder"):
         tree = [(f.name, f.getvalue()) for f in files]
         ingest(f"{len(tree)} files", lambda progress: tle.ingest_tree(
             ws, tree, project=project, progress=progress))
@@ -196,8 +198,9 @@ def upload_zip() -> None:
     st.caption("A .zip of class folders; a train/ val/ [test/] layout keeps its split. "
                "Nothing is unpacked to disk.")
     archive = st.file_uploader("Archive", type=["zip"], key=f"zip_{gen}")
-    if archive is not None and st.button("Create dataset from .zip", type="primary",
-                                          key="create_from_zip"):
+    if archive is not None and access.guarded_button(
+            st, "Create dataset from .zip", "upload", project, type="primary",
+            key="create_from_zip"):
         ingest(archive.name, lambda progress: tle.ingest_zip(
             ws, archive.getvalue(), project=project, name=Path(archive.name).stem,
             progress=progress))
@@ -213,7 +216,8 @@ def sample_data() -> None:
         else:
             st.caption(f"{widgets.count_images(str(folder))} photos from the classic "
                        "transfer-learning tutorial, with its own train/val split.")
-            if st.button("Use the ants vs bees sample", key="sample_folder", type="primary"):
+            if access.guarded_button(st, "Use the ants vs bees sample", "upload", project,
+                                     key="sample_folder", type="primary"):
                 ingest(folder.name, lambda progress: tle.ingest_folder(
                     ws, folder, project=project, name="ants vs bees (sample)",
                     progress=progress))
@@ -221,7 +225,8 @@ def sample_data() -> None:
         st.markdown("**Shapes** · generated")
         st.caption("Circles, squares and triangles in random colours: 3 classes × 30 "
                    "images at 96 px. Needs nothing on disk; trains in seconds.")
-        if st.button("Use the shapes sample", key="sample_shapes"):
+        if access.guarded_button(st, "Use the shapes sample", "upload", project,
+                                 key="sample_shapes"):
             ingest("the shapes sample", lambda progress: tle.ingest_uploads(
                 ws, tle.synthetic_shapes(), project=project, name="shapes (sample)",
                 progress=progress))
@@ -375,8 +380,8 @@ with st.expander("Delete this dataset", icon=":material/delete:"):
                "stored images stay for other datasets that share them.")
     confirm = st.checkbox(f"Yes, delete “{md_escape(dataset.name)}”",
                           key=f"confirm_delete_{dataset.id}")
-    if st.button("Delete dataset", disabled=not confirm, key="delete_dataset") and (
-            access.permit("delete_dataset", project)):
+    if access.guarded_button(st, "Delete dataset", "delete_dataset", project,
+                             disabled=not confirm, key="delete_dataset"):
         with state.engine_errors():
             tle.delete_dataset(ws, dataset.id)  # the newest remaining one is shown next
             st.session_state["dataset_flash"] = f"Deleted “{md_escape(dataset.name)}”."
