@@ -52,7 +52,7 @@ def loss_curve(points: Sequence[Sequence[float]], suggested: float | None,
 
 
 def _start(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -> None:
-    if not access.permit("train", project):
+    if not access.permit("lr_find", project):
         return
     with state.engine_errors():
         lr_find.submit_lr_find(ws, project, dataset.id, draft, started_by=state.user_name())
@@ -87,7 +87,7 @@ def render(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -
             f"({md_escape(plan[0].trainable_text)}) with the rate rising from "
             f"{lr_find.START_LR:g} to {lr_find.END_LR:g}; the suggestion is where the "
             "smoothed loss falls fastest. Later phases scale it by their factor.")
-        if access.guarded_button(st, "Find a learning rate", "train", project,
+        if access.guarded_button(st, "Find a learning rate", "lr_find", project,
                                  key="lr_find_start", icon=":material/search:"):
             _start(ws, project, dataset, draft)
         run = None

@@ -116,7 +116,7 @@ def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: 
                "alone, in seconds once features are cached, before any training — each with "
                "random weights beside it, to show what the pretraining is worth here.")
     cols = st.columns([0.3, 0.7], vertical_alignment="center")
-    if access.guarded_button(cols[0], f"Probe {len(choices)} models", "train", project,
+    if access.guarded_button(cols[0], f"Probe {len(choices)} models", "probe", project,
                              key="probe_start", icon=":material/query_stats:",
                              help="; ".join(_choice_text(c) for c in choices)):
         with state.engine_errors():

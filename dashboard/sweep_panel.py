@@ -25,7 +25,7 @@ PICK_KEY = "sweep_pick"
 def sweep_table(result: sweep.SweepResult) -> pd.DataFrame:
     """One line per strategy, the winner starred; empty cells where a run has no result."""
     winner = result.winner
-    return pd.DataFrame([{
+    table = pd.DataFrame([{
         "": "★" if winner is not None and row.run_id == winner.run_id else "",
         "Strategy": row.label,
         "Weights": "random init" if row.weights == "none" else row.weights,
@@ -35,6 +35,8 @@ def sweep_table(result: sweep.SweepResult) -> pd.DataFrame:
         "Run": row.run_id,
         "Status": row.status,
     } for row in result.rows])
+    table["Val accuracy"] = table["Val accuracy"].astype("Float64")  # <NA> while unknown
+    return table
 
 
 def validation_curves(metrics_by_label: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -56,13 +58,14 @@ def validation_curves(metrics_by_label: Mapping[str, Sequence[Mapping[str, Any]]
             hovertemplate=f"{plotly_text(label)}<br>epoch %{{x}}: %{{y:.1%}}<extra></extra>"))
     fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       xaxis={"title": "epoch", "dtick": 1}, yaxis_title="validation accuracy",
-                      yaxis={"tickformat": ".0%"}, legend={"orientation": "h", "y": -0.25},
+                      yaxis={"tickformat": ".0%", "range": [0, 1.02]},
+                      legend={"orientation": "h", "y": -0.25},
                       title={"text": "Validation accuracy by strategy", "font": {"size": 14}})
     return fig
 
 
 def _start(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -> None:
-    if not access.permit("train", project):
+    if not access.permit("sweep", project):
         return
     with state.engine_errors():
         started = sweep.submit_sweep(ws, project, dataset.id, draft,
@@ -106,7 +109,7 @@ def _start_panel(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: d
         "settings), and the same network from random weights as the baseline. Pretrained "
         "layers fine-tune at a tenth of the head's learning rate. Runs already trained are "
         "reused.")
-    if access.guarded_button(st, f"Sweep {len(entries)} strategies", "train", project,
+    if access.guarded_button(st, f"Sweep {len(entries)} strategies", "sweep", project,
                              key="sweep_start", icon=":material/compare_arrows:",
                              help="; ".join(e.label for e in entries)):
         _start(ws, project, dataset, draft)
@@ -174,8 +177,9 @@ def render(ws: tle.Workspace, project: str, dataset: tle.Dataset | None, draft: 
     seen = tuple((r.run_id, r.status) for r in result.rows)
     if result.active:  # polls the store only while the sweep's runs wait or train
         st.fragment(live_sweep, run_every=POLL_S)(ws, shown, seen)
-    st.dataframe(sweep_table(result), hide_index=True, width="stretch", column_config={
-        "Val accuracy": st.column_config.NumberColumn("Val accuracy", format="%.1f%%")})
+    st.dataframe(sweep_table(result), hide_index=True, width="stretch", placeholder="–",
+                 column_config={"Val accuracy": st.column_config.NumberColumn(
+                     "Val accuracy", format="%.1f%%")})
     if result.sentence:
         st.success(md_escape(result.sentence), icon=":material/emoji_events:")
     elif result.active:

@@ -75,6 +75,8 @@ def test_runs_page_sweep_button_queues_every_strategy_with_live_status(monkeypat
     assert f"MobileNetV2-0.35 on {dataset.name}, 1 epoch per strategy" in captions
     table = next(df.value for df in at.dataframe if "Strategy" in df.value.columns)
     assert list(table["Run"]) == [row.run_id for row in result.rows]
+    # No accuracy yet: empty cells (shown as "–"), not the text "None".
+    assert str(table["Val accuracy"].dtype) == "Float64" and table["Val accuracy"].isna().all()
 
     # A second sweep, started here, becomes the one shown; the picker offers both.
     at.button(key="sweep_start").click().run()

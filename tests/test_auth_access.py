@@ -499,7 +499,8 @@ def test_runs_page_deletes_only_with_the_right_role(monkeypatch, team_root):
     assert {"dl_labels", "dl_card"} <= {b.key for b in viewer.get("download_button")}
     # The sweep is offered disabled, saying why, not refused after a click.
     sweep = viewer.button(key="sweep_start")
-    assert sweep.disabled and "needs the editor role" in sweep.help
+    assert sweep.disabled
+    assert "Sweeping the freeze strategies in project “demo” needs the editor role" in sweep.help
     assert "only they, the project's owner or an admin" in texts(
         delete("eddie", completed.id).error)
     assert tle.get_run(ws, completed.id).status == "completed"
