@@ -92,17 +92,9 @@ def live_sweep(ws: tle.Workspace, sweep_id: str, seen: tuple[tuple[str, str], ..
     st.progress(min(1.0, fraction), text=md_escape(text))
 
 
-def _sweep_entries(draft: dict) -> list[sweep.SweepEntry]:
-    """The strategies a sweep of the draft trains. Choosing the partial depths builds the
-    backbone (TensorFlow's import, the first time in the server): set up as the worker does
-    it, with a spinner."""
-    state.device()
-    with st.spinner("Building the backbone…"):
-        return sweep.sweep_entries(draft)
-
-
 def _start_panel(ws: tle.Workspace, project: str, dataset: tle.Dataset, draft: dict) -> None:
-    entries = _sweep_entries(draft)
+    # The partial depths come from the registry's block counts: nothing is built here.
+    entries = sweep.sweep_entries(draft)
     st.caption(
         f"Trains **{md_escape(draft['backbone'])}** on **{md_escape(dataset.name)}** with "
         f"every freeze strategy ({_epochs(entries[0].spec.epochs)} each, your draft's other "

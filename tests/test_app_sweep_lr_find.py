@@ -6,6 +6,9 @@ and "Use this learning rate" puts its suggestion into the draft and the form."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from conftest import PROJECT_ROOT, texts, write_color_classes
 from streamlit.testing.v1 import AppTest
 
@@ -119,3 +122,17 @@ def test_training_page_lr_find_and_use(monkeypatch, demo_ws, keras_home):
     assert f"The learning rate is now {suggested:g}." in texts(at.success)
     # The stored draft follows, so the next visit starts from it.
     assert tle.load_draft(demo_ws, "demo", "")["learning_rate"] == suggested
+
+
+def test_the_sweeps_strategies_are_chosen_without_building_the_backbone():
+    # The Runs page lists them on every visit: from the registry's block counts, with no
+    # TensorFlow import (seconds on a fresh server) and no model built.
+    script = ("import sys; from tl_engine import sweep; from tl_engine.spec import RunSpec; "
+              "entries = sweep.sweep_entries(RunSpec(backbone='MobileNetV2-0.35')); "
+              "print([e.key for e in entries], 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # MobileNetV2 has 19 blocks: about an eighth (2) and a third (6) of them.
+    assert out.stdout.strip() == ("['frozen', 'partial-2', 'partial-6', 'full', 'two-phase', "
+                                  "'gradual', 'scratch'] False")

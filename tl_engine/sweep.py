@@ -27,6 +27,7 @@ from typing import Any
 from .access import apply_schema
 from .errors import NotFound, TLError
 from .freeze import describe_freeze
+from .registry import get_backbone
 from .runs import RunStatus, get_run
 from .spec import RunSpec
 from .store import Workspace
@@ -138,8 +139,10 @@ class SweepResult:
 
 def depths(backbone: str, image_size: int = 0) -> tuple[int, int]:
     """Two depths of partial fine-tuning, in blocks from the top: a shallow one (about an
-    eighth of the backbone's blocks) and a deep one (about a third)."""
-    blocks = len(describe_freeze(backbone, 0, "blocks", image_size).blocks)
+    eighth of the backbone's blocks) and a deep one (about a third). The registry knows
+    the blocks, so nothing is built (`image_size` does not change them)."""
+    blocks = get_backbone(backbone).block_count or len(
+        describe_freeze(backbone, 0, "blocks", image_size).blocks)
     shallow = max(1, round(blocks / 8))
     return shallow, max(shallow + 1, round(blocks / 3))
 
