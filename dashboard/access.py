@@ -65,9 +65,9 @@ def guarded_button(where: Any, label: str, action: str, project: str,
     itself, a refusal shown on click would vanish with the next refresh. True when clicked
     and permitted (a click still passes `permit`)."""
     reason = refusal(action, project, run)
+    tip = reason or help
     clicked = where.button(label, disabled=disabled or reason is not None,
-                           help=md_escape(reason if reason else help) if (reason or help)
-                           else None, **button)
+                           help=md_escape(tip) if tip else None, **button)
     return clicked and permit(action, project, run)
 
 

@@ -160,7 +160,7 @@ def submit_job(
                if _model_damaged(ws, run)} if kind == DEFAULT_KIND and not force else set()
     run_id, status, added = runs.queue_run(
         ws, project, dataset_id, spec, key, kind=kind, started_by=started_by,
-        reuse=not force, unusable=damaged.__contains__)
+        reuse=not force, passed_over=damaged)
     if not added:  # an equal run completed or is on its way
         return Submission(run_id, status == RunStatus.COMPLETED, status)
     if start_worker:

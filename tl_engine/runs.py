@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,12 +279,11 @@ def queue_run(
     kind: str = DEFAULT_KIND,
     started_by: str | None = None,
     reuse: bool = True,
-    unusable: Callable[[str], bool] | None = None,
+    passed_over: Collection[str] = (),
 ) -> tuple[str, RunStatus, bool]:
     """A new queued run, or with `reuse` the project's run of the same kind and cache key
-    that completed or is on its way (completed first, then the newest; a completed run
-    `unusable` says cannot serve is passed over): its id, its status and whether it was
-    added now."""
+    that completed or is on its way (completed first, then the newest; completed runs in
+    `passed_over` cannot serve): its id, its status and whether it was added now."""
     with ws.transaction() as db:  # look and add in one step: two equal submits add one run
         if reuse:
             for same in db.execute(
@@ -293,7 +292,7 @@ def queue_run(
                 (key, project, kind, RunStatus.COMPLETED, *ACTIVE, RunStatus.COMPLETED),
             ).fetchall():
                 status = RunStatus(same["status"])
-                if status == RunStatus.COMPLETED and unusable and unusable(same["id"]):
+                if status == RunStatus.COMPLETED and same["id"] in passed_over:
                     continue
                 return same["id"], status, False
         run_id = "r" + uuid.uuid4().hex[:10]
