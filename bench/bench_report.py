@@ -79,9 +79,12 @@ def write_markdown(path: Path, figures: dict[str, Any], targets: dict[str, tuple
     lines += _demo_section(figures.get("demo_path"))
     if not figures.get("gpu"):
         lines += ["## Not measured here", "",
-                  "No GPU was available to this machine: mixed precision, XLA and the batch "
-                  "size that fills a device have no figures yet. Run `python bench/run.py "
-                  "--json` on a GPU host to add them.", ""]
+                  "The engine has not yet run on a GPU: the GPU machine lent to this "
+                  "project has no TensorFlow and could not install it. What the networks "
+                  "cost on an NVIDIA H200 (under Keras on JAX), and the GPU settings the "
+                  "engine takes from it (mixed precision, the batch that fills the device, "
+                  "uint8 pixels), are in BENCHMARKS-GPU.md. Run `python bench/run.py "
+                  "--json` on a GPU host with TensorFlow to add the engine's figures.", ""]
     path.write_text("\n".join(lines))
 
 

@@ -32,7 +32,7 @@ from .datasets import (
     revise_dataset,
     split_records,
 )
-from .device import DeviceInfo
+from .device import MIXED_PRECISION_MIN_BATCH, DeviceInfo
 from .device import configure as configure_device
 from .device import describe as describe_device
 from .drafts import load_draft, save_draft
@@ -145,6 +145,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "DeviceInfo",
+    "MIXED_PRECISION_MIN_BATCH",
     "EXPORT_FORMATS",
     "Explanation",
     "FamiliarityProfile",

@@ -219,14 +219,15 @@ def _outputs(model: Any, parts: tuple[Any, ...]) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, *model.output_shape[1:]))
 
 
-def activation_data(ws: Workspace, clf: Any, freeze: FreezePlan, spec: Any, weights_id: str,
+def activation_data(ws: Workspace, clf: Any, freeze: FreezePlan, spec: Any, features_key: str,
                     train: tuple[Sequence[Any], np.ndarray], val: tuple[Sequence[Any], np.ndarray],
                     report: Callable[[Progress], bool]) -> ActivationData | str:
     """The cut and its training and validation batches for a phase that trains the top of
     the backbone: (records, one-hot labels) each; activations the cache lacks are computed
     with `extract_features`'s progress and cancel checks (FeaturesCancelled). A string says
-    why the phase cannot train this way."""
-    from .features import extract_features, feature_key
+    why the phase cannot train this way. `features_key`: the run's pooled features' key
+    (`feature_key`), which the activations' key extends."""
+    from .features import extract_features
 
     try:
         cut = cut_classifier(clf, freeze, pretrained=spec.weights != "none")
@@ -235,7 +236,7 @@ def activation_data(ws: Workspace, clf: Any, freeze: FreezePlan, spec: Any, weig
     reason = too_big(cut, len(train[0]) + len(val[0]))
     if reason:
         return reason
-    key = activation_key(feature_key(spec.backbone, weights_id, spec.image_size), cut.boundary)
+    key = activation_key(features_key, cut.boundary)
     found = extract_features(ws, cut.bottom, key, [("training images", train[0]),
                                                    ("validation images", val[0])],
                              spec.batch_size, report, cache=activation_cache(ws))

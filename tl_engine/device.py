@@ -2,6 +2,15 @@
 
 `describe()` only looks; `configure()` changes TensorFlow's process-wide settings, once,
 and is called by whatever is about to use TensorFlow for real (training, the dashboard).
+A job then asks `use_precision` for its own dtype policy and `inference_batch_size` for
+the batch its inference passes run at.
+
+The GPU choices follow what the network costs on one (bench/gpu_compute.py; figures in
+BENCHMARKS-GPU.md, an H200): mixed float16 made the forward pass 1.4-1.8x as fast at
+batches of 256 and more, but fine-tuning at batch 32 only 0.6-0.7x as fast (loss scaling
+and casts outweigh the smaller arithmetic); and a pass fed from host memory ran 2.8x as
+fast at batch 512 as at 32, and 1.5-1.9x as fast again with uint8 pixels instead of
+float32 (a quarter of the bytes to copy).
 """
 
 from __future__ import annotations
@@ -10,6 +19,12 @@ import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The smallest training batch that gets mixed float16 on a tensor-core GPU (see above).
+MIXED_PRECISION_MIN_BATCH = 256
+# On a GPU, inference passes (features, activations at a freeze boundary) run at this
+# many images of 224 x 224 per batch, or the run's batch if larger; the same count of
+# pixels at other sizes. Their outputs are the same at any batch: each image is its own.
+GPU_INFERENCE_BATCH = 512
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -17,6 +32,7 @@ class DeviceInfo:
     names: tuple[str, ...] = ()
     tensorflow: str = ""
     keras: str = ""
+    # Tensor-core GPUs: mixed precision for batches of MIXED_PRECISION_MIN_BATCH or more.
     mixed_precision: bool = False
     replicas: int = 1
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -24,7 +40,8 @@ class DeviceInfo:
     @property
     def label(self) -> str:
         if self.kind == "GPU":
-            extra = " · mixed precision" if self.mixed_precision else ""
+            extra = (f" · mixed precision from batch {MIXED_PRECISION_MIN_BATCH}"
+                     if self.mixed_precision else "")
             return f"{len(self.names)}× GPU: {', '.join(self.names)}{extra}"
         return "CPU (no GPU visible)"
 
@@ -48,8 +65,9 @@ def _compute_capability(tf: Any, gpu: Any) -> tuple[int, int]:
 
 
 def _uses_mixed_precision(tf: Any, gpus: list[Any]) -> bool:
-    """Mixed float16 pays off on tensor-core GPUs (compute capability 7.0+) and costs
-    accuracy nowhere because the classifier's softmax stays float32."""
+    """Mixed float16 can pay off on tensor-core GPUs (compute capability 7.0+), at large
+    batches (`precision_policy`); it costs accuracy nowhere because the classifier's
+    softmax stays float32."""
     return bool(gpus) and all(_compute_capability(tf, g) >= (7, 0) for g in gpus)
 
 
@@ -57,8 +75,8 @@ def _uses_mixed_precision(tf: Any, gpus: list[Any]) -> bool:
 def configure() -> DeviceInfo:
     """Set up TensorFlow for this process once; call before building any model.
 
-    Memory growth lets several processes share a GPU; mixed precision where it pays off
-    (see `_uses_mixed_precision`); deterministic ops, so the same run gives the same model.
+    Memory growth lets several processes share a GPU; deterministic ops, so the same run
+    gives the same model. The dtype policy is each job's (`use_precision`).
     """
     import keras
     import tensorflow as tf
@@ -71,8 +89,6 @@ def configure() -> DeviceInfo:
         except RuntimeError as exc:  # already initialised in this process
             notes.append(f"memory growth not set: {exc}")
     mixed = _uses_mixed_precision(tf, gpus)
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     # Before any op runs in the process: kernels chosen earlier would keep their own
     # arithmetic, and the same run would differ in its low bits from worker to worker.
     try:
@@ -82,15 +98,43 @@ def configure() -> DeviceInfo:
     return _device_info(tf, keras, gpus, mixed, notes)
 
 
+def precision_policy(batch_size: int, info: DeviceInfo | None = None) -> str:
+    """The Keras dtype policy for training at `batch_size` on this host's hardware."""
+    info = info or configure()
+    if info.mixed_precision and batch_size >= MIXED_PRECISION_MIN_BATCH:
+        return "mixed_float16"
+    return "float32"
+
+
+def use_precision(batch_size: int) -> str:
+    """Set the dtype policy of the models this job builds next, for training at
+    `batch_size`; returns its name (part of the feature caches' keys: float16 features
+    differ in their low bits)."""
+    import keras
+
+    policy = precision_policy(batch_size)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def inference_batch_size(batch_size: int, image_size: int,
+                         info: DeviceInfo | None = None) -> int:
+    """The batch an inference pass over many images runs at: a GPU is filled (see
+    GPU_INFERENCE_BATCH); a CPU gains nothing from more than the run's batch but memory."""
+    info = info or configure()
+    if info.kind != "GPU":
+        return batch_size
+    fill = GPU_INFERENCE_BATCH * 224 * 224 // max(1, image_size * image_size)
+    return max(batch_size, fill, 1)
+
+
 def clear_keras_session(free_memory: bool = True) -> None:
-    """Forget the Keras state a job left (layer names, graphs). Keras's clear_session also
-    forgets the global dtype policy, so a warm worker's next job would lose mixed precision:
-    it is set again. `free_memory`: collect garbage too (a few tenths of a second)."""
+    """Forget the Keras state a job left (layer names, graphs, the dtype policy it set).
+    `free_memory`: collect garbage too (a few tenths of a second)."""
     import keras
 
     keras.backend.clear_session(free_memory=free_memory)
-    if configure.cache_info().currsize and configure().mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("float32")
 
 
 def _device_info(tf: Any, keras: Any, gpus: list[Any], mixed: bool,

@@ -31,8 +31,13 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 
-def feature_key(backbone_key: str, weights_identity: str, image_size: int) -> str:
+def feature_key(backbone_key: str, weights_identity: str, image_size: int,
+                policy: str = "float32") -> str:
+    """The feature caches' key for a backbone's outputs; `policy`, the Keras dtype policy
+    they are computed under (mixed float16 gives other low bits)."""
     raw = f"{backbone_key}|{weights_identity}|{image_size}"
+    if policy != "float32":
+        raw += f"|{policy}"
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -179,6 +184,7 @@ def extract_features(
     import time
 
     from .callbacks import PredictProgress
+    from .device import inference_batch_size
     from .pipeline import image_dataset
     from .progress import FeaturePass, FeaturePassProgress
 
@@ -192,7 +198,8 @@ def extract_features(
         planned.append(FeaturePass(name, len(missing)))
     passes = FeaturePassProgress(planned)
     size = int(feature_model.input_shape[1])
-    forward = inference_function(feature_model, size)
+    forward = inference_function(feature_model, size, "uint8")
+    batch_size = inference_batch_size(batch_size, size)
     matrices, computed, reused = [], 0, 0
     for name, records in named:
         hashes = [r.hash for r in records]
@@ -203,7 +210,7 @@ def extract_features(
             progress = PredictProgress(report, passes, name, batch_size, started)
             progress.set_model(feature_model)
             pixels = image_dataset([str(ws.image_path(h)) for h in missing], None, size,
-                                   batch_size)
+                                   batch_size, as_uint8=True)
             _compute_into(cache, key, missing, pixels, forward, progress)
         computed += len(missing)
         reused += len(set(hashes)) - len(missing)
@@ -220,23 +227,27 @@ _forwards: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _forwards_lock = threading.Lock()
 
 
-def inference_function(model: Any, size: int) -> Any:
+def inference_function(model: Any, size: int, pixels: str = "float32") -> Any:
     """`model`'s inference pass as one graph for batches of any size, traced once per
-    model: a fixed signature, so a last, smaller batch, a single photo or the model's next
-    pass never traces it again (Keras's own predict traces once per new batch shape)."""
+    model and pixel type: a fixed signature, so a last, smaller batch, a single photo or
+    the model's next pass never traces it again (Keras's own predict traces once per new
+    batch shape). `pixels="uint8"` takes uint8 pixels and casts them inside the graph, on
+    the device that runs it."""
     import tensorflow as tf
 
     with _forwards_lock:
-        forward = _forwards.get(model)
+        kept = _forwards.setdefault(model, {})
+        forward = kept.get(pixels)
         if forward is None:
             # A weak reference: the function kept for the model must not keep it alive.
             network = weakref.ref(model)
+            dtype = tf.as_dtype(pixels)
 
-            @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-            def forward(pixels: Any) -> Any:
-                return network()(pixels, training=False)
+            @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), dtype)])
+            def forward(batch: Any) -> Any:
+                return network()(tf.cast(batch, tf.float32), training=False)
 
-            _forwards[model] = forward
+            kept[pixels] = forward
     return forward
 
 

@@ -151,7 +151,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     import tensorflow as tf
 
     from .datasets import load_dataset, split_records
-    from .device import clear_keras_session, configure, distribution_strategy
+    from .device import clear_keras_session, configure, distribution_strategy, use_precision
     from .features import FeaturesCancelled, extract_features, feature_key
     from .freeze import apply_freeze, layer_rate_factors, plan_freeze
     from .modeling import build_classifier
@@ -170,6 +170,8 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     classes = list(dataset.classes)
     index = {name: i for i, name in enumerate(classes)}
     train = split_records(dataset, spec.val_split, spec.test_split, spec.seed)["train"]
+    batch = min(spec.batch_size, len(train))
+    policy = use_precision(batch)  # as the run it tunes will train
     y = one_hot(train, index)
     phase = phases(spec)[0]
     entry = get_backbone(spec.backbone)
@@ -178,10 +180,9 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     freeze = plan_freeze(entry, clf.backbone, phase.trainable_top, phase.unit, len(classes),
                          spec.hidden_units, freeze_batch_norm=spec.weights != "none")
     apply_freeze(clf.backbone, freeze)
-    batch = min(spec.batch_size, len(train))
     if phase.cached_features:
         key = feature_key(spec.backbone, weights_identity(entry, spec.weights, spec.seed),
-                          spec.image_size)
+                          spec.image_size, policy)
         try:
             found = extract_features(ws, clf.feature_model, key, [("training images", train)],
                                      spec.batch_size,

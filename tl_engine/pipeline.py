@@ -98,8 +98,11 @@ def image_dataset(
     augment: Sequence[str] = (),
     augment_seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
+    as_uint8: bool = False,
 ) -> Any:
-    """Stored JPEGs -> batches of float32 pixels (0-255), with labels when given.
+    """Stored JPEGs -> batches of float32 pixels (0-255), with labels when given; with
+    `as_uint8`, uint8 pixels, for a graph that casts them where it runs (a GPU then
+    receives a quarter of the bytes). Augmentation takes float32.
 
     Decoding runs in parallel, a few batches ahead, and holds no more than those: the
     order is shuffled (every epoch, by `shuffle_seed`) before any image is decoded. With
@@ -110,6 +113,8 @@ def image_dataset(
     """
     import tensorflow as tf
 
+    if as_uint8 and augment:
+        raise ValueError("augmentation works on float32 pixels")
     autotune = tf.data.AUTOTUNE
     paths = [str(p) for p in paths]
     cache = _usable_cache(cache_dir, len(paths), size)
@@ -130,6 +135,8 @@ def image_dataset(
         return (load(*source) if isinstance(source, tuple) else load(source)), label
 
     ds = ds.map(decode, num_parallel_calls=autotune, deterministic=True).batch(batch_size)
+    if as_uint8:
+        return ds.prefetch(autotune)
 
     def to_float(*batch: Any) -> Any:
         pixels = tf.cast(batch[0], tf.float32)

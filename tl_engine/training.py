@@ -28,7 +28,13 @@ from . import calibration, familiarity, runs
 from .activations import ActivationData, activation_data
 from .callbacks import KeepBestWeights, StoreProgress, discard_torn_first_backup, weights_tag
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
-from .device import clear_keras_session, configure, distribution_strategy
+from .device import (
+    clear_keras_session,
+    configure,
+    distribution_strategy,
+    inference_batch_size,
+    use_precision,
+)
 from .features import FeaturesCancelled, extract_features, feature_key, inference_function
 from .freeze import FreezePlan, apply_freeze, layer_rate_factors, plan_freeze
 from .modeling import Classifier, build_classifier
@@ -69,8 +75,8 @@ def warm_up() -> None:
     with distribution_strategy().scope():
         clf = build_classifier(spec, n_classes=2, keep=True)
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
-    inference_function(clf.feature_model, size)(
-        np.zeros((spec.batch_size, size, size, 3), np.float32))
+    inference_function(clf.feature_model, size, "uint8")(
+        np.zeros((inference_batch_size(spec.batch_size, size), size, size, 3), np.uint8))
     clear_keras_session(free_memory=False)  # what it built is kept: nothing to collect
 
 
@@ -150,7 +156,8 @@ class RunTrainer:
         self._forward_s_per_image: float | None = None
 
     # --- helpers -----------------------------------------------------------------
-    def _pixels(self, records: list[ImageRecord], shuffle: bool, labels: bool = True) -> Any:
+    def _pixels(self, records: list[ImageRecord], shuffle: bool, labels: bool = True,
+                as_uint8: bool = False) -> Any:
         spec = self.spec
         return image_dataset(
             [str(self.ws.image_path(r.hash)) for r in records],
@@ -161,6 +168,7 @@ class RunTrainer:
             augment=spec.augment if shuffle else (),
             augment_seed=spec.seed,
             cache_dir=self.pixel_dir,
+            as_uint8=as_uint8,
         )
 
     def _report(self, progress: Progress) -> bool:
@@ -171,7 +179,8 @@ class RunTrainer:
     def _feature_key(self) -> str:
         """Where this run's frozen-backbone features are cached (set once `train` knows the
         weights' identity)."""
-        return feature_key(self.spec.backbone, self._weights_id, self.spec.image_size)
+        return feature_key(self.spec.backbone, self._weights_id, self.spec.image_size,
+                           self._policy)
 
     def _feature_matrices(self, clf: Classifier,
                           named: list[tuple[str, list[ImageRecord]]]) -> list[np.ndarray]:
@@ -279,9 +288,9 @@ class RunTrainer:
         """The complete model's probabilities for `records`, computed from their pixels as
         the saved model computes them (not from the float16 cache): its bottom, whose graph
         the activation pass traced, then its top; no whole-model graph to trace."""
-        bottom = inference_function(data.cut.bottom, self.spec.image_size)
+        bottom = inference_function(data.cut.bottom, self.spec.image_size, "uint8")
         outputs = []
-        for pixels in self._pixels(records, False, labels=False):
+        for pixels in self._pixels(records, False, labels=False, as_uint8=True):
             crossing = bottom(pixels)
             crossing = list(crossing) if isinstance(crossing, (list, tuple)) else [crossing]
             outputs.append(np.asarray(data.cut.top(crossing, training=False)))
@@ -365,7 +374,7 @@ class RunTrainer:
         why = phase.pixels_reason
         if phase.cached_activations:  # the top of the backbone and the head, shared weights
             try:
-                data = activation_data(self.ws, clf, freeze, spec, self._weights_id,
+                data = activation_data(self.ws, clf, freeze, spec, self._feature_key,
                                        (self.splits.train, y_train), (self.splits.val, y_val),
                                        self._report)
             except FeaturesCancelled:
@@ -401,6 +410,7 @@ class RunTrainer:
     def train(self) -> RunSummary:
         spec = self.spec
         device = configure()
+        self._policy = use_precision(spec.batch_size)
         keras.utils.set_random_seed(spec.seed)
         entry = get_backbone(spec.backbone)
         self._weights_id = weights_identity(entry, spec.weights, spec.seed)
@@ -502,10 +512,8 @@ class RunTrainer:
 
     def _fingerprint(self, clf: Classifier) -> np.ndarray:
         image = familiarity.fingerprint_image(self.spec.image_size)
-        forward = inference_function(clf.feature_model, self.spec.image_size)
-        if forward.experimental_get_tracing_count():  # a feature pass of this backbone traced it
-            return np.asarray(forward(image))
-        # One image, called directly: tracing a graph for it would cost more.
+        # One float image (feature passes trace a uint8 graph), called directly: tracing a
+        # graph for it would cost more.
         return np.asarray(clf.feature_model(image, training=False))
 
     def _fit_profile(self, clf: Classifier, backbone_trained: bool,

@@ -25,8 +25,12 @@ def hardware_panel(device: tle.DeviceInfo | None) -> None:
         cols[0].metric("Trains on", "GPU" if device.kind == "GPU" else "CPU",
                        help=", ".join(device.names) or "No GPU is visible to TensorFlow.")
         cols[1].metric("TensorFlow / Keras", f"{device.tensorflow} / {device.keras}")
-        cols[2].metric("Mixed precision", "on" if device.mixed_precision else "off",
-                       help="float16 compute on tensor-core GPUs; the softmax stays float32.")
+        cols[2].metric("Mixed precision",
+                       f"batch ≥ {tle.MIXED_PRECISION_MIN_BATCH}" if device.mixed_precision
+                       else "off",
+                       help="float16 compute on tensor-core GPUs for training batches of "
+                       f"{tle.MIXED_PRECISION_MIN_BATCH} or more, where it is faster; smaller "
+                       "batches train in float32. The softmax stays float32.")
         if device.names:
             st.caption(" · ".join(device.names))
         else:

@@ -1,0 +1,85 @@
+"""The hardware choices a job makes: its dtype policy and the batch its inference passes
+run at (bench/gpu_compute.py measured why), and uint8 pixels into inference graphs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from conftest import TINY_CLASSES, train_tiny_run, write_color_classes
+
+from tl_engine.device import (
+    GPU_INFERENCE_BATCH,
+    MIXED_PRECISION_MIN_BATCH,
+    DeviceInfo,
+    inference_batch_size,
+    precision_policy,
+)
+from tl_engine.features import feature_key
+
+TENSOR_CORE_GPU = DeviceInfo(kind="GPU", names=("NVIDIA H200",), mixed_precision=True)
+OLDER_GPU = DeviceInfo(kind="GPU", names=("Tesla P100",), mixed_precision=False)
+CPU = DeviceInfo(kind="CPU")
+
+
+def test_mixed_precision_only_for_large_batches_on_tensor_core_gpus():
+    assert precision_policy(32, TENSOR_CORE_GPU) == "float32"
+    assert precision_policy(MIXED_PRECISION_MIN_BATCH - 1, TENSOR_CORE_GPU) == "float32"
+    assert precision_policy(MIXED_PRECISION_MIN_BATCH, TENSOR_CORE_GPU) == "mixed_float16"
+    assert precision_policy(4096, OLDER_GPU) == "float32"
+    assert precision_policy(4096, CPU) == "float32"
+    assert TENSOR_CORE_GPU.label.endswith(f"mixed precision from batch {MIXED_PRECISION_MIN_BATCH}")
+
+
+def test_inference_passes_fill_a_gpu_and_keep_the_runs_batch_on_a_cpu():
+    assert inference_batch_size(32, 224, CPU) == 32
+    assert inference_batch_size(32, 224, TENSOR_CORE_GPU) == GPU_INFERENCE_BATCH
+    assert inference_batch_size(2048, 224, TENSOR_CORE_GPU) == 2048
+    # The same pixels per batch at other sizes: a quarter of the images at twice the side.
+    assert inference_batch_size(32, 448, OLDER_GPU) == GPU_INFERENCE_BATCH // 4
+    assert inference_batch_size(1, 4096, TENSOR_CORE_GPU) == 1
+
+
+def test_feature_keys_name_a_mixed_policy_and_keep_float32_keys_as_they_were():
+    old = hashlib.sha256(b"MobileNetV2-0.35|imagenet:abc|224").hexdigest()[:32]
+    assert feature_key("MobileNetV2-0.35", "imagenet:abc", 224) == old
+    assert feature_key("MobileNetV2-0.35", "imagenet:abc", 224, "float32") == old
+    assert feature_key("MobileNetV2-0.35", "imagenet:abc", 224, "mixed_float16") != old
+
+
+def test_uint8_batches_and_graph_give_the_float_pipelines_features(tmp_path):
+    import keras
+
+    from tl_engine.features import inference_function
+    from tl_engine.pipeline import image_dataset
+
+    write_color_classes(tmp_path, TINY_CLASSES, per_class=3, size=40)
+    paths = sorted(str(p) for p in tmp_path.rglob("*.jpg"))
+    as_float = list(image_dataset(paths, None, 32, 4))
+    as_uint8 = list(image_dataset(paths, None, 32, 4, as_uint8=True))
+    assert all(b.dtype == "uint8" for b in as_uint8)
+    for f, u in zip(as_float, as_uint8, strict=True):
+        np.testing.assert_array_equal(np.asarray(u).astype(np.float32), np.asarray(f))
+    with pytest.raises(ValueError, match="augmentation"):
+        image_dataset(paths, None, 32, 4, augment=("flip",), as_uint8=True)
+
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3, kernel_initializer="glorot_uniform")(inputs / 255.0))
+    model = keras.Model(inputs, pooled)
+    from_float = np.concatenate([inference_function(model, 32)(b) for b in as_float])
+    uint8_forward = inference_function(model, 32, "uint8")
+    from_uint8 = np.concatenate([uint8_forward(b) for b in as_uint8])
+    np.testing.assert_allclose(from_uint8, from_float, rtol=1e-6, atol=1e-6)
+    assert uint8_forward.experimental_get_tracing_count() == 1  # a last, smaller batch too
+    assert inference_function(model, 32, "uint8") is uint8_forward
+
+
+def test_a_job_leaves_the_dtype_policy_at_float32_for_the_next(workspace, tiny_dataset):
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")  # as a large-batch GPU job sets
+    run = train_tiny_run(workspace, tiny_dataset, batch_size=MIXED_PRECISION_MIN_BATCH)
+    assert run.status == "completed"
+    assert keras.mixed_precision.global_policy().name == "float32"
