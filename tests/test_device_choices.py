@@ -14,6 +14,7 @@ from tl_engine.device import (
     MIXED_PRECISION_MIN_BATCH,
     DeviceInfo,
     inference_batch_size,
+    inference_pixels,
     precision_policy,
 )
 from tl_engine.features import feature_key
@@ -39,6 +40,11 @@ def test_inference_passes_fill_a_gpu_and_keep_the_runs_batch_on_a_cpu():
     # The same pixels per batch at other sizes: a quarter of the images at twice the side.
     assert inference_batch_size(32, 448, OLDER_GPU) == GPU_INFERENCE_BATCH // 4
     assert inference_batch_size(1, 4096, TENSOR_CORE_GPU) == 1
+
+
+def test_gpus_receive_uint8_pixels_and_cpus_the_float_graph_they_trace_ahead():
+    assert inference_pixels(TENSOR_CORE_GPU) == inference_pixels(OLDER_GPU) == "uint8"
+    assert inference_pixels(CPU) == "float32"
 
 
 def test_feature_keys_name_a_mixed_policy_and_keep_float32_keys_as_they_were():

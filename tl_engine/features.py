@@ -184,7 +184,7 @@ def extract_features(
     import time
 
     from .callbacks import PredictProgress
-    from .device import inference_batch_size
+    from .device import inference_batch_size, inference_pixels
     from .pipeline import image_dataset
     from .progress import FeaturePass, FeaturePassProgress
 
@@ -198,7 +198,8 @@ def extract_features(
         planned.append(FeaturePass(name, len(missing)))
     passes = FeaturePassProgress(planned)
     size = int(feature_model.input_shape[1])
-    forward = inference_function(feature_model, size, "uint8")
+    pixel_type = inference_pixels()
+    forward = inference_function(feature_model, size, pixel_type)
     batch_size = inference_batch_size(batch_size, size)
     matrices, computed, reused = [], 0, 0
     for name, records in named:
@@ -210,7 +211,7 @@ def extract_features(
             progress = PredictProgress(report, passes, name, batch_size, started)
             progress.set_model(feature_model)
             pixels = image_dataset([str(ws.image_path(h)) for h in missing], None, size,
-                                   batch_size, as_uint8=True)
+                                   batch_size, as_uint8=pixel_type == "uint8")
             _compute_into(cache, key, missing, pixels, forward, progress)
         computed += len(missing)
         reused += len(set(hashes)) - len(missing)

@@ -33,6 +33,7 @@ from .device import (
     configure,
     distribution_strategy,
     inference_batch_size,
+    inference_pixels,
     use_precision,
 )
 from .features import FeaturesCancelled, extract_features, feature_key, inference_function
@@ -75,8 +76,9 @@ def warm_up() -> None:
     with distribution_strategy().scope():
         clf = build_classifier(spec, n_classes=2, keep=True)
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
-    inference_function(clf.feature_model, size, "uint8")(
-        np.zeros((inference_batch_size(spec.batch_size, size), size, size, 3), np.uint8))
+    pixels = inference_pixels()
+    inference_function(clf.feature_model, size, pixels)(
+        np.zeros((inference_batch_size(spec.batch_size, size), size, size, 3), pixels))
     clear_keras_session(free_memory=False)  # what it built is kept: nothing to collect
 
 
@@ -288,9 +290,11 @@ class RunTrainer:
         """The complete model's probabilities for `records`, computed from their pixels as
         the saved model computes them (not from the float16 cache): its bottom, whose graph
         the activation pass traced, then its top; no whole-model graph to trace."""
-        bottom = inference_function(data.cut.bottom, self.spec.image_size, "uint8")
+        pixel_type = inference_pixels()
+        bottom = inference_function(data.cut.bottom, self.spec.image_size, pixel_type)
         outputs = []
-        for pixels in self._pixels(records, False, labels=False, as_uint8=True):
+        for pixels in self._pixels(records, False, labels=False,
+                                   as_uint8=pixel_type == "uint8"):
             crossing = bottom(pixels)
             crossing = list(crossing) if isinstance(crossing, (list, tuple)) else [crossing]
             outputs.append(np.asarray(data.cut.top(crossing, training=False)))
@@ -512,8 +516,10 @@ class RunTrainer:
 
     def _fingerprint(self, clf: Classifier) -> np.ndarray:
         image = familiarity.fingerprint_image(self.spec.image_size)
-        # One float image (feature passes trace a uint8 graph), called directly: tracing a
-        # graph for it would cost more.
+        forward = inference_function(clf.feature_model, self.spec.image_size)
+        if forward.experimental_get_tracing_count():  # a feature pass of this backbone traced it
+            return np.asarray(forward(image))
+        # One image, called directly: tracing a graph for it would cost more.
         return np.asarray(clf.feature_model(image, training=False))
 
     def _fit_profile(self, clf: Classifier, backbone_trained: bool,
