@@ -6,16 +6,17 @@ A job then asks `use_precision` for its own dtype policy and `inference_batch_si
 the batch its inference passes run at.
 
 The GPU choices follow what the network costs on one (bench/gpu_compute.py; figures in
-BENCHMARKS-GPU.md, an H200): mixed float16 made the forward pass 1.4-1.8x as fast at
-batches of 256 and more, but fine-tuning at batch 32 only 0.6-0.7x as fast (loss scaling
-and casts outweigh the smaller arithmetic); and a pass fed from host memory ran 2.8x as
-fast at batch 512 as at 32, and 1.5-1.9x as fast again with uint8 pixels instead of
-float32 (a quarter of the bytes to copy).
+BENCHMARKS-GPU.md, an H200, under Keras on JAX): mixed float16 made fine-tuning 1.1-1.4x
+as fast from batch 256 (MobileNetV2-0.35, ResNet50), but 0.6-0.7x as fast at batch 32 and
+0.96x at 128 (loss scaling and casts outweigh the smaller arithmetic); a pass fed uint8
+pixels from host memory ran 2x as fast at batch 256 as at 32 (512 added 11%), and uint8
+pixels ran 1.5-1.9x as fast as float32 ones (a quarter of the bytes to copy).
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,8 +24,10 @@ from typing import Any
 MIXED_PRECISION_MIN_BATCH = 256
 # On a GPU, inference passes (features, activations at a freeze boundary) run at this
 # many images of 224 x 224 per batch, or the run's batch if larger; the same count of
-# pixels at other sizes. Their outputs are the same at any batch: each image is its own.
-GPU_INFERENCE_BATCH = 512
+# pixels at other sizes, and no more outputs than INFERENCE_OUTPUT_BYTES. Each image's
+# outputs are its own whatever the batch (up to the GPU's rounding).
+GPU_INFERENCE_BATCH = 256
+INFERENCE_OUTPUT_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -99,9 +102,10 @@ def configure() -> DeviceInfo:
 
 
 def precision_policy(batch_size: int, info: DeviceInfo | None = None) -> str:
-    """The Keras dtype policy for training at `batch_size` on this host's hardware."""
+    """The Keras dtype policy for training at `batch_size` on this host's hardware (each of
+    several GPUs computes its share of a batch)."""
     info = info or configure()
-    if info.mixed_precision and batch_size >= MIXED_PRECISION_MIN_BATCH:
+    if info.mixed_precision and batch_size // info.replicas >= MIXED_PRECISION_MIN_BATCH:
         return "mixed_float16"
     return "float32"
 
@@ -117,15 +121,28 @@ def use_precision(batch_size: int) -> str:
     return policy
 
 
-def inference_batch_size(batch_size: int, image_size: int,
+def inference_batch_size(batch_size: int, image_size: int, values_per_image: int = 0,
                          info: DeviceInfo | None = None) -> int:
     """The batch an inference pass over many images runs at: a GPU is filled (see
-    GPU_INFERENCE_BATCH); a CPU gains nothing from more than the run's batch but memory."""
+    GPU_INFERENCE_BATCH), within INFERENCE_OUTPUT_BYTES of float32 outputs
+    (`values_per_image` each); a CPU gains nothing from more than the run's batch but
+    memory. Never less than the run's batch."""
     info = info or configure()
     if info.kind != "GPU":
         return batch_size
-    fill = GPU_INFERENCE_BATCH * 224 * 224 // max(1, image_size * image_size)
+    fill = GPU_INFERENCE_BATCH * info.replicas * 224 * 224 // max(1, image_size * image_size)
+    if values_per_image:
+        fill = min(fill, INFERENCE_OUTPUT_BYTES // (4 * values_per_image))
     return max(batch_size, fill, 1)
+
+
+def reset_precision() -> None:
+    """Back to float32 after a job, whatever it left (a job that returned early, a failed
+    one): the next job's models and feature keys must not inherit its policy. Loads
+    nothing when this process never imported Keras."""
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def inference_pixels(info: DeviceInfo | None = None) -> str:
@@ -142,7 +159,7 @@ def clear_keras_session(free_memory: bool = True) -> None:
     import keras
 
     keras.backend.clear_session(free_memory=free_memory)
-    keras.mixed_precision.set_global_policy("float32")
+    reset_precision()
 
 
 def _device_info(tf: Any, keras: Any, gpus: list[Any], mixed: bool,

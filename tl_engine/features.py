@@ -184,7 +184,7 @@ def extract_features(
     import time
 
     from .callbacks import PredictProgress
-    from .device import inference_batch_size, inference_pixels
+    from .device import inference_pixels
     from .pipeline import image_dataset
     from .progress import FeaturePass, FeaturePassProgress
 
@@ -200,7 +200,7 @@ def extract_features(
     size = int(feature_model.input_shape[1])
     pixel_type = inference_pixels()
     forward = inference_function(feature_model, size, pixel_type)
-    batch_size = inference_batch_size(batch_size, size)
+    batch_size = inference_batch(feature_model, batch_size)
     matrices, computed, reused = [], 0, 0
     for name, records in named:
         hashes = [r.hash for r in records]
@@ -226,6 +226,17 @@ _STORE_EVERY = 512
 
 _forwards: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _forwards_lock = threading.Lock()
+
+
+def inference_batch(model: Any, batch_size: int) -> int:
+    """The batch `model`'s inference passes over many images run at, for a run whose batch
+    is `batch_size` (see device.inference_batch_size)."""
+    from .device import inference_batch_size
+
+    outputs = model.output_shape
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return inference_batch_size(batch_size, int(model.input_shape[1]),
+                                sum(int(np.prod(shape[1:])) for shape in outputs))
 
 
 def inference_function(model: Any, size: int, pixels: str = "float32") -> Any:
@@ -294,4 +305,5 @@ def feature_extractor(backbone: str, weights: str = "imagenet", image_size: int 
                    seed=seed).normalized()
     identity = weights_identity(get_backbone(spec.backbone), spec.weights, spec.seed)
     model = build_classifier(spec, 2).feature_model
-    return FeatureExtractor(model, feature_key(spec.backbone, identity, spec.image_size))
+    return FeatureExtractor(model, feature_key(spec.backbone, identity, spec.image_size,
+                                               model.dtype_policy.name))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import runs
 from .datasets import load_dataset
+from .device import reset_precision
 from .errors import TLError
 from .job_kinds import executor_for, list_job_kinds
 from .processes import process_alive
@@ -282,6 +283,8 @@ def run_job(ws: Workspace, run_id: str) -> RunStatus:
         (ws.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
         runs.finish_run(ws, run_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         return RunStatus.FAILED
+    finally:
+        reset_precision()
 
 
 def worker_main(ws: Workspace, idle_s: float = 0.0,

@@ -32,11 +32,16 @@ from .device import (
     clear_keras_session,
     configure,
     distribution_strategy,
-    inference_batch_size,
     inference_pixels,
     use_precision,
 )
-from .features import FeaturesCancelled, extract_features, feature_key, inference_function
+from .features import (
+    FeaturesCancelled,
+    extract_features,
+    feature_key,
+    inference_batch,
+    inference_function,
+)
 from .freeze import FreezePlan, apply_freeze, layer_rate_factors, plan_freeze
 from .modeling import Classifier, build_classifier
 from .optimizers import make_optimizer, variable_factors
@@ -78,7 +83,7 @@ def warm_up() -> None:
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
     pixels = inference_pixels()
     inference_function(clf.feature_model, size, pixels)(
-        np.zeros((inference_batch_size(spec.batch_size, size), size, size, 3), pixels))
+        np.zeros((inference_batch(clf.feature_model, spec.batch_size), size, size, 3), pixels))
     clear_keras_session(free_memory=False)  # what it built is kept: nothing to collect
 
 
@@ -414,7 +419,8 @@ class RunTrainer:
     def train(self) -> RunSummary:
         spec = self.spec
         device = configure()
-        self._policy = use_precision(spec.batch_size)
+        # The batch a step really has, as lr-find decides (a set smaller than the batch).
+        self._policy = use_precision(min(spec.batch_size, len(self.splits.train)))
         keras.utils.set_random_seed(spec.seed)
         entry = get_backbone(spec.backbone)
         self._weights_id = weights_identity(entry, spec.weights, spec.seed)
