@@ -351,6 +351,20 @@ def test_small_imbalanced_classes_get_plain_warnings(workspace, tmp_path) -> Non
     assert "1 image(s) are smaller than 32 px" in text
 
 
+def test_classes_differing_only_in_case_or_spacing_are_pointed_out(workspace, tmp_path) -> None:
+    root = make_classes(tmp_path / "src", {"Cat": 3, "cat": 3, "dog": 3, "Dog ": 3, "owl": 3})
+    warnings = ingest_folder(workspace, root).report["warnings"]
+    look_alike = [w for w in warnings if "differ only in letter case" in w]
+    assert sorted(look_alike) == [
+        "classes 'Cat' and 'cat' differ only in letter case or spacing: they train as "
+        "different classes; if they are one, move their images into one folder",
+        "classes 'Dog ' and 'dog' differ only in letter case or spacing: they train as "
+        "different classes; if they are one, move their images into one folder",
+    ]
+    plain = ingest_folder(workspace, make_classes(tmp_path / "plain", {"cat": 3, "dog": 3}))
+    assert not any("letter case" in w for w in plain.report["warnings"])
+
+
 # --- given splits and splitting --------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import unicodedata
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -220,6 +221,7 @@ def _warnings(
                 f"{usable[least]} ({ratio:.1f}x); collect more {least!r} images or turn on "
                 "class weights"
             )
+    warnings += _look_alike_classes(counts)
     if source.given_split:
         # Only splits the source has a folder for: a missing val/ is carved out of train.
         for split in ("train", "val"):
@@ -266,6 +268,21 @@ def _warnings(
             "ambiguous — keep each image in its one class folder"
         )
     return warnings
+
+
+def _look_alike_classes(counts: dict[str, int]) -> list[str]:
+    """Classes whose names differ only in letter case, Unicode form or surrounding spaces
+    ('Cat', 'cat', 'cat '): almost always one class, and their folders would merge on
+    Windows and macOS."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for label in counts:
+        groups[unicodedata.normalize("NFKC", label).strip().casefold()].append(label)
+    return [
+        f"classes {' and '.join(repr(label) for label in sorted(labels))} differ only in "
+        "letter case or spacing: they train as different classes; if they are one, move "
+        "their images into one folder"
+        for labels in groups.values() if len(labels) > 1
+    ]
 
 
 def _unreadable_warning(unreadable: list[dict[str, str]], shown_reasons: int = 3) -> str:
