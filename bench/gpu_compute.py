@@ -1,19 +1,23 @@
-"""What the benchmark's network costs on this machine's accelerator, under each precision.
+"""What a backbone costs on this machine's accelerator, under each precision and batch.
 
-`python bench/gpu_compute.py [--weights FILE] [--out FILE]` builds the benchmark's backbone
-(MobileNetV2-0.35 at 224 px, ImageNet weights when given) with plain Keras on whatever
-backend Keras is set to (`KERAS_BACKEND`), and measures, for float32, mixed_float16 and
-mixed_bfloat16:
+`python bench/gpu_compute.py [--backbone NAME] [--weights FILE] [--out FILE]` builds a
+backbone (by default the benchmark's MobileNetV2-0.35 at 224 px; ImageNet weights when
+given, random weights time the same) with plain Keras on whatever backend Keras is set to
+(`KERAS_BACKEND`), and measures, under each dtype policy (`--policies`) and batch size
+(`--batches`), the parts named by `--parts`:
 
-- the forward pass on images already on the device (the device's own ceiling),
-- the forward pass fed from host memory by `model.predict` (what feature extraction gets),
-- fine-tuning the top two blocks and a head with `model.fit` (what a `partial` run gets),
+- `device`: the forward pass on images already on the device (the device's own ceiling),
+  compiled with XLA; `device_graph`, on TensorFlow: the same without XLA;
+- `host`: the forward pass fed float32 pixels from host memory by `model.predict`;
+- `host_uint8` (JAX): fed uint8 pixels, cast on the device (what feature passes get);
+- `finetune`: training the backbone's top blocks and a head with `model.fit`.
 
-each at a small and a device-filling batch. It answers the GPU questions of the
-performance work: which precision pays off, which batch fills the device, and whether the
-device or the host (transfer, decoding) is the limit. Figures are images per second; each
-is the best of a few timed repeats after a warm-up that includes compilation. With
-`--out`, results are written after every measurement, so a run cut short keeps them.
+It answers the GPU questions of the performance work: which precision pays off, which
+batch fills the device, whether XLA helps, and whether the device or the host (copying,
+decoding) is the limit. Figures are images per second, each the best of a few timed
+repeats after a warm-up that includes compilation. With `--out`, results are written
+after every measurement, so a run cut short keeps them. BENCHMARKS-GPU.md has figures
+from an NVIDIA H200.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ BACKBONES: dict[str, Callable[[Any], Any]] = {
     "efficientnet_b0": lambda keras: keras.applications.EfficientNetB0,
     "resnet50": lambda keras: keras.applications.ResNet50,
 }
-PARTS = ("device", "host", "host_uint8", "finetune")
+PARTS = ("device", "device_graph", "host", "host_uint8", "finetune")
 
 
 def _backbone(keras: Any, name: str, weights: str | None) -> Any:
@@ -79,7 +83,10 @@ def _host_uint8_forward(keras: Any, model: Any, pixels: np.ndarray,
     return run
 
 
-def _on_device_forward(keras: Any, model: Any, batch: np.ndarray) -> Callable[[], Any]:
+def _on_device_forward(keras: Any, model: Any, batch: np.ndarray,
+                       xla: bool = True) -> Callable[[], Any]:
+    """The forward pass on pixels already on the device, compiled with XLA (`xla=False`:
+    TensorFlow's own graph runtime, to tell whether XLA helps there)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -93,7 +100,7 @@ def _on_device_forward(keras: Any, model: Any, batch: np.ndarray) -> Callable[[]
         import tensorflow as tf
 
         x = tf.constant(batch)
-        forward = tf.function(lambda x: model(x, training=False), jit_compile=True)
+        forward = tf.function(lambda x: model(x, training=False), jit_compile=xla)
         return lambda: forward(x).numpy()
     if backend == "torch":
         import torch
@@ -146,6 +153,11 @@ def measure(backbone: str, weights: str | None, images: int, batches: list[int],
         for batch in batches if "device" in parts else ():
             row("forward on device", policy, batch, _best_rate(
                 batch, _on_device_forward(keras, model, pixels[:batch]), repeats * 5))
+        if "device_graph" in parts and keras.backend.backend() == "tensorflow":
+            for batch in batches:
+                row("forward on device, no XLA", policy, batch, _best_rate(
+                    batch, _on_device_forward(keras, model, pixels[:batch], xla=False),
+                    repeats * 5))
         for batch in batches if "host" in parts else ():
             row("forward from host, float32 (predict)", policy, batch, _best_rate(
                 images, lambda m=model, b=batch: m.predict(pixels, batch_size=b, verbose=0),
