@@ -249,6 +249,26 @@ def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_datase
     assert 1 <= done_before < 12 and resumed.epochs_run == 12
 
 
+def test_resuming_a_phase_without_a_backup_drops_its_epochs_at_once(workspace, tiny_dataset):
+    """A frozen run killed in its head phase (epochs on cached features keep no backup)
+    trains that phase again from its first epoch: the stopped attempt's epochs leave the
+    charts when Resume is pressed, not seconds later when a worker reaches the phase."""
+    run_id = submit_run(workspace, "test", tiny_dataset.id,
+                        RunSpec(**{**TINY, "epochs": 400, "seed": 5})).run_id
+    _wait_until(lambda: len(runs.run_metrics(workspace, run_id)) >= 2)
+    pid = runs.get_run(workspace, run_id).worker_pid
+    os.kill(pid, signal.SIGKILL)
+    _wait_until(lambda: not process_alive(pid))
+    assert run_id in recover_interrupted(Workspace(workspace.root))
+    assert len(runs.run_metrics(workspace, run_id)) >= 2
+    resume_run(workspace, run_id, start_worker=False)
+    assert runs.run_metrics(workspace, run_id) == []
+    worker_main(workspace)
+    resumed = runs.get_run(workspace, run_id)
+    assert resumed.status == "completed", resumed.error
+    assert [m["epoch"] for m in runs.run_metrics(workspace, run_id)] == list(range(1, 401))
+
+
 def test_cli_train_runs_in_worker_and_returns_json(tiny_data_dir, tmp_path):
     ws = tmp_path / "cli-ws"
     command = [sys.executable, "-m", "tl_engine", "train", "--data", str(tiny_data_dir),

@@ -190,10 +190,33 @@ def resume_run(ws: Workspace, run_id: str, start_worker: bool = True) -> Submiss
     """Queue an interrupted (or failed, or cancelled) run again; it continues from its
     last checkpoint where one exists."""
     recover_interrupted(ws)
+    run = runs.get_run(ws, run_id)
+    if run.status in runs.RESUMABLE and run.kind == DEFAULT_KIND:
+        _drop_epochs_to_train_again(ws, run)
     runs.requeue_run(ws, run_id)
     if start_worker:
         ensure_worker(ws)
     return Submission(run_id, False, RunStatus.QUEUED)
+
+
+def _drop_epochs_to_train_again(ws: Workspace, run: RunRecord) -> None:
+    """The stopped attempt's epochs of the phase that starts again from its first epoch
+    (it left no backup to resume from) go now, while no worker holds the run, rather than
+    when the worker reaches that phase: until then the charts would show epochs that are
+    about to be trained again. The same rule as the trainer's (`RunTrainer._callbacks`)."""
+    from .phases import phases, read_resume_state
+
+    try:
+        plan = phases(run.spec)
+        state = read_resume_state(ws.run_dir(run.id), plan, runs.run_metrics(ws, run.id),
+                                  keep_best=run.spec.keep_weights == "best")
+    except (TLError, OSError, ValueError):
+        return  # the trainer meets the same problem and reports it; the charts can wait
+    if state.next_index() >= len(plan):
+        return
+    if (ws.run_dir(run.id) / "backup" / plan[state.next_index()].name).exists():
+        return  # the phase resumes from its backup: its epochs so far stay
+    runs.clear_metrics_after(ws, run.id, state.epoch_offset())
 
 
 def ensure_worker(ws: Workspace) -> bool:
