@@ -75,12 +75,12 @@ def test_uint8_batches_and_graph_give_the_float_pipelines_features(tmp_path):
     write_color_classes(tmp_path, TINY_CLASSES, per_class=3, size=40)
     paths = sorted(str(p) for p in tmp_path.rglob("*.jpg"))
     as_float = list(image_dataset(paths, None, 32, 4))
-    as_uint8 = list(image_dataset(paths, None, 32, 4, as_uint8=True))
+    as_uint8 = list(image_dataset(paths, None, 32, 4, pixel_type="uint8"))
     assert all(b.dtype == "uint8" for b in as_uint8)
     for f, u in zip(as_float, as_uint8, strict=True):
         np.testing.assert_array_equal(np.asarray(u).astype(np.float32), np.asarray(f))
     with pytest.raises(ValueError, match="augmentation"):
-        image_dataset(paths, None, 32, 4, augment=("flip",), as_uint8=True)
+        image_dataset(paths, None, 32, 4, augment=("flip",), pixel_type="uint8")
 
     inputs = keras.Input((32, 32, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(

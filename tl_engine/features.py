@@ -211,7 +211,7 @@ def extract_features(
             progress = PredictProgress(report, passes, name, batch_size, started)
             progress.set_model(feature_model)
             pixels = image_dataset([str(ws.image_path(h)) for h in missing], None, size,
-                                   batch_size, as_uint8=pixel_type == "uint8")
+                                   batch_size, pixel_type=pixel_type)
             _compute_into(cache, key, missing, pixels, forward, progress)
         computed += len(missing)
         reused += len(set(hashes)) - len(missing)
@@ -239,27 +239,27 @@ def inference_batch(model: Any, batch_size: int) -> int:
                                 sum(int(np.prod(shape[1:])) for shape in outputs))
 
 
-def inference_function(model: Any, size: int, pixels: str = "float32") -> Any:
+def inference_function(model: Any, size: int, pixel_type: str = "float32") -> Any:
     """`model`'s inference pass as one graph for batches of any size, traced once per
     model and pixel type: a fixed signature, so a last, smaller batch, a single photo or
     the model's next pass never traces it again (Keras's own predict traces once per new
-    batch shape). `pixels="uint8"` takes uint8 pixels and casts them inside the graph, on
+    batch shape). `pixel_type="uint8"` takes uint8 pixels and casts them inside the graph, on
     the device that runs it."""
     import tensorflow as tf
 
     with _forwards_lock:
         kept = _forwards.setdefault(model, {})
-        forward = kept.get(pixels)
+        forward = kept.get(pixel_type)
         if forward is None:
             # A weak reference: the function kept for the model must not keep it alive.
             network = weakref.ref(model)
-            dtype = tf.as_dtype(pixels)
+            dtype = tf.as_dtype(pixel_type)
 
             @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), dtype)])
             def forward(batch: Any) -> Any:
                 return network()(tf.cast(batch, tf.float32), training=False)
 
-            kept[pixels] = forward
+            kept[pixel_type] = forward
     return forward
 
 

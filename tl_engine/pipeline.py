@@ -98,11 +98,11 @@ def image_dataset(
     augment: Sequence[str] = (),
     augment_seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
-    as_uint8: bool = False,
+    pixel_type: str = "float32",
 ) -> Any:
     """Stored JPEGs -> batches of float32 pixels (0-255), with labels when given; with
-    `as_uint8`, uint8 pixels, for a graph that casts them where it runs (a GPU then
-    receives a quarter of the bytes). Augmentation takes float32.
+    `pixel_type="uint8"`, uint8 pixels, for a graph that casts them where it runs (a GPU
+    then receives a quarter of the bytes). Augmentation takes float32.
 
     Decoding runs in parallel, a few batches ahead, and holds no more than those: the
     order is shuffled (every epoch, by `shuffle_seed`) before any image is decoded. With
@@ -113,7 +113,9 @@ def image_dataset(
     """
     import tensorflow as tf
 
-    if as_uint8 and augment:
+    if pixel_type not in ("float32", "uint8"):
+        raise ValueError(f"pixel_type must be float32 or uint8, not {pixel_type!r}")
+    if pixel_type == "uint8" and augment:
         raise ValueError("augmentation works on float32 pixels")
     autotune = tf.data.AUTOTUNE
     paths = [str(p) for p in paths]
@@ -135,7 +137,7 @@ def image_dataset(
         return (load(*source) if isinstance(source, tuple) else load(source)), label
 
     ds = ds.map(decode, num_parallel_calls=autotune, deterministic=True).batch(batch_size)
-    if as_uint8:
+    if pixel_type == "uint8":
         return ds.prefetch(autotune)
 
     def to_float(*batch: Any) -> Any:

@@ -81,9 +81,9 @@ def warm_up() -> None:
     with distribution_strategy().scope():
         clf = build_classifier(spec, n_classes=2, keep=True)
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
-    pixels = inference_pixels()
-    inference_function(clf.feature_model, size, pixels)(
-        np.zeros((inference_batch(clf.feature_model, spec.batch_size), size, size, 3), pixels))
+    pixel_type = inference_pixels()
+    inference_function(clf.feature_model, size, pixel_type)(np.zeros(
+        (inference_batch(clf.feature_model, spec.batch_size), size, size, 3), pixel_type))
     clear_keras_session(free_memory=False)  # what it built is kept: nothing to collect
 
 
@@ -164,7 +164,7 @@ class RunTrainer:
 
     # --- helpers -----------------------------------------------------------------
     def _pixels(self, records: list[ImageRecord], shuffle: bool, labels: bool = True,
-                as_uint8: bool = False) -> Any:
+                pixel_type: str = "float32") -> Any:
         spec = self.spec
         return image_dataset(
             [str(self.ws.image_path(r.hash)) for r in records],
@@ -175,7 +175,7 @@ class RunTrainer:
             augment=spec.augment if shuffle else (),
             augment_seed=spec.seed,
             cache_dir=self.pixel_dir,
-            as_uint8=as_uint8,
+            pixel_type=pixel_type,
         )
 
     def _report(self, progress: Progress) -> bool:
@@ -298,8 +298,7 @@ class RunTrainer:
         pixel_type = inference_pixels()
         bottom = inference_function(data.cut.bottom, self.spec.image_size, pixel_type)
         outputs = []
-        for pixels in self._pixels(records, False, labels=False,
-                                   as_uint8=pixel_type == "uint8"):
+        for pixels in self._pixels(records, False, labels=False, pixel_type=pixel_type):
             crossing = bottom(pixels)
             crossing = list(crossing) if isinstance(crossing, (list, tuple)) else [crossing]
             outputs.append(np.asarray(data.cut.top(crossing, training=False)))
