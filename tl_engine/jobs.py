@@ -204,7 +204,7 @@ def _drop_epochs_to_train_again(ws: Workspace, run: RunRecord) -> None:
     (it left no backup to resume from) go now, while no worker holds the run, rather than
     when the worker reaches that phase: until then the charts would show epochs that are
     about to be trained again. The same rule as the trainer's (`RunTrainer._callbacks`)."""
-    from .phases import phases, read_resume_state
+    from .phases import backup_path, phases, read_resume_state
 
     try:
         plan = phases(run.spec)
@@ -214,7 +214,7 @@ def _drop_epochs_to_train_again(ws: Workspace, run: RunRecord) -> None:
         return  # the trainer meets the same problem and reports it; the charts can wait
     if state.next_index() >= len(plan):
         return
-    if (ws.run_dir(run.id) / "backup" / plan[state.next_index()].name).exists():
+    if backup_path(ws.run_dir(run.id), plan[state.next_index()].name).exists():
         return  # the phase resumes from its backup: its epochs so far stay
     runs.clear_metrics_after(ws, run.id, state.epoch_offset())
 

@@ -127,6 +127,12 @@ def done_path(run_dir: Path, phase_name: str) -> Path:
     return run_dir / f"done-{phase_name}.weights.h5"
 
 
+def backup_path(run_dir: Path, phase_name: str) -> Path:
+    """Where Keras's BackupAndRestore keeps a phase's state between epochs; a phase without
+    one starts again from its first epoch."""
+    return run_dir / "backup" / phase_name
+
+
 def tag_phase_file(path: Path, result: PhaseResult) -> None:
     """Record the phase's result in its (just written, not yet renamed) weights file."""
     with h5py.File(path, "a") as handle:

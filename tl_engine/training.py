@@ -48,6 +48,7 @@ from .optimizers import make_optimizer, variable_factors
 from .phases import (
     Phase,
     PhaseResult,
+    backup_path,
     done_path,
     phases,
     read_resume_state,
@@ -216,7 +217,7 @@ class RunTrainer:
             later_seconds=later_seconds, title=title,
         )
         _discard_if_unreadable(best_path)  # left torn by a worker of an older version
-        backup = self.dir / "backup" / phase
+        backup = backup_path(self.dir, phase)
         if not resumable:  # left by an older version that backed up every phase
             shutil.rmtree(backup, ignore_errors=True)
         discard_torn_first_backup(backup)
