@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 from conftest import PROJECT_ROOT, kill_worker
 
 import tl_engine as tle
-from tl_engine import job_kinds, runs
+from tl_engine import familiarity, job_kinds, runs
 from tl_engine.jobs import ensure_worker, slot_busy, submit_job, worker_main
 from tl_engine.processes import process_alive
 from tl_engine.runs import RunStatus
@@ -158,6 +159,11 @@ def test_a_fine_tuned_run_does_not_leak_into_a_later_run_of_the_same_process(
     worker_main(workspace)
     here = runs.get_run(workspace, frozen.run_id)
     assert here.status == "completed", here.error
+    # Another head on the same backbone: its fingerprint is the one kept in this process.
+    other = tle.submit_run(workspace, "test", tiny_dataset.id,
+                           RunSpec(**common, epochs=2, hidden_units=8), start_worker=False)
+    worker_main(workspace)
+    assert runs.get_run(workspace, other.run_id).status == "completed"
 
     fresh_ws = tmp_path / "fresh-ws"
     command = [sys.executable, "-m", "tl_engine", "train", "--data", str(tiny_data_dir),
@@ -176,6 +182,11 @@ def test_a_fine_tuned_run_does_not_leak_into_a_later_run_of_the_same_process(
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(mine.predict(pixels, verbose=0),
                                fresh.predict(pixels, verbose=0), atol=1e-5)
+    # What prediction checks a model against: the same in every run, computed or kept.
+    fresh_print = familiarity.load_profile(Path(fresh_path).parent).fingerprint
+    for run_id in (here.id, other.run_id):
+        kept = familiarity.load_profile(workspace.run_dir(run_id)).fingerprint
+        np.testing.assert_allclose(kept, fresh_print, rtol=1e-5, atol=1e-5)
 
 
 def test_a_kept_backbone_is_reused_reset_to_its_starting_weights_and_saves_alike(

@@ -1,5 +1,5 @@
 """Keras callbacks of a training run: live progress and cancel checks through the store,
-and the best epoch's weights kept in a tagged file."""
+the best epoch's weights kept in a tagged file, and validation on arrays in memory."""
 
 from __future__ import annotations
 
@@ -18,6 +18,44 @@ from .progress import EtaEstimator, FeaturePassProgress, Progress
 from .store import Workspace
 
 PROGRESS_INTERVAL_S = 1.5
+
+
+class ValidationOnArrays(keras.callbacks.Callback):
+    """Keras's validation of a model on inputs held in memory (a head on cached features):
+    each epoch, the model's own `test_step` over the batches, in one graph traced once, and
+    its metrics added to the epoch's logs as `val_<name>`, as `fit` would add them.
+
+    On features an epoch takes milliseconds, and `fit`'s own validation costs more than the
+    epoch: a new iterator and its multi-step loop every epoch, and a graph of its own to
+    trace. Put it first among the callbacks: those after it read the logs it completes.
+    One replica only (a strategy's variables are updated inside its `run`).
+    """
+
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray, batch_size: int) -> None:
+        super().__init__()
+        import tensorflow as tf
+
+        self._batches = [(tf.constant(inputs[i:i + batch_size]),
+                          tf.constant(targets[i:i + batch_size]))
+                         for i in range(0, len(inputs), batch_size)]
+        self._signature = [tuple(tf.TensorSpec((None, *array.shape[1:]), array.dtype)
+                                 for array in self._batches[0])] if self._batches else []
+        self._step: Any = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if not self._batches:
+            return
+        import tensorflow as tf
+
+        model = self.model
+        if self._step is None:
+            self._step = tf.function(model.test_step, input_signature=self._signature)
+        model.reset_metrics()  # as `evaluate` does: the epoch's training figures are logged
+        for batch in self._batches:
+            self._step(batch)
+        if logs is not None:
+            logs.update({f"val_{name}": float(value)
+                         for name, value in model.get_metrics_result().items()})
 
 
 class StoreProgress(keras.callbacks.Callback):

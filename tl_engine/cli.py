@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar = _ProgressBar(enabled=not args.no_progress)
     try:
         # A short poll: a run served by a warm worker takes about a second.
-        run = wait_for_run(ws, submission.run_id, on_update=bar, poll_s=0.1)
+        run = wait_for_run(ws, submission.run_id, on_update=bar, poll_s=0.05)
     except KeyboardInterrupt:
         run = None
     finally:

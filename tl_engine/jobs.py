@@ -45,7 +45,7 @@ AUTO_RESUMED_MARKER = "auto-resumed"
 WORKER_IDLE_ENV = "TL_WORKER_IDLE_S"
 DEFAULT_WORKER_IDLE_S = 120.0
 # One tiny query per poll: a job queued for a waiting worker starts within this.
-WORKER_POLL_S = 0.15
+WORKER_POLL_S = 0.05
 
 
 @dataclass(frozen=True)

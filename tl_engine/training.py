@@ -26,7 +26,13 @@ import tensorflow as tf
 
 from . import calibration, familiarity, runs
 from .activations import ActivationData, activation_data
-from .callbacks import KeepBestWeights, StoreProgress, discard_torn_first_backup, weights_tag
+from .callbacks import (
+    KeepBestWeights,
+    StoreProgress,
+    ValidationOnArrays,
+    discard_torn_first_backup,
+    weights_tag,
+)
 from .datasets import Dataset, ImageRecord, load_dataset, split_records
 from .device import (
     clear_keras_session,
@@ -65,6 +71,11 @@ from .weights import weights_identity
 
 VALIDATION_FEATURES_BATCH = 1024
 ACTIVATION_STEPS_PER_CALL = 8
+
+# An untrained backbone's features of the fingerprint image, per feature key: the same for
+# every run on those weights in this process. A worker's later runs read them here: after
+# the Keras session is cleared between jobs, the pass would cost a fifth of a second.
+_untrained_fingerprints: dict[str, np.ndarray] = {}
 
 
 class RunCancelled(Exception):
@@ -258,10 +269,13 @@ class RunTrainer:
              steps: int, later_seconds: Callable[[EtaEstimator], float | None] | None = None,
              title: str = "", resumable: bool = True) -> PhaseResult:
         """One `fit` phase. With keep_weights "best", its best epoch's weights are restored.
-        A phase that is not `resumable` writes no backups: a killed run trains it again."""
+        A phase that is not `resumable` writes no backups: a killed run trains it again.
+        `val`: a dataset, or a ValidationOnArrays for inputs in memory."""
         best_path = self.dir / f"best-{phase}.weights.h5"
         callbacks, progress = self._callbacks(phase, epoch_offset, epochs, steps, best_path,
                                               later_seconds, title, resumable)
+        if isinstance(val, ValidationOnArrays):  # first: the others read what it logs
+            callbacks, val = [val, *callbacks], None
         model.fit(
             train,
             validation_data=val,
@@ -363,8 +377,11 @@ class RunTrainer:
                 len(matrices[0]), seed=spec.seed, reshuffle_each_iteration=True
             ).batch(spec.batch_size)
             # Validation only sums over its images: one large batch is the same result.
-            val = tf.data.Dataset.from_tensor_slices((matrices[1], y_val)).batch(
-                max(spec.batch_size, VALIDATION_FEATURES_BATCH))
+            val_batch = max(spec.batch_size, VALIDATION_FEATURES_BATCH)
+            val: Any = (ValidationOnArrays(matrices[1], y_val, val_batch)
+                        if tf.distribute.get_strategy().num_replicas_in_sync == 1
+                        else tf.data.Dataset.from_tensor_slices((matrices[1], y_val)).batch(
+                            val_batch))
             if last:  # the saved model's backbone is this one, frozen
                 self._start_frozen_profile(clf, matrices[0], matrices[1])
             # An epoch on features takes milliseconds: one graph call per epoch, so the
@@ -504,7 +521,7 @@ class RunTrainer:
                               val: np.ndarray) -> None:
         """A frozen backbone's profile depends on the cached features alone: it is fitted
         (or read) in a thread while the head trains, NumPy beside TensorFlow."""
-        fingerprint = self._fingerprint(clf)
+        fingerprint = self._fingerprint(clf, backbone_trained=False)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tl-profile")
         self._frozen_profile = pool.submit(self._frozen_backbone_profile, train, val,
                                            fingerprint)
@@ -520,13 +537,18 @@ class RunTrainer:
                                           labels, train, [r.hash for r in self.splits.val],
                                           val, fingerprint)
 
-    def _fingerprint(self, clf: Classifier) -> np.ndarray:
+    def _fingerprint(self, clf: Classifier, backbone_trained: bool) -> np.ndarray:
+        if not backbone_trained and self._feature_key in _untrained_fingerprints:
+            return _untrained_fingerprints[self._feature_key]
         image = familiarity.fingerprint_image(self.spec.image_size)
         forward = inference_function(clf.feature_model, self.spec.image_size)
         if forward.experimental_get_tracing_count():  # a feature pass of this backbone traced it
-            return np.asarray(forward(image))
-        # One image, called directly: tracing a graph for it would cost more.
-        return np.asarray(clf.feature_model(image, training=False))
+            features = np.asarray(forward(image))
+        else:  # one image, called directly: tracing a graph for it would cost more
+            features = np.asarray(clf.feature_model(image, training=False))
+        if not backbone_trained:
+            _untrained_fingerprints[self._feature_key] = features
+        return features
 
     def _fit_profile(self, clf: Classifier, backbone_trained: bool,
                      ) -> familiarity.FamiliarityProfile:
@@ -548,7 +570,7 @@ class RunTrainer:
                     self.spec.batch_size, self._report).matrices
             except FeaturesCancelled:
                 raise RunCancelled() from None
-        fingerprint = self._fingerprint(clf)
+        fingerprint = self._fingerprint(clf, backbone_trained)
         if backbone_trained:
             labels = np.array([self.index[r.label] for r in parts[0]])
             return familiarity.fit_profile(matrices[0], labels, matrices[1], fingerprint)
