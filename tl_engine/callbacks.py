@@ -83,8 +83,10 @@ class StoreProgress(keras.callbacks.Callback):
         self._last_write = 0.0
         self._epoch = 0
         self._step = 0  # steps of the current epoch done
-        self._epoch_started = time.time()
-        self._mark = time.time()
+        # Durations on the monotonic clock: a wall-clock step (NTP) must not make a step
+        # look instant or negative. `started` is wall-clock, as the run's own start.
+        self._epoch_started = time.monotonic()
+        self._mark = time.monotonic()
         self._pause_from: float | None = None
 
     def _progress(self, step: int, logs: dict[str, Any] | None) -> Progress:
@@ -110,7 +112,7 @@ class StoreProgress(keras.callbacks.Callback):
         )
 
     def _write(self, step: int, logs: dict[str, Any] | None, force: bool = False) -> None:
-        now = time.time()
+        now = time.monotonic()
         if not force and now - self._last_write < PROGRESS_INTERVAL_S:
             return
         self._last_write = now
@@ -119,7 +121,7 @@ class StoreProgress(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        now = time.time()
+        now = time.monotonic()
         if self._pause_from is not None:
             self.eta.epoch_pause(now - self._pause_from)
             self._pause_from = None
@@ -131,7 +133,7 @@ class StoreProgress(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # With steps_per_execution, `batch` is the last step of a chunk of several (Keras
         # may count past the epoch's end on its last chunk).
-        now = time.time()
+        now = time.monotonic()
         step = min(batch + 1, self.steps_per_epoch)
         self.eta.steps_done(max(1, step - self._step), now - self._mark)
         self._mark, self._step = now, step
@@ -144,7 +146,7 @@ class StoreProgress(keras.callbacks.Callback):
         lr = getattr(self.model.optimizer, "learning_rate", None)
         if lr is not None:
             values["learning_rate"] = float(np.asarray(lr))
-        values["seconds"] = time.time() - self._epoch_started
+        values["seconds"] = time.monotonic() - self._epoch_started
         runs.record_epoch(self.ws, self.run_id, epoch + 1, self.phase, values)
         self._write(self.steps_per_epoch, logs, force=True)
 
@@ -164,15 +166,15 @@ class PredictProgress(keras.callbacks.Callback):
         self.batch_size = max(1, batch_size)
         self.started = started
         self._last = 0.0
-        self._mark = time.time()
+        self._mark = time.monotonic()  # durations: the monotonic clock
         self.cancelled = False
 
     def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.passes.start(self.pass_name)
-        self._mark = time.time()
+        self._mark = time.monotonic()
 
     def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        now = time.time()
+        now = time.monotonic()
         images = self.passes.passes[self.passes.index].images
         in_batch = max(0, min(self.batch_size, images - batch * self.batch_size))
         self.passes.batch_done(in_batch, now - self._mark)
@@ -183,7 +185,8 @@ class PredictProgress(keras.callbacks.Callback):
             return
         self._last = now
         progress = dataclasses.replace(self.passes.snapshot(), step=batch + 1,
-                                       steps=total_steps, elapsed_s=now - self.started)
+                                       steps=total_steps,
+                                       elapsed_s=time.time() - self.started)
         if self.report(progress):
             self.cancelled = True
             self.model.stop_predicting = True
