@@ -144,6 +144,14 @@ def new_project_dialog() -> None:
     create_project_form("sidebar_new")
 
 
+PROJECT_BOX_KEY = "project_box"
+
+
+def _choose_project() -> None:
+    if (choice := st.session_state.get(PROJECT_BOX_KEY)) is not None:
+        state.set_project(choice)
+
+
 def project_picker() -> str | None:
     """The sidebar's project selector; returns the current project."""
     projects = access.visible_projects()
@@ -152,12 +160,14 @@ def project_picker() -> str | None:
         # Arrived through a link: remember the project for when page switches drop the URL.
         state.arrived_at_project(current)
     if projects:
-        # No key: the box follows the current project however it changed (Home, the URL).
-        choice = st.selectbox("Project", projects, placeholder="Choose a project",
-                              index=None if current is None else projects.index(current))
-        if choice and choice != current:
-            state.set_project(choice)
-            st.rerun()
+        # The box follows the current project however it changed (Home, a link, the URL);
+        # a choice in it becomes the project before the script runs. (Without a key, the
+        # box's identity changed with its index, and two identities each kept the choice
+        # last made in them: switching back and forth could flip between them forever.)
+        if st.session_state.get(PROJECT_BOX_KEY) != current:
+            st.session_state[PROJECT_BOX_KEY] = current
+        st.selectbox("Project", projects, placeholder="Choose a project", key=PROJECT_BOX_KEY,
+                     on_change=_choose_project)
     if st.button("New project", icon=":material/add:", width="stretch", key="new_project"):
         new_project_dialog()
     return current

@@ -329,6 +329,28 @@ def test_sidebar_picker_switches_project(monkeypatch, tmp_path):
     assert "Project · beta" in texts(at.subheader)
 
 
+def test_switching_projects_back_and_forth_settles_on_the_last_choice(monkeypatch, demo_ws):
+    """Training page, a project with a dataset, one without, and back: each choice holds
+    (the box once flipped between the two projects for good), and the box follows a
+    project a link names."""
+    demo_ws.ensure_project("empty")
+    at = open_app(monkeypatch, demo_ws.root, project="demo", page="views/training.py")
+
+    def picker():
+        return next(s for s in at.sidebar.selectbox if s.label == "Project")
+
+    for project in ("empty", "demo", "empty", "demo"):
+        picker().select(project).run()
+        assert not at.exception
+        for _ in range(2):  # and it stays so, run after run
+            assert at.query_params["project"] == project and picker().value == project
+            at.run()
+    assert "Add a dataset first" not in texts(at.info)
+    at.query_params["project"] = "empty"  # a link to the other project
+    at.run()
+    assert picker().value == "empty" and "Add a dataset first" in texts(at.info)
+
+
 def test_home_offers_the_projects_there_are_before_a_new_one(monkeypatch, tmp_path):
     ws = tle.Workspace(tmp_path / "ws")
     ws.ensure_project("alpha")

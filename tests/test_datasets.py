@@ -394,6 +394,30 @@ def test_validation_folder_name_and_train_only_split(workspace, tmp_path) -> Non
     assert all(r.split == "train" for r in carved["val"])
 
 
+def test_a_split_folder_alone_holds_the_classes(workspace, tmp_path) -> None:
+    """A dataset's train/ (or val/) picked or zipped on its own: its class folders are the
+    classes, not one class named after the folder."""
+    members = {f"train/{label}/{label}_{i}.jpg": image_bytes()
+               for label in ("daisy", "rose") for i in range(3)}
+    zipped = ingest_zip(workspace, make_zip(members), project="alone")
+    assert zipped.classes == ("daisy", "rose") and not zipped.has_given_split
+    assert len(zipped.records) == 6
+    make_classes(tmp_path / "pick" / "flowers" / "val", {"ants": 3, "bees": 3})
+    picked = ingest_folder(workspace, tmp_path / "pick", project="alone")
+    assert picked.classes == ("ants", "bees") and not picked.has_given_split
+
+
+def test_a_split_named_folder_beside_class_folders_is_named_in_a_warning(workspace,
+                                                                         tmp_path) -> None:
+    make_classes(tmp_path / "src", {"ants": 3})
+    make_classes(tmp_path / "src" / "val", {"ants": 2, "bees": 2})
+    dataset = ingest_folder(workspace, tmp_path / "src")
+    assert dataset.classes == ("ants", "val")  # as laid out, and said:
+    assert ("val/ is read as a class named 'val', although it holds folders (ants/, bees/): "
+            "a given split needs a train/ folder beside it — put the class folders in train/ "
+            "and val/") in dataset.report["warnings"]
+
+
 def test_stratified_split_is_seeded_and_order_independent(workspace, tmp_path) -> None:
     dataset = ingest_folder(workspace, make_classes(tmp_path / "src", {"a": 10, "b": 5, "c": 2}))
 

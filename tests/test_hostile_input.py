@@ -227,6 +227,19 @@ def test_cli_check_data_and_train_on_the_hostile_folder(tmp_path, hostile):
         assert result["status"] == "completed"
         labels = Path(result["model_path"]).with_name("labels.txt").read_text("utf-8")
         assert labels.splitlines() == ["blue", "green", "red"]
+        # What it left out of the data is in its answer, as check-data says it.
+        skipped = {item["file"]: item["reason"] for item in result["unreadable"]}
+        assert skipped["caf\\xe9/"] == ("the folder name is not valid UTF-8 text: rename "
+                                         "the folder to use it")
+        assert any("could not be used and were skipped" in w for w in result["data_warnings"])
+    with hostile.input("cli train, said in text"):
+        again = _cli("--workspace", str(tmp_path / "ws"), "train", "--data", str(folder),
+                     "--weights", "none", "--image-size", "32", "--epochs", "1",
+                     "--batch-size", "8", "--no-progress")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "(cached: identical run already stored)" in again.stdout
+        assert "could not be used and were skipped" in again.stderr
+        assert "caf\\xe9/: the folder name is not valid UTF-8 text" in again.stderr
 
 
 def _zip_bytes(members: dict[str, bytes]) -> bytes:

@@ -75,13 +75,26 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         print(f"{report.n_images} images in {report.n_classes} classes")
         for label, info in report.classes.items():
             print(f"  {label}: {info['count']}")
-        for item in report.unreadable:
-            print(f"  unreadable: {item['file']}: {item['reason']}")
-        for warning in report.warnings:
-            print(f"  warning: {warning}")
+        _print_data_notes(report.to_dict(), sys.stdout, unreadable_shown=UNREADABLE_LISTED)
         for error in report.errors:
             print(f"  error: {error}")
     return 0 if report.ok else 2
+
+
+# A text listing names this many unreadable files, then counts the rest (--json has all).
+UNREADABLE_LISTED = 50
+
+
+def _print_data_notes(report: dict[str, Any], stream: Any, unreadable_shown: int) -> None:
+    """The data's unreadable files (the first `unreadable_shown`) and its warnings."""
+    unreadable = report.get("unreadable") or []
+    for item in unreadable[:unreadable_shown]:
+        print(f"  unreadable: {item['file']}: {item['reason']}", file=stream)
+    if len(unreadable) > unreadable_shown:
+        print(f"  unreadable: … and {len(unreadable) - unreadable_shown} more (--json lists "
+              "every one)", file=stream)
+    for warning in report.get("warnings") or []:
+        print(f"  warning: {warning}", file=stream)
 
 
 def _ingest(ws: Workspace, data: str, project: str,
@@ -145,7 +158,9 @@ class _ProgressBar:
     def __init__(self, enabled: bool) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=1000, file=sys.stderr, disable=not enabled,
+        # disable=None: no bar when stderr is not a terminal (a log file, a pipe), where
+        # each redraw would be one more line of carriage returns.
+        self.bar = tqdm(total=1000, file=sys.stderr, disable=None if enabled else True,
                         bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]")
         self.phase: str | None = None
 
@@ -182,6 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # The worker imports TensorFlow while the photos are decoded; not started for a
     # --data that is not there or not laid out in class folders.
     dataset = _ingest(ws, args.data, args.project, once_listed=lambda: prewarm_worker(ws))
+    if not args.json:  # what was left out of the data, said before the wait, not after
+        _print_data_notes(dataset.report, sys.stderr, unreadable_shown=0)
     project = dataset.project
     submission = submit_run(ws, project, dataset.id, spec, force=args.force,
                             started_by=args.started_by)
@@ -222,6 +239,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result["activations_reused"] = summary.activations_reused
     if summary.notes:
         result["notes"] = list(summary.notes)
+    # Files of --data left out (each with its reason) and what to know about the rest.
+    result["unreadable"] = list(dataset.report.get("unreadable") or [])
+    result["data_warnings"] = list(dataset.report.get("warnings") or [])
     if args.json:
         _print_json(result)
     else:

@@ -80,8 +80,10 @@ def _layout(
             break
         only = (*prefix, children[0])
         # Descend into a lone wrapper folder ("flowers/daisy/..."), but not when it is
-        # itself the only class (its files sit right in it) or a split folder.
-        if children[0].lower() in _SPLIT_DIRS or not _child_dirs(dirs, only):
+        # itself the only class (its files sit right in it). A lone split folder (a
+        # dataset's train/ picked or zipped alone) wraps its class folders alike: with no
+        # other split beside it, there is no given split to keep.
+        if not _child_dirs(dirs, only):
             break
         prefix = only
 
@@ -105,6 +107,13 @@ def _layout(
         for label in top:
             source.classes.setdefault(label, set())
             source.class_folders.setdefault(label, []).append(_folder_text((*prefix, label)))
+            if label.lower() in _SPLIT_DIRS and (inner := _child_dirs(dirs, (*prefix, label))):
+                folder = _folder_text((*prefix, label))
+                source.warnings.append(
+                    f"{folder} is read as a class named {label!r}, although it holds folders "
+                    f"({_some([f'{name}/' for name in inner])}): a given split needs a train/ "
+                    f"folder beside it — put the class folders in train/ and {folder}"
+                )
     for entry in entries:
         if not _under(entry.parts, prefix) or len(entry.parts) == depth:
             loose.append(entry)  # beside the wrapper folder(s) we descended through
