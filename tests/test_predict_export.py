@@ -286,6 +286,17 @@ def test_export_bytes_and_copies(calibrated, exported, tmp_path):
         assert "savedmodel/saved_model.pb" in archive.namelist()
     copied = tle.export_run(ws, run.id, "savedmodel", tmp_path / "out" / "sm")
     assert (copied / "saved_model.pb").is_file()
+    # Replaced with overwrite, a SavedModel folder takes nothing else with it.
+    assert tle.export_run(ws, run.id, "savedmodel", copied, overwrite=True) == copied
+    (copied / "my_notes.txt").write_text("keep me")
+    with pytest.raises(tle.SpecError, match=r"other files \(my_notes.txt\): --force would "
+                                            r"remove them too"):
+        tle.export_run(ws, run.id, "savedmodel", copied, overwrite=True)
+    assert (copied / "my_notes.txt").read_text() == "keep me"
+    # Keras loads a model only from a .keras file: no export that it cannot load.
+    with pytest.raises(tle.SpecError, match=r"must end in \.keras .* say model\.keras"):
+        tle.export_run(ws, run.id, "keras", tmp_path / "out" / "model")
+    assert not (tmp_path / "out" / "model").exists()
     name, data = tle.export_bytes(ws, run.id, "labels")
     assert name.endswith("labels.txt") and data.decode().split() == CLASSES
 

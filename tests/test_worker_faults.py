@@ -84,3 +84,61 @@ def test_auto_resume_queues_an_interrupted_run_once(workspace, tiny_dataset, mon
     os.kill(second.worker_pid, signal.SIGKILL)
     # Only once: the second death leaves it interrupted for a person to decide.
     assert tle.wait_for_run(ws, run_id, timeout_s=10).status == "interrupted"
+
+
+@pytest.mark.fault
+def test_a_frozen_worker_is_reported_stalled_instead_of_waited_for(workspace, tiny_dataset,
+                                                                   monkeypatch):
+    """A worker that still holds the slot but is stopped (SIGSTOP: as frozen as a swapping
+    or paused process): whoever waits for its run stops waiting and says what to do."""
+    ws = workspace
+    monkeypatch.setenv("TL_STALLED_AFTER_S", "3")  # inherited by the worker it spawns
+    run_id = tle.submit_run(ws, "test", tiny_dataset.id, tle.RunSpec(**LONG_TINY)).run_id
+    pid = _running_with_progress(ws, run_id, timeout_s=180).worker_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped_at = time.monotonic()
+        with pytest.raises(tle.RunStalled) as stalled:
+            tle.wait_for_run(ws, run_id, poll_s=0.1, timeout_s=60)
+        assert time.monotonic() - stopped_at < 30
+        assert f"its worker (process {pid}) seems frozen" in str(stalled.value)
+        assert f"`kill -9 {pid}` (then `kill -CONT {pid}` if it was stopped)" in str(
+            stalled.value)
+        assert tle.get_run(ws, run_id).status == "running"  # nothing changed behind it
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)  # a stopped process's threads only end once woken
+    deadline = time.monotonic() + 30
+    while _process_state(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel ends the process, this one reaps it
+    # Killed as the message says: the run is interrupted, ready to resume.
+    assert tle.wait_for_run(ws, run_id, timeout_s=10).status == "interrupted"
+
+
+def test_a_job_that_reports_nothing_for_a_while_still_shows_a_live_worker(
+        workspace, tiny_dataset, monkeypatch):
+    """The worker's heartbeat thread: a job step with no progress to report (evaluating,
+    saving a large model) keeps its run's heartbeat fresh."""
+    from tl_engine import job_kinds, runs
+    from tl_engine.jobs import submit_job, worker_main
+
+    monkeypatch.setenv("TL_STALLED_AFTER_S", "1")  # a beat every 0.1 s
+    seen: list[float | None] = []
+
+    def quiet_job(ws: tle.Workspace, run_id: str) -> runs.RunStatus:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            time.sleep(0.05)  # the job's own work: it reports no progress meanwhile
+        run = tle.get_run(ws, run_id)
+        seen.append(run.silent_for())
+        seen.append(time.time() - run.heartbeat_at)
+        runs.finish_run(ws, run_id, runs.RunStatus.COMPLETED, summary={"kind": "quiet"})
+        return runs.RunStatus.COMPLETED
+
+    monkeypatch.setitem(job_kinds._EXECUTORS, "quiet", quiet_job)
+    run_id = submit_job(workspace, "test", tiny_dataset.id, tle.RunSpec(**LONG_TINY),
+                        kind="quiet", start_worker=False).run_id
+    assert worker_main(workspace) == 1
+    assert tle.get_run(workspace, run_id).status == "completed"
+    silent, since_beat = seen
+    assert silent is None and since_beat < 0.5

@@ -56,6 +56,7 @@ from .freeze import FreezePlan, describe_freeze
 from .hints import Hint, Overfitting, overfitting, run_hints, spec_hints
 from .job_kinds import list_job_kinds, register_job_kind
 from .jobs import (
+    RunStalled,
     Submission,
     cancel_run,
     ensure_worker,
@@ -171,6 +172,7 @@ __all__ = [
     "RunNotReady",
     "RunRecord",
     "RunSpec",
+    "RunStalled",
     "RunStatus",
     "RunSummary",
     "STRATEGIES",

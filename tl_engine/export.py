@@ -125,6 +125,11 @@ def export_run(
     return destination
 
 
+# What a SavedModel export writes into its folder: all that --force may replace there.
+SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "fingerprint.pb", "variables", "assets",
+                                 "keras_metadata.pb"})
+
+
 def _checked_destination(ws: Workspace, out: Path, fmt: str, overwrite: bool) -> Path:
     """`out` made absolute, once it is a place an export may be written to."""
     out = out.expanduser().absolute()
@@ -142,7 +147,16 @@ def _checked_destination(ws: Workspace, out: Path, fmt: str, overwrite: bool) ->
             if overwrite and out.is_dir() and not out.is_symlink() and (
                 out / "saved_model.pb"
             ).is_file():
-                return out
+                # Replacing the folder must not take anything else with it.
+                foreign = sorted(p.name for p in out.iterdir()
+                                 if p.name not in SAVED_MODEL_ENTRIES)
+                if not foreign:
+                    return out
+                raise SpecError(
+                    f"--out {out} holds a SavedModel and other files ({', '.join(foreign[:3])}"
+                    f"{' …' if len(foreign) > 3 else ''}): --force would remove them too. "
+                    "Move them out, or give a new folder."
+                )
             raise SpecError(
                 f"--out {out} already exists and is not an empty folder: give a new folder "
                 "for the SavedModel (--force replaces only a folder holding a SavedModel)."
@@ -150,6 +164,9 @@ def _checked_destination(ws: Workspace, out: Path, fmt: str, overwrite: bool) ->
         return out
     if out.is_dir():
         raise SpecError(f"--out {out} is a folder: give a file path for the {fmt} export.")
+    if fmt == "keras" and out.suffix != ".keras":
+        raise SpecError(f"--out {out}: a Keras model file's name must end in .keras (Keras "
+                        f"loads no other), say {out.name}.keras.")
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise SpecError(
             f"--out {out} already exists: add --force to replace it, or choose another path."

@@ -48,6 +48,10 @@ DEFAULT_WORKER_IDLE_S = 120.0
 WORKER_POLL_S = 0.05
 
 
+class RunStalled(TLError):
+    """The run's worker holds the slot but has given no sign of life for minutes."""
+
+
 @dataclass(frozen=True)
 class Submission:
     run_id: str
@@ -300,7 +304,8 @@ def run_job(ws: Workspace, run_id: str) -> RunStatus:
             "app that queued it."))
         return RunStatus.FAILED
     try:
-        return executor(ws, run_id)
+        with _signs_of_life(ws, run_id):
+            return executor(ws, run_id)
     except Exception as exc:  # a failed job is a stored state, not a crashed worker
         ws.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         (ws.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
@@ -308,6 +313,27 @@ def run_job(ws: Workspace, run_id: str) -> RunStatus:
         return RunStatus.FAILED
     finally:
         reset_precision()
+
+
+@contextlib.contextmanager
+def _signs_of_life(ws: Workspace, run_id: str) -> Iterator[None]:
+    """The run's heartbeat, refreshed from a thread while its job runs: a step that
+    reports no progress for minutes (a long evaluation, saving a large model) still shows
+    a live worker, and only a frozen process falls silent (see RunRecord.silent_for)."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(runs.heartbeat_seconds()):
+            with contextlib.suppress(TLError, OSError):  # the next beat tries again
+                runs.touch_heartbeat(ws, run_id)
+
+    thread = threading.Thread(target=beat, name="tl-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def worker_main(ws: Workspace, idle_s: float = 0.0,
@@ -363,7 +389,8 @@ def wait_for_run(
     poll_s: float = 0.5,
     timeout_s: float | None = None,
 ) -> RunRecord:
-    """Block until the run leaves queued/running (polling the store)."""
+    """Block until the run leaves queued/running (polling the store). Raises RunStalled
+    when its worker, still alive, has been silent for runs.stalled_after_seconds()."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         run = runs.get_run(ws, run_id)
@@ -375,6 +402,11 @@ def wait_for_run(
             ensure_worker(ws)  # cheap when a worker already holds the slot
         elif recover_interrupted(ws):
             continue  # its worker died: read the run again, now interrupted
+        elif (silent := run.silent_for()) is not None and (
+                run.worker_pid is None or process_alive(run.worker_pid)):
+            # (A worker that died is not frozen: whoever takes the slot next marks its run
+            # interrupted, and the next poll reads that.)
+            raise RunStalled(run.stalled_message(silent))
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Run {run_id} still {run.status} after {timeout_s} s.")
         time.sleep(poll_s)

@@ -60,6 +60,26 @@ END_STATES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 RESUMABLE = (RunStatus.INTERRUPTED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
+# No heartbeat for this long ($TL_STALLED_AFTER_S) from a worker that still holds the slot:
+# its process is frozen (stopped, swapping, its machine paused). Whoever waits for the run
+# stops waiting. While a job runs, its worker refreshes the heartbeat every tenth of that
+# (at most 30 s), whatever the job is doing (see jobs.run_job).
+STALLED_AFTER_ENV = "TL_STALLED_AFTER_S"
+DEFAULT_STALLED_AFTER_S = 300.0
+
+
+def stalled_after_seconds() -> float:
+    try:
+        value = float(os.environ.get(STALLED_AFTER_ENV, DEFAULT_STALLED_AFTER_S))
+    except ValueError:
+        return DEFAULT_STALLED_AFTER_S
+    return value if value > 0 else DEFAULT_STALLED_AFTER_S
+
+
+def heartbeat_seconds() -> float:
+    return min(30.0, stalled_after_seconds() / 10)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     id: str
@@ -101,6 +121,23 @@ class RunRecord:
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE
+
+    def silent_for(self, now: float | None = None) -> float | None:
+        """Seconds since a running run's last heartbeat when that is stalled_after_seconds()
+        or more (its worker is alive but frozen), else None."""
+        if self.status != RunStatus.RUNNING or self.heartbeat_at is None:
+            return None
+        silent = (time.time() if now is None else now) - self.heartbeat_at
+        return silent if silent >= stalled_after_seconds() else None
+
+    def stalled_message(self, silent_s: float) -> str:
+        worker = f"its worker (process {self.worker_pid})" if self.worker_pid else "its worker"
+        stop = (f"end it with `kill -9 {self.worker_pid}` (then `kill -CONT {self.worker_pid}` "
+                "if it was stopped)") if self.worker_pid else "end the worker process"
+        return (f"Run {self.id} has shown no sign of life for {format_silence(silent_s)}: {worker} "
+                f"seems frozen (stopped, or out of memory and swapping). It is still running "
+                f"as far as anyone can tell: {stop}, and the run becomes interrupted, ready to "
+                "resume.")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -416,6 +453,17 @@ def update_run(ws: Workspace, run_id: str, **columns: Any) -> None:
     with ws.transaction() as db:
         db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))
         write_run_file(ws, db, run_id)
+
+
+def format_silence(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def touch_heartbeat(ws: Workspace, run_id: str) -> None:
+    """Sign of life of a running run's worker, without new progress."""
+    with ws.transaction() as db:
+        db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND status = ?",
+                   (time.time(), run_id, RunStatus.RUNNING))
 
 
 def heartbeat(ws: Workspace, run_id: str, progress: Progress | dict[str, Any]) -> bool:
