@@ -370,12 +370,14 @@ def paged(items: Sequence[Any], key: str, per_page: int) -> Sequence[Any]:
 # --- runs ----------------------------------------------------------------------------------
 
 
-def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None) -> pd.DataFrame:
+def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None,
+               dataset_names: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per run. The columns no run has a value for (test accuracy without test
     splits, top-k with two classes, ...) are left out. With `ws`, a run that trained
     without completing (cancelled, interrupted, failed, running) shows how far it got:
     its epochs, its last validation accuracy and its time; it keeps no model, so no
-    "val acc"."""
+    "val acc". With `dataset_names`, a "dataset" column when the runs trained on more than
+    one (their accuracies are not comparable)."""
     rows = []
     for run in runs:
         summary = run.result
@@ -387,6 +389,7 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None) -
             epochs, last_val, seconds = so_far.epochs, so_far.last_val_accuracy, so_far.seconds
         rows.append({
             "run": run.id,
+            "dataset": (dataset_names or {}).get(run.dataset_id, run.dataset_id),
             "model": f"{run.spec.backbone} · {weights_text(run.spec.weights)}",
             "strategy": strategy_text(run.spec),
             "epochs": None if epochs is None else f"{epochs}" + (f" · {kept}" if kept else ""),
@@ -400,12 +403,15 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None) -
             "created": datetime.fromtimestamp(run.created_at),
         })
     table = pd.DataFrame(rows, columns=[
-        "run", "model", "strategy", "epochs", "val acc", "last val acc", "test acc",
+        "run", "dataset", "model", "strategy", "epochs", "val acc", "last val acc", "test acc",
         "top-k acc", "time", "status", "started by", "created"])
     numbers = ["val acc", "last val acc", "test acc", "top-k acc"]
     table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
     optional = ["last val acc", "test acc", "top-k acc"]
-    return table.drop(columns=[c for c in optional if table[c].isna().all()])
+    dropped = [c for c in optional if table[c].isna().all()]
+    if dataset_names is None or len({run.dataset_id for run in runs}) < 2:
+        dropped.append("dataset")
+    return table.drop(columns=dropped)
 
 
 RUNS_COLUMNS = {
@@ -455,11 +461,16 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def comparison_table(runs: Sequence[tle.RunRecord],
-                     evaluations: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One column per run: the spec fields that differ among them, then the metrics."""
+def comparison_table(runs: Sequence[tle.RunRecord], evaluations: dict[str, dict[str, Any]],
+                     dataset_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """One column per run: the dataset when they differ in it, the spec fields that
+    differ among them, then the metrics."""
     specs = {r.id: r.spec.to_dict() for r in runs}
     rows: dict[str, dict[str, Any]] = {}
+    if len({r.dataset_id for r in runs}) > 1:
+        names = dataset_names or {}
+        rows["Dataset"] = {r.id: f"{names.get(r.dataset_id, r.dataset_id)} ({r.dataset_id})"
+                           for r in runs}
     for name, title in COMPARED_FIELDS.items():
         values = {run_id: _cell(spec.get(name)) for run_id, spec in specs.items()}
         if len(set(values.values())) > 1:

@@ -315,3 +315,32 @@ def test_names_people_typed_are_shown_as_typed(monkeypatch, pair_ws):
     for card, mistake in zip(cards, val["misclassified"], strict=False):
         assert card.startswith(f"**{md_escape(mistake['true'])}** → "
                                f":red[{md_escape(mistake['predicted'])}]")
+
+
+def test_runs_on_two_datasets_are_told_apart_and_compared_within_one(monkeypatch, pair_ws,
+                                                                     tmp_path):
+    """Accuracies on different images do not rank settings: the table names each run's
+    dataset, the comparison starts within one dataset and says when it is not, and Home's
+    best is the current dataset's."""
+    first = tle.list_runs(pair_ws, "pair")
+    data = write_color_classes(tmp_path / "other", {"cyan": (0, 200, 200),
+                                                    "gold": (220, 180, 0)}, per_class=8)
+    other = tle.ingest_folder(pair_ws, data, project="pair", name="<b>other</b> set")
+    late = train_tiny_run(pair_ws, other, learning_rate=0.05)
+    assert late.status == "completed", late.error
+
+    at = open_runs(monkeypatch, pair_ws.root)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(table["dataset"]) == {"<b>other</b> set",
+                                     tle.load_dataset(pair_ws, first[0].dataset_id).name}
+    # The comparison starts on one dataset's runs: the current one (the newest dataset).
+    assert at.multiselect(key="compare_runs").value == [late.id]
+    at.multiselect(key="compare_runs").select(first[0].id).run()
+    assert "These runs trained on different datasets" in texts(at.warning)
+    compared = at.table[0].value
+    assert compared.loc["Dataset", late.id] == md_escape(f"<b>other</b> set ({other.id})")
+
+    home = open_app(monkeypatch, pair_ws.root, "views/home.py", project="pair")
+    best = next(m for m in home.metric if m.label == "Best val accuracy")
+    assert best.value == f"{late.val_accuracy:.1%}"

@@ -279,6 +279,7 @@ class RunTrainer:
         model.fit(
             train,
             validation_data=val,
+            shuffle=False,  # `train` is a tf.data pipeline that shuffles itself, seeded
             initial_epoch=epoch_offset,
             epochs=epoch_offset + epochs,
             callbacks=callbacks,

@@ -85,14 +85,19 @@ datasets = tle.list_datasets(ws, project)
 runs = tle.list_runs(ws, project)
 completed = [r for r in runs if r.status == tle.RunStatus.COMPLETED]
 active = sorted((r for r in runs if r.is_active), key=lambda r: r.status != tle.RunStatus.RUNNING)
-best = max((r.val_accuracy for r in completed if r.val_accuracy is not None), default=None)
+# Accuracies rank settings only on the same images: the best on the current dataset.
+shown_dataset = state.current_dataset(project)
+best = max((r.val_accuracy for r in completed if r.val_accuracy is not None
+            and shown_dataset is not None and r.dataset_id == shown_dataset.id), default=None)
 
 st.subheader(f"Project · {md_escape(project)}")
 cols = st.columns(4)
 cols[0].metric("Datasets", len(datasets))
 cols[1].metric("Runs", len(runs))
 cols[2].metric("Active", len(active))
-cols[3].metric("Best val accuracy", "–" if best is None else f"{best:.1%}")
+cols[3].metric("Best val accuracy", "–" if best is None else f"{best:.1%}",
+               help=None if shown_dataset is None else
+               f"Among the runs on the dataset {md_escape(shown_dataset.name)}")
 
 st.markdown("**What to do next**")
 with st.container(border=True):

@@ -51,7 +51,8 @@ if active:
         st.page_link(pages.TRAINING, label="Follow progress on Training",
                      icon=":material/model_training:", query_params={"project": project})
 
-runs_table = run_views.runs_table(runs, ws)
+dataset_names = {d.id: d.name for d in tle.list_datasets(ws, project)}
+runs_table = run_views.runs_table(runs, ws, dataset_names)
 st.dataframe(runs_table, hide_index=True, width="stretch",
              column_config=run_views.runs_columns(runs_table), placeholder="–")
 
@@ -59,6 +60,13 @@ st.dataframe(runs_table, hide_index=True, width="stretch",
 st.header("Compare")
 by_id = {r.id: r for r in runs}
 finished = [r.id for r in runs if r.status == tle.RunStatus.COMPLETED]
+# Compared first: runs on one dataset (the current one, else the newest run's), whose
+# accuracies are measured on the same images.
+if (current := state.current_dataset(project)) is not None and any(
+        by_id[i].dataset_id == current.id for i in finished):
+    finished = [i for i in finished if by_id[i].dataset_id == current.id]
+elif finished:
+    finished = [i for i in finished if by_id[i].dataset_id == by_id[finished[0]].dataset_id]
 if "compare_runs" in st.session_state:  # forget runs deleted since (here or elsewhere)
     st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in by_id]
 compared = st.multiselect(
@@ -77,7 +85,12 @@ with state.engine_errors():
         evaluations = {r.id: tle.evaluation(ws, r.id).get("val", {}) for r in chosen
                        if r.status == tle.RunStatus.COMPLETED}
         # st.table renders cells as Markdown; file and class names must read as typed.
-        st.table(md_escape_frame(run_views.comparison_table(chosen, evaluations)))
+        st.table(md_escape_frame(run_views.comparison_table(chosen, evaluations,
+                                                            dataset_names)))
+        if len({r.dataset_id for r in chosen}) > 1:
+            st.warning("These runs trained on different datasets: their accuracies are "
+                       "measured on different images, so they do not rank the settings.",
+                       icon=":material/compare_arrows:")
         if len(chosen) > 1:
             st.caption("Only the settings that differ among these runs are listed.")
 
