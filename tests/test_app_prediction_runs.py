@@ -191,6 +191,13 @@ def test_exports_are_prepared_on_request(monkeypatch, ws):
     name, data = prepared["keras"]
     assert name == f"{learned.id}-model.keras"
     assert data == tle.export_bytes(ws, learned.id, "keras")[1]
+    # Two formats asked for before the page could answer the first (a second click
+    # restarts the page): both are prepared, none is dropped.
+    at.button(key="prep_tflite").click()
+    at.button(key="prep_tflite-quant").click().run()
+    assert not at.exception
+    assert {"dl_tflite", "dl_tflite-quant"} <= {b.key for b in at.get("download_button")}
+    assert not at.session_state["exports_wanted"]
 
 
 def test_comparison_lists_only_differing_settings(demo_root):

@@ -110,6 +110,9 @@ def export_panel(run: tle.RunRecord) -> None:
     for other in [k for k in exports if k != shown]:
         del exports[other]
     prepared = exports.setdefault(shown, {})
+    # Asked-for formats are kept apart from the click: a second Prepare while the first
+    # converts restarts the page, and the first is then prepared in that run, not lost.
+    wanted = st.session_state.setdefault("exports_wanted", set())
     for fmt, (label, purpose) in EXPORTS.items():
         name_col, purpose_col, action_col = st.columns([2, 4, 2],
                                                        vertical_alignment="center")
@@ -119,12 +122,15 @@ def export_panel(run: tle.RunRecord) -> None:
             slot = st.empty()  # the Prepare button, then its spinner, then the download
             if fmt in INSTANT:
                 prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
-            elif fmt not in prepared and slot.button(
-                    "Prepare", key=f"prep_{fmt}", icon=":material/build:",
-                    help="Converting can take a few seconds."):
+            elif fmt not in prepared and (shown, fmt) not in wanted:
+                slot.button("Prepare", key=f"prep_{fmt}", icon=":material/build:",
+                            help="Converting can take a few seconds.",
+                            on_click=wanted.add, args=((shown, fmt),))
+            elif fmt not in prepared:
                 with slot, st.spinner(f"Preparing {label}…"):
                     state.device()
                     prepared[fmt] = tle.export_bytes(ws, run.id, fmt)
+                wanted.discard((shown, fmt))
             if fmt in prepared:
                 name, data = prepared[fmt]
                 slot.download_button(
