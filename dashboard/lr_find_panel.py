@@ -35,16 +35,20 @@ def loss_curve(points: Sequence[Sequence[float]], suggested: float | None,
         x=[lr for lr, _ in points], y=losses, mode="lines",
         line={"color": charts.PALETTE[0], "width": 2}, name="smoothed loss",
         hovertemplate="rate %{x:.1e}<br>loss %{y:.3f}<extra></extra>"))
-    for value, text, dash in ((suggested, "suggested", "solid"),
-                              (minimum_div10, "minimum ÷ 10", "dot")):
-        if value:
-            # A line as a trace: shapes on a log axis take log10 coordinates, traces do not.
-            fig.add_trace(go.Scatter(
-                x=[value, value], y=[low * 0.95, top], mode="lines+text",
-                line={"color": charts.PALETTE[1], "dash": dash, "width": 2},
-                text=["", f"{text} {value:.1e}"],
-                textposition="bottom left" if dash == "dot" else "bottom right",
-                name=text, hovertemplate=f"{text}: {value:.1e}<extra></extra>"))
+    marks = [(value, text, dash) for value, text, dash in (
+        (suggested, "suggested", "solid"), (minimum_div10, "minimum ÷ 10", "dot")) if value]
+    lowest = min((value for value, _, _ in marks), default=None)
+    for row, (value, text, dash) in enumerate(marks):
+        # Each label on the side away from the other line, and on its own height: two
+        # close rates would otherwise print one label over the other.
+        side = "left" if value == lowest and len(marks) > 1 else "right"
+        label_y = top - row * 0.14 * (top - low * 0.95)
+        # A line as a trace: shapes on a log axis take log10 coordinates, traces do not.
+        fig.add_trace(go.Scatter(
+            x=[value, value, value], y=[low * 0.95, label_y, top], mode="lines+text",
+            line={"color": charts.PALETTE[1], "dash": dash, "width": 2},
+            text=["", f"{text} {value:.1e}", ""], textposition=f"bottom {side}",
+            name=text, hovertemplate=f"{text}: {value:.1e}<extra></extra>"))
     fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 20, "b": 10},
                       xaxis={"type": "log", "title": "learning rate", "exponentformat": "e"},
                       yaxis={"title": "loss", "range": [low * 0.95, top]}, showlegend=False)

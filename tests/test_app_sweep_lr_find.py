@@ -136,3 +136,19 @@ def test_the_sweeps_strategies_are_chosen_without_building_the_backbone():
     # MobileNetV2 has 19 blocks: about an eighth (2) and a third (6) of them.
     assert out.stdout.strip() == ("['frozen', 'partial-2', 'partial-6', 'full', 'two-phase', "
                                   "'gradual', 'scratch'] False")
+
+
+def test_the_two_rate_marks_label_away_from_each_other():
+    """Two close rates (the suggestion below minimum ÷ 10): each label on the far side of
+    its line and at its own height, so neither prints over the other."""
+    from dashboard.lr_find_panel import loss_curve
+
+    points = [(10 ** (-6 + i / 10), 2.0 - i / 60) for i in range(50)]
+    fig = loss_curve(points, suggested=2.5e-5, minimum_div10=1.3e-4)
+    marks = {trace.name: trace for trace in fig.data[1:]}
+    suggested, minimum = marks["suggested"], marks["minimum ÷ 10"]
+    assert suggested.textposition == "bottom left" and minimum.textposition == "bottom right"
+    label_height = {name: next(y for y, text in zip(trace.y, trace.text, strict=True) if text)
+                    for name, trace in marks.items()}
+    assert label_height["suggested"] != label_height["minimum ÷ 10"]
+    assert "suggested 2.5e-05" in suggested.text and "minimum ÷ 10 1.3e-04" in minimum.text
