@@ -183,3 +183,37 @@ def test_export_never_overwrites_a_users_folder(trained_workspace, tmp_path):
     assert (mine / "notes.txt").read_text() == "keep me"
     fresh = export_run(copy, run.id, "savedmodel", tmp_path / "fresh")
     assert (fresh / "saved_model.pb").is_file()
+
+
+def test_cli_json_answers_end_with_a_json_line_even_for_refused_arguments(workspace,
+                                                                          tiny_dataset):
+    """Scripts read stdout's last line: argparse's refusals and settings left at a default
+    that does not fit give it too; cancel and resume speak JSON as well."""
+    import json as json_module
+
+    import tl_engine as tle
+
+    def last_json(result: subprocess.CompletedProcess) -> dict:
+        return json_module.loads(result.stdout.strip().splitlines()[-1])
+
+    typo = _cli("train", "--data", "x", "--epochs", "abc", "--json")
+    assert typo.returncode == 2 and "usage:" in typo.stderr
+    assert last_json(typo) == {"error": "python -m tl_engine train: argument --epochs: "
+                                        "invalid int value: 'abc'", "exit_code": 2}
+    unsaid = _cli("plan", "--strategy", "two-phase", "--json")
+    assert unsaid.returncode == 2
+    assert last_json(unsaid)["error"] == (
+        "The two-phase strategy trains the top of the backbone: say how much with --unfreeze "
+        "N (its top N layers, or N blocks with --unfreeze-unit blocks).")
+
+    spec = tle.RunSpec(backbone="MobileNetV2-0.35", weights="none", image_size=32, epochs=1)
+    run_id = tle.submit_run(workspace, "test", tiny_dataset.id, spec,
+                            start_worker=False).run_id
+    where = ("--workspace", str(workspace.root))
+    cancelled = _cli("cancel", "--run", run_id, "--json", *where)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert last_json(cancelled) == {"run_id": run_id, "status": "cancelled",
+                                    "cancel_requested": True,
+                                    "message": f"run {run_id}: cancelled before it started"}
+    again = _cli("cancel", "--run", run_id, "--json", *where)
+    assert again.returncode == 1 and last_json(again)["cancel_requested"] is False

@@ -9,7 +9,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import spec as spec_table
 from .calibration import DEFAULT_NOT_SURE_BELOW
@@ -370,13 +370,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     before = get_run(ws, args.run).status
     after = cancel_run(ws, args.run)
     if after == RunStatus.RUNNING:
-        print(f"run {args.run}: cancel requested; it stops within a batch or two")
+        said, code = f"run {args.run}: cancel requested; it stops within a batch or two", 0
     elif after == RunStatus.CANCELLED and before == RunStatus.QUEUED:
-        print(f"run {args.run}: cancelled before it started")
+        said, code = f"run {args.run}: cancelled before it started", 0
     else:
-        print(f"run {args.run} is already {after}: nothing to cancel")
-        return 1
-    return 0
+        said, code = f"run {args.run} is already {after}: nothing to cancel", 1
+    if args.json:
+        _print_json({"run_id": args.run, "status": after, "cancel_requested": code == 0,
+                     "message": said})
+    else:
+        print(said)
+    return code
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -385,9 +389,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     resume_run(ws, args.run)
     run = wait_for_run(ws, args.run) if args.wait else None
-    print(run.status if run else RunStatus.QUEUED)
+    status = run.status if run else RunStatus.QUEUED
+    if args.json:
+        _print_json({"run_id": args.run, "status": status,
+                     "error": run.error if run else None})
+    else:
+        print(status)
     if run is not None and run.status != RunStatus.COMPLETED:
-        if run.error:
+        if run.error and not args.json:
             print(f"error: {run.error}", file=sys.stderr)
         return 1  # as `train`: a script tells a run that failed again from one that finished
     return 0
@@ -443,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", default=argparse.SUPPRESS,
                         help="workspace folder (default $TL_WORKSPACE or ./workspace)")
-    parser = argparse.ArgumentParser(prog="python -m tl_engine", parents=[common],
-                                     description="Transfer Learning Studio engine")
+    parser = _Parser(prog="python -m tl_engine", parents=[common],
+                     description="Transfer Learning Studio engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("backbones", parents=[common], help="list backbones and their weights")
@@ -497,11 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     p.add_argument("--run", required=True)
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cancel, needs_workspace=True)
 
     p = sub.add_parser("resume", parents=[common], help="resume an interrupted run")
     p.add_argument("--run", required=True)
     p.add_argument("--wait", action="store_true")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_resume, needs_workspace=True)
 
     p = sub.add_parser("doctor", parents=[common],
@@ -549,9 +560,26 @@ def _refused(args: argparse.Namespace, message: str) -> int:
     return 2
 
 
+class _Usage(Exception):
+    """Arguments argparse refused; the message names the command and the problem."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose refusals reach main() (subcommands' parsers are of this class too),
+    which also ends stdout with the JSON error line when --json was given."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise _Usage(f"{self.prog}: {message}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(words)
+    except _Usage as exc:
+        return _refused(argparse.Namespace(json="--json" in words), str(exc))
     if not hasattr(args, "workspace"):
         args.workspace = None
     try:

@@ -224,6 +224,11 @@ class RunSpec:
         if self.strategy not in STRATEGIES:
             raise SpecError(f"Unknown strategy {self.strategy!r} (--strategy): use one of "
                             f"{', '.join(STRATEGIES)}.")
+        if self.strategy in _TOP_N and self.unfreeze == 0:  # left at its default, say
+            raise SpecError(
+                f"The {self.strategy} strategy trains the top of the backbone: say how much "
+                "with --unfreeze N (its top N layers, or N blocks with --unfreeze-unit "
+                "blocks).")
         values: dict[str, Any] = {}
         for name, setting in settings():
             value = getattr(self, name)
