@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,8 +241,27 @@ def test_declared_size_is_checked_before_decoding() -> None:
 def test_pillow_decompression_bomb_error_becomes_rejection() -> None:
     with pytest.raises(ImageRejected) as caught:
         open_rgb(png_with_declared_size(100_000, 100_000), "huge.png")
-    assert "10000000000" in caught.value.reason  # Pillow's message carries the count
-    assert "too large" in caught.value.reason
+    assert caught.value.reason == (
+        "image is 10,000,000,000 pixels, over twice the limit of 50,000,000 pixels (a "
+        "possible decompression bomb; raise TL_MAX_IMAGE_PIXELS if it is genuine, or "
+        "downscale it)")
+
+
+@pytest.mark.bad_input
+def test_the_pixel_limit_is_one_limit_said_once(tmp_path: Path) -> None:
+    """Over Pillow's own warning level (89M) and under its hard stop: one message, ours,
+    and no Pillow warning on stderr."""
+    folder = tmp_path / "data"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        (folder / label / "ok.png").write_bytes(encode(Image.new("RGB", (8, 8), RED), "PNG"))
+    (folder / "a" / "big.png").write_bytes(png_with_declared_size(9500, 9500))
+    checked = subprocess.run([sys.executable, "-m", "tl_engine", "check-data", "--data",
+                              str(folder)], capture_output=True, text=True, timeout=120,
+                             cwd=Path(__file__).resolve().parent.parent)
+    assert "a/big.png: image is 9,500 x 9,500 = 90,250,000 pixels, over the limit of " \
+           "50,000,000 pixels" in checked.stdout
+    assert "Warning" not in checked.stderr, checked.stderr
 
 
 def test_rejection_survives_pickling() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,10 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from .errors import DatasetError, SpecError
+
+# Every image is checked against the pixel limit from its header, with a message naming it
+# (see _check_pixels): Pillow's warning for the same is noise on a command's stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 STORED_MAX_SIDE = 512
 # The default; $TL_MAX_IMAGE_PIXELS overrides it. The environment is read at each call
@@ -252,15 +258,19 @@ def _decode(
     budget = decode_budget_bytes()
     if not data:
         raise ImageRejected(name, "the file is empty")
+    # Pillow's own check follows ours: its hard stop at twice the limit, ours (with the
+    # size in the message) at the limit. A raised TL_MAX_IMAGE_PIXELS is then honoured,
+    # and Pillow's warning between the two is redundant (filtered at import).
+    Image.MAX_IMAGE_PIXELS = limit
     try:
         img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        # Pillow's own hard limit (twice Image.MAX_IMAGE_PIXELS) fired while reading the
-        # header; its message carries the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels, " if found else ""
         raise ImageRejected(
             name,
-            f"image is too large to decode safely: {exc} (our limit: "
-            f"{limit:,} pixels, TL_MAX_IMAGE_PIXELS)",
+            f"image is {size}over twice the limit of {limit:,} pixels (a possible "
+            "decompression bomb; raise TL_MAX_IMAGE_PIXELS if it is genuine, or downscale it)",
         ) from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageRejected(name, _unidentified_reason(data)) from exc
@@ -330,12 +340,6 @@ def _averageable(img: Image.Image) -> Image.Image:
 
 
 def _check_pixels(name: str, width: int, height: int, limit: int) -> None:
-    # Pillow warns (and we would decode) above its own soft limit; treating that limit
-    # as a ceiling too means its DecompressionBombWarning never has to be caught, which
-    # `warnings.catch_warnings` cannot do safely from the ingest thread pool.
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    if pillow_limit:
-        limit = min(limit, int(pillow_limit))
     pixels = width * height
     if pixels > limit:
         raise ImageRejected(
