@@ -264,6 +264,11 @@ def test_resume_after_a_killed_worker_keeps_the_best_epoch_right(workspace, tiny
         time.sleep(0.2)
     kill_worker(runs.get_run(workspace, run_id).worker_pid)
     assert run_id in recover_interrupted(workspace)
+    # What a worker killed mid-write leaves: staging files, never read, gone after resume.
+    torn = [workspace.run_dir(run_id) / ".best-fine-tune.tmp.weights.h5",
+            workspace.run_dir(run_id) / ".tmp-abc.json"]
+    for file in torn:
+        file.write_bytes(b"torn")
     resume_run(workspace, run_id, start_worker=False)
     worker_main(workspace)
     run = runs.get_run(workspace, run_id)
@@ -273,6 +278,7 @@ def test_resume_after_a_killed_worker_keeps_the_best_epoch_right(workspace, tiny
     values = [m["val_accuracy"] for m in metrics]
     best_epoch = run.summary["best_epoch"]
     assert weights_tag(workspace.run_dir(run_id) / "best-fine-tune.weights.h5")[0] == best_epoch
+    assert not any(file.exists() for file in torn)
     assert values[best_epoch - 1] == max(values)
     assert run.summary["val_accuracy"] == pytest.approx(values[best_epoch - 1], abs=1e-6)
     assert run.summary["final_val_accuracy"] == pytest.approx(values[-1])

@@ -418,6 +418,21 @@ def test_a_split_named_folder_beside_class_folders_is_named_in_a_warning(workspa
             "and val/") in dataset.report["warnings"]
 
 
+def test_a_copy_in_val_and_test_is_kept_in_val_and_said_so(workspace, tmp_path) -> None:
+    make_classes(tmp_path / "src" / "train", {"a": 3, "b": 3})
+    make_classes(tmp_path / "src" / "val", {"a": 1, "b": 1})
+    twin = image_bytes()
+    write(tmp_path / "src" / "val" / "a" / "twin.jpg", twin)
+    write(tmp_path / "src" / "test" / "a" / "twin.jpg", twin)
+    dataset = ingest_folder(workspace, tmp_path / "src")
+    (kept,) = [r for r in dataset.records if r.filename.endswith("twin.jpg")]
+    assert kept.split == "val" and kept.filename == "val/a/twin.jpg"
+    assert ("1 image(s) appear in more than one split folder of the same class "
+            "(test/a/twin.jpg): kept once, in the first of train, val and test that holds "
+            "it, so no image is both learned from and scored on; delete the copies from the "
+            "other split folders") in dataset.report["warnings"]
+
+
 def test_stratified_split_is_seeded_and_order_independent(workspace, tmp_path) -> None:
     dataset = ingest_folder(workspace, make_classes(tmp_path / "src", {"a": 10, "b": 5, "c": 2}))
 

@@ -152,6 +152,11 @@ class RunTrainer:
         self.spec = self.run.spec
         self.dir = ws.run_dir(run_id)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Every file here is written to a staging name, then renamed: staging files are
+        # what a killed attempt of this run left half-written. Only this worker trains
+        # the run, and nothing reads them.
+        for leftover in [*self.dir.glob(".*.tmp.*"), *self.dir.glob(".tmp-*")]:
+            leftover.unlink(missing_ok=True)
         self.dataset: Dataset = load_dataset(ws, self.run.dataset_id)
         self.classes = list(self.dataset.classes)
         self.index = {name: i for i, name in enumerate(self.classes)}

@@ -257,8 +257,9 @@ def _warnings(
     if across_splits:
         warnings.append(
             f"{len(across_splits)} image(s) appear in more than one split folder of the same "
-            f"class ({_some(across_splits)}): kept once, in train, so validation is not "
-            "flattered; delete the copies from the other split folders"
+            f"class ({_some(across_splits)}): kept once, in the first of train, val and test "
+            "that holds it, so no image is both learned from and scored on; delete the "
+            "copies from the other split folders"
         )
     if cross_class:
         files = sorted(name for item in cross_class for name in item["files"])
