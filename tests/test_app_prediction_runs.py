@@ -175,6 +175,10 @@ def test_an_active_run_is_listed_and_cannot_be_deleted(monkeypatch, ws):
     at.button(key="delete_run").click().run()
     assert "cancel it before deleting it" in texts(at.error)
     assert tle.get_run(ws, queued).status == "queued"
+    # Stopped, it can be resumed: the details say where.
+    tle.cancel_run(ws, queued)
+    at.run()
+    assert "Resume it on Training" in {link.proto.label for link in at.get("page_link")}
 
 
 def test_exports_are_prepared_on_request(monkeypatch, ws):

@@ -44,12 +44,25 @@ if not runs:
     st.stop()
 
 active = [r for r in runs if r.is_active]
+
+
+def watch_active(seen: tuple[tuple[str, str], ...]) -> None:
+    """While runs are queued or training, the page redraws itself when one starts or ends,
+    or its worker dies (noticed here, as every reader of a running run notices it)."""
+    now = tle.active_runs(ws, project)
+    if any(r.status == tle.RunStatus.RUNNING for r in now) and tle.recover_interrupted(ws):
+        st.rerun()
+    if tuple((r.id, str(r.status)) for r in now) != seen:
+        st.rerun()
+
+
 if active:
     with st.container(border=True):
         st.markdown(f"**{len(active)} run{'s' if len(active) > 1 else ''} queued or training:** "
                     + ", ".join(md_escape(f"{r.id} ({r.status})") for r in active))
         st.page_link(pages.TRAINING, label="Follow progress on Training",
                      icon=":material/model_training:", query_params={"project": project})
+    st.fragment(watch_active, run_every=2)(tuple((r.id, str(r.status)) for r in active))
 
 dataset_names = {d.id: d.name for d in tle.list_datasets(ws, project)}
 runs_table = run_views.runs_table(runs, ws, dataset_names)
@@ -167,6 +180,9 @@ with state.engine_errors():
                 + ("waiting in the queue." if run.status == tle.RunStatus.QUEUED else "training."))
         st.page_link(pages.TRAINING, label="Follow it on Training",
                      icon=":material/model_training:",
+                     query_params={"project": project, "run": run.id})
+    elif run.status in tle.runs.RESUMABLE:
+        st.page_link(pages.TRAINING, label="Resume it on Training", icon=":material/resume:",
                      query_params={"project": project, "run": run.id})
 
     if run.status == tle.RunStatus.COMPLETED:
