@@ -35,6 +35,17 @@ def test_rising_val_loss_with_widening_gap_warns_and_names_the_stop_epoch():
     text = found.hint.text
     assert found.hint.level == "warning"
     assert "since epoch 3" in text and "would have stopped at epoch 7" in text
+    assert "validation − training loss went from +0.100 to +0.760" in text
+
+
+def test_a_negative_gap_reads_as_signed_numbers():
+    """Dropout can keep validation loss below training loss: the gap then grows from a
+    negative number, shown with its sign, not as a gap that 'widened' to a smaller one."""
+    found = overfitting(epochs(losses=[0.9, 0.8, 0.75, 0.72, 0.7],
+                               val_losses=[0.6, 0.4, 0.5, 0.55, 0.63],
+                               val_accuracies=[0.7, 0.8, 0.8, 0.79, 0.78]))
+    assert found is not None and found.gap_then < 0 and found.gap_now < 0
+    assert "went from -0.400 to -0.070" in found.hint.text
 
 
 def test_the_warning_comes_before_early_stopping_would_stop():

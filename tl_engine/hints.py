@@ -156,10 +156,10 @@ class Overfitting:
             stop = (f"Early stopping (patience {self.patience}) would stop at epoch "
                     f"{self.stop_epoch} unless validation accuracy improves before")
         return Hint("warning", (
-            f"Over-fitting: validation loss has risen since epoch {self.best_epoch} while the "
-            f"gap between validation and training loss widened from {self.gap_then:.3f} to "
-            f"{self.gap_now:.3f}. {stop}; the best epoch's weights are kept when "
-            "“Keep the weights of” is the best epoch."))
+            f"Over-fitting: validation loss has risen since epoch {self.best_epoch}, and "
+            f"grown against training loss: validation − training loss went from "
+            f"{self.gap_then:+.3f} to {self.gap_now:+.3f}. {stop}; the best epoch's weights "
+            "are kept when “Keep the weights of” is the best epoch."))
 
 
 def early_stopping_epoch(metrics: Sequence[dict[str, Any]], patience: int,
