@@ -158,9 +158,7 @@ class _ProgressBar:
     def __init__(self, enabled: bool) -> None:
         from tqdm import tqdm
 
-        # disable=None: no bar when stderr is not a terminal (a log file, a pipe), where
-        # each redraw would be one more line of carriage returns.
-        self.bar = tqdm(total=1000, file=sys.stderr, disable=None if enabled else True,
+        self.bar = tqdm(total=1000, file=sys.stderr, disable=not enabled,
                         bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]")
         self.phase: str | None = None
 
