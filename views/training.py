@@ -220,7 +220,8 @@ def show_queued(run: tle.RunRecord) -> None:
 def show_running(run: tle.RunRecord) -> None:
     progress = run.progress
     if (silent := run.silent_for()) is not None:
-        st.warning(md_escape(run.stalled_message(silent)), icon=":material/hourglass_disabled:")
+        # Engine-made text (a run id, a process number): its commands shown as code.
+        st.warning(run.stalled_message(silent), icon=":material/hourglass_disabled:")
     if progress == tle.Progress():  # nothing reported yet
         st.progress(0.0, text="Preparing: loading the backbone and the images…")
     else:
