@@ -148,3 +148,31 @@ def test_training_refuses_a_weights_path_the_server_does_not_offer(monkeypatch, 
     assert "not offered on this server" in shown(at.error)
     assert str(tmp_path) not in shown(at.error)
     assert tle.list_runs(ws, "demo") == []
+
+
+def test_a_frozen_worker_is_named_on_the_training_page(monkeypatch, tmp_path):
+    """A run whose worker holds the slot but has been silent for minutes: the page says so,
+    and how to end the worker so that the run can resume."""
+    import os
+    import time
+
+    from tl_engine.jobs import _slot
+    from tl_engine.runs import claim_next_run, update_run
+
+    ws = tle.Workspace(tmp_path / "ws")
+    dataset = tle.ingest_folder(ws, write_color_classes(tmp_path / "d", TINY_CLASSES),
+                                project="demo")
+    spec = tle.RunSpec(backbone="MobileNetV2-0.35", weights="none", image_size=32, epochs=1)
+    run_id = tle.submit_run(ws, "demo", dataset.id, spec, start_worker=False).run_id
+    with _slot(ws) as held:  # this process is the worker, alive, holding the slot...
+        assert held and claim_next_run(ws) == run_id
+        update_run(ws, run_id, heartbeat_at=time.time() - 600)  # ...silent for 10 minutes
+        at = open_app(monkeypatch, ws.root, "views/training.py", project="demo", run=run_id)
+        warning = shown(at.warning)
+        assert f"Run {run_id} has shown no sign of life for 10 min" in warning
+        assert f"`kill -9 {os.getpid()}`" in warning
+        assert tle.get_run(ws, run_id).status == "running"
+        update_run(ws, run_id, heartbeat_at=time.time())  # a beat: nothing to say
+        at.run()
+        assert "no sign of life" not in shown(at.warning)
+        tle.cancel_run(ws, run_id)
