@@ -197,10 +197,10 @@ def test_exports_are_prepared_on_request(monkeypatch, ws):
     assert data == tle.export_bytes(ws, learned.id, "keras")[1]
     # Two formats asked for before the page could answer the first (a second click
     # restarts the page): both are prepared, none is dropped.
-    at.button(key="prep_tflite").click()
-    at.button(key="prep_tflite-quant").click().run()
+    at.button(key="prep_savedmodel").click()
+    at.button(key="prep_tflite").click().run()  # converted from the SavedModel just made
     assert not at.exception
-    assert {"dl_tflite", "dl_tflite-quant"} <= {b.key for b in at.get("download_button")}
+    assert {"dl_savedmodel", "dl_tflite"} <= {b.key for b in at.get("download_button")}
     assert not at.session_state["exports_wanted"]
 
 
