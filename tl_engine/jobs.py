@@ -402,10 +402,7 @@ def wait_for_run(
             ensure_worker(ws)  # cheap when a worker already holds the slot
         elif recover_interrupted(ws):
             continue  # its worker died: read the run again, now interrupted
-        elif (silent := run.silent_for()) is not None and (
-                run.worker_pid is None or process_alive(run.worker_pid)):
-            # (A worker that died is not frozen: whoever takes the slot next marks its run
-            # interrupted, and the next poll reads that.)
+        elif (silent := run.silent_for()) is not None:
             raise RunStalled(run.stalled_message(silent))
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Run {run_id} still {run.status} after {timeout_s} s.")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotFound, RunNotReady, TLError
+from .processes import process_alive
 from .progress import DONE, Progress
 from .spec import RunSpec, canonical_json
 from .store import Workspace
@@ -124,11 +125,14 @@ class RunRecord:
 
     def silent_for(self, now: float | None = None) -> float | None:
         """Seconds since a running run's last heartbeat when that is stalled_after_seconds()
-        or more (its worker is alive but frozen), else None."""
+        or more and its worker is still alive (frozen), else None. A worker that died is
+        not frozen: whoever takes the slot next marks its run interrupted."""
         if self.status != RunStatus.RUNNING or self.heartbeat_at is None:
             return None
         silent = (time.time() if now is None else now) - self.heartbeat_at
-        return silent if silent >= stalled_after_seconds() else None
+        if silent < stalled_after_seconds():
+            return None
+        return silent if self.worker_pid is None or process_alive(self.worker_pid) else None
 
     def stalled_message(self, silent_s: float) -> str:
         worker = f"its worker (process {self.worker_pid})" if self.worker_pid else "its worker"
