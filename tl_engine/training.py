@@ -9,6 +9,7 @@ continues the phase it was in from Keras's BackupAndRestore state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
@@ -152,11 +153,7 @@ class RunTrainer:
         self.spec = self.run.spec
         self.dir = ws.run_dir(run_id)
         self.dir.mkdir(parents=True, exist_ok=True)
-        # Every file here is written to a staging name, then renamed: staging files are
-        # what a killed attempt of this run left half-written. Only this worker trains
-        # the run, and nothing reads them.
-        for leftover in [*self.dir.glob(".*.tmp.*"), *self.dir.glob(".tmp-*")]:
-            leftover.unlink(missing_ok=True)
+        self._remove_staging_files_of_earlier_attempts()
         self.dataset: Dataset = load_dataset(ws, self.run.dataset_id)
         self.classes = list(self.dataset.classes)
         self.index = {name: i for i, name in enumerate(self.classes)}
@@ -180,6 +177,16 @@ class RunTrainer:
         self._forward_s_per_image: float | None = None
 
     # --- helpers -----------------------------------------------------------------
+    def _remove_staging_files_of_earlier_attempts(self) -> None:
+        """Every file here is written to a staging name, then renamed: staging files from
+        before this attempt was claimed are what a killed one left half-written. Newer
+        ones may be another process's write in progress (the run's record, on a cancel)."""
+        claimed = self.run.started_at or time.time()
+        for leftover in [*self.dir.glob(".*.tmp.*"), *self.dir.glob(".tmp-*")]:
+            with contextlib.suppress(OSError):  # gone meanwhile: its writer renamed it
+                if leftover.stat().st_mtime < claimed:
+                    leftover.unlink()
+
     def _pixels(self, records: list[ImageRecord], shuffle: bool, labels: bool = True,
                 pixel_type: str = "float32") -> Any:
         spec = self.spec
