@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import tl_engine as tle
-from dashboard import access, charts, formats, state
+from dashboard import access, charts, formats, run_views, state
 from dashboard.text import md_escape, plotly_text
 
 SHOWN_SUSPECTS = 48
@@ -55,8 +55,7 @@ def _follow(ws: tle.Workspace, project: str, run_id: str) -> None:
     run = tle.get_run(ws, run_id)
     if not run.is_active:
         st.rerun()
-    if run.status == tle.RunStatus.RUNNING and tle.recover_interrupted(ws):
-        st.rerun()
+    run_views.rerun_if_a_worker_died(ws, [run])
     st.progress(float(run.progress.fraction or 0.0), text=_progress_text(run))
     if access.guarded_button(st, "Cancel", "cancel_run", project, run,
                              key="label_issues_cancel", icon=":material/cancel:"):

@@ -87,6 +87,13 @@ def weights_kept_text(run: tle.RunRecord, short: bool = False) -> str | None:
     return "last" if short else f"last epoch ({run.epochs_run})"
 
 
+def rerun_if_a_worker_died(ws: tle.Workspace, shown: Sequence[tle.RunRecord]) -> None:
+    """When a shown run is running and no worker holds it any more, it is marked
+    interrupted (as every reader of a running run does) and the page redraws to show it."""
+    if any(r.status == tle.RunStatus.RUNNING for r in shown) and tle.recover_interrupted(ws):
+        st.rerun()
+
+
 def run_choice_label(run: tle.RunRecord) -> str:
     """backbone · strategy · val acc · id: what tells completed runs apart."""
     return (f"{run.spec.backbone} · {strategy_text(run.spec)} · "

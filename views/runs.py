@@ -50,8 +50,7 @@ def watch_active(seen: tuple[tuple[str, str], ...]) -> None:
     """While runs are queued or training, the page redraws itself when one starts or ends,
     or its worker dies (noticed here, as every reader of a running run notices it)."""
     now = tle.active_runs(ws, project)
-    if any(r.status == tle.RunStatus.RUNNING for r in now) and tle.recover_interrupted(ws):
-        st.rerun()
+    run_views.rerun_if_a_worker_died(ws, now)
     if tuple((r.id, str(r.status)) for r in now) != seen:
         st.rerun()
 

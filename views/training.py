@@ -243,8 +243,7 @@ def live_panel(shown_id: str | None, shown_status: str | None,
     """The queue and the shown run while anything in this project is queued or running.
     Each refresh reads only the active runs and the shown run's metrics."""
     active = tle.active_runs(ws, project)
-    if any(r.status == tle.RunStatus.RUNNING for r in active) and tle.recover_interrupted(ws):
-        st.rerun()  # a worker died: show its run as interrupted, with Resume
+    run_views.rerun_if_a_worker_died(ws, active)  # then shown as interrupted, with Resume
     if tuple(r.id for r in active) != seen_active:
         st.rerun()  # a run started or finished: redraw the whole page once, in the new state
     run = next((r for r in active if r.id == shown_id), None)
