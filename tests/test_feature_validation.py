@@ -69,3 +69,27 @@ def test_validation_on_arrays_logs_what_fits_own_validation_logs(val_batch: int)
     # Validation reads the weights and never changes them.
     for mine, keras_weights in zip(our_weights, their_weights, strict=True):
         np.testing.assert_array_equal(mine, keras_weights)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_compiled_head_traces_its_training_step_once(optimizer: str) -> None:
+    """compile_classifier creates the optimizer's and metrics' variables: Keras would
+    otherwise create them inside the first traced step, and trace that step again."""
+    x, y = _features(96, seed=3)
+    spec = RunSpec(optimizer=optimizer, hidden_units=16).normalized()
+    head = build_head(x.shape[1], N_CLASSES, spec.hidden_units, spec.dropout)
+    compile_classifier(head, spec, N_CLASSES, 1e-3, steps_per_execution=6)
+    assert head.optimizer.built
+    traced: list[int] = []
+    keras_step = head.train_step
+
+    def counted_step(data: object) -> object:  # runs only while Keras traces the graph
+        traced.append(1)
+        return keras_step(data)
+
+    head.train_step = counted_step
+    history = head.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=3,
+                       verbose=0)
+    assert len(traced) == 1
+    assert set(history.history) >= {"loss", "accuracy", "top_k"}
+    assert np.isfinite(history.history["loss"]).all()
