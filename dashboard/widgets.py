@@ -127,15 +127,29 @@ def seed(key: str, value: Any) -> None:
 
 
 def create_project_form(key: str, label: str = "New project name") -> None:
-    """A name field and a Create button; the new project becomes the current one."""
-    with st.form(f"{key}_form", clear_on_submit=True, border=False):
-        name = st.text_input(label, key=f"{key}_name", placeholder="e.g. bolts-qa")
-        if st.form_submit_button("Create project", type="primary"):
-            with access.shown_errors():
-                created = tle.access.create_project(state.workspace(), access.identity(),
-                                                    name)
-                state.set_project(created)
-                st.rerun()
+    """A name field and a Create button; the new project becomes the current one. A name
+    that is refused stays in the field beside the reason, to be corrected."""
+    with st.form(f"{key}_form", border=False):
+        st.text_input(label, key=f"{key}_name", placeholder="e.g. bolts-qa")
+        st.form_submit_button("Create project", type="primary", on_click=_create_project,
+                              args=(key,))
+    if refused := st.session_state.get(f"{key}_refused"):
+        st.error(md_escape(refused), icon=":material/warning:")
+    if st.session_state.pop(f"{key}_created", False):
+        st.rerun()  # the whole app: a dialog closes, the sidebar shows the new project
+
+
+def _create_project(key: str) -> None:
+    try:
+        created = tle.access.create_project(state.workspace(), access.identity(),
+                                            st.session_state.get(f"{key}_name", ""))
+    except tle.TLError as exc:
+        st.session_state[f"{key}_refused"] = str(exc)
+        return
+    st.session_state.pop(f"{key}_refused", None)
+    st.session_state[f"{key}_name"] = ""
+    st.session_state[f"{key}_created"] = True
+    state.set_project(created)
 
 
 @st.dialog("New project")

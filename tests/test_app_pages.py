@@ -126,8 +126,17 @@ def test_invalid_project_name_shows_the_engine_message(monkeypatch, tmp_path):
     at.text_input(key="home_new_name").input("x" * 80)
     at.button(key="FormSubmitter:home_new_form-Create project").click().run()
     assert not at.exception
-    assert "1 to 64 characters" in texts(at.error)
+    assert "at most 64 characters; this one has 80" in texts(at.error)
+    # The refused name stays, to be shortened rather than typed again.
+    assert at.text_input(key="home_new_name").value == "x" * 80
+    at.text_input(key="home_new_name").input("   ")
+    at.button(key="FormSubmitter:home_new_form-Create project").click().run()
+    assert "cannot be empty or only spaces" in texts(at.error)
     assert tle.Workspace(tmp_path / "ws").list_projects() == []
+    at.text_input(key="home_new_name").input("bolts")
+    at.button(key="FormSubmitter:home_new_form-Create project").click().run()
+    assert tle.Workspace(tmp_path / "ws").list_projects() == ["bolts"]
+    assert not texts(at.error)  # the old reason is gone with the name it was about
 
 
 def test_sample_button_creates_a_dataset(monkeypatch, tmp_path):

@@ -332,8 +332,11 @@ def validate_project_name(name: str) -> str:
     from .errors import SpecError
 
     cleaned = " ".join(str(name).split())
-    if not cleaned or len(cleaned) > 64:
-        raise SpecError("Project name must be 1 to 64 characters.")
+    if not cleaned:
+        raise SpecError("Give the project a name: it cannot be empty or only spaces.")
+    if len(cleaned) > 64:
+        raise SpecError(f"A project name can have at most 64 characters; this one has "
+                        f"{len(cleaned)}.")
     return cleaned
 
 
