@@ -508,8 +508,9 @@ def test_load_list_and_delete(workspace, tmp_path) -> None:
             " VALUES ('r1', 'default', ?, '{}', 'k', 'done', 0)",
             (older.id,),
         )
-    with pytest.raises(DatasetError, match="used by 1 run"):
+    with pytest.raises(DatasetError, match="used by 1 run") as refused:
         delete_dataset(workspace, older.id)
+    assert f"“{older.name}” ({older.id})" in str(refused.value)
 
     image = workspace.image_path(newer.records[0].hash)
     delete_dataset(workspace, newer.id)

@@ -85,7 +85,8 @@ def delete_dataset(ws: Workspace, dataset_id: str) -> None:
     """
     analyses: list[str] = []
     with ws.transaction() as db:
-        if db.execute("SELECT 1 FROM datasets WHERE id = ?", (dataset_id,)).fetchone() is None:
+        named = db.execute("SELECT name FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+        if named is None:
             raise NotFound(f"dataset {dataset_id!r} is not in the workspace {ws.root}")
         rows = db.execute("SELECT id, kind, status FROM runs WHERE dataset_id = ? "
                           "ORDER BY created_at", (dataset_id,)).fetchall()
@@ -95,8 +96,8 @@ def delete_dataset(ws: Workspace, dataset_id: str) -> None:
         if runs:
             shown = ", ".join(runs[:5]) + (", ..." if len(runs) > 5 else "")
             raise DatasetError(
-                f"dataset {dataset_id!r} is used by {len(runs)} run(s) ({shown}): "
-                "delete those runs first"
+                f"The dataset “{named[0]}” ({dataset_id}) is used by {len(runs)} run(s) "
+                f"({shown}): delete those runs first, on the Runs page, or keep the dataset."
             )
         for run_id in analyses:
             db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
