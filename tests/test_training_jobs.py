@@ -14,6 +14,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 from tl_engine import runs
+from tl_engine.cli import main as cli_main
 from tl_engine.features import FeatureCache, feature_key
 from tl_engine.jobs import (
     cancel_run,
@@ -212,7 +213,7 @@ def _ctrl_c_and_cancel(command, waiting, out, err, store, ws):
     assert result["epochs_run"] >= 1
 
 
-def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_dataset):
+def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_dataset, capsys):
     """A real detached worker: runs queue behind each other, cancel stops one, a killed
     worker leaves an interrupted run that resumes from its checkpoint."""
     long_spec = RunSpec(**{**TINY, "strategy": "full", "epochs": 400})
@@ -241,6 +242,11 @@ def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_datase
     assert third.run_id in recover_interrupted(Workspace(workspace.root))
     assert runs.get_run(workspace, third.run_id).status == "interrupted"
     done_before = len(runs.run_metrics(workspace, third.run_id))
+    capsys.readouterr()
+    assert cli_main(["--workspace", str(workspace.root), "runs"]) == 0
+    listed = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith(third.run_id))
+    assert "interrupted" in listed and f"{done_before} of 12" in listed
     resume_run(workspace, third.run_id)
     resumed = wait_for_run(workspace, third.run_id, timeout_s=300)
     assert resumed.status == "completed", resumed.error

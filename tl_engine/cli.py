@@ -21,7 +21,8 @@ from .cli_probe import add_probe_parser
 from .cli_sweep import add_sweep_parser
 from .cli_users import add_users_parser
 from .errors import SpecError, TLError
-from .runs import RunStatus
+from .phases import phases
+from .runs import DEFAULT_KIND, RunRecord, RunStatus, trained_so_far
 from .spec import RunSpec
 from .store import INDEX_FILE, Workspace, folder_records, resolve_workspace
 
@@ -304,12 +305,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
         {"run_id": r.id, "project": r.project, "backbone": r.spec.backbone,
          "strategy": r.spec.strategy, "status": r.status,
          "val_accuracy": f"{r.val_accuracy:.4f}" if r.val_accuracy is not None else "",
-         "epochs": r.epochs_run or ""}
+         "epochs": _epochs_shown(ws, r)}
         for r in records
     ]
     print(_table(rows, ["run_id", "project", "backbone", "strategy", "status",
                         "val_accuracy", "epochs"]) if rows else "no runs yet")
     return 0
+
+
+def _epochs_shown(ws: Workspace, run: RunRecord) -> str:
+    """A finished run's epochs; for one that stopped early or still runs, the epochs it
+    has recorded so far."""
+    if run.epochs_run:
+        return str(run.epochs_run)
+    if run.kind != DEFAULT_KIND:
+        return ""
+    so_far = trained_so_far(ws, run).epochs
+    planned = sum(phase.epochs for phase in phases(run.spec))
+    return f"{so_far} of {planned}" if so_far else ""
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
