@@ -433,3 +433,19 @@ def test_run_hints_early_peak_and_over_fitting():
     # Early stopping already on: no advice to turn it on.
     quiet = run_hints(_record(RunSpec(early_stopping=3), summary), metrics[:3])
     assert quiet == []
+
+
+def test_a_later_phases_bar_continues_where_the_earlier_phases_left_it(workspace, tiny_dataset):
+    """Fine-tuning after 2 head epochs, 3 of 5 planned: the bar goes on from 2/5 rather
+    than starting again at zero."""
+    run_id = _queued_run(workspace, tiny_dataset)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.random.default_rng(0).normal(size=(40, 4)), np.eye(3)[np.arange(40) % 3]
+    reader = _ReadProgressAtEpochEnd(workspace, run_id)
+    progress = StoreProgress(workspace, run_id, "fine-tune", 2, 3, 5, time.time(),
+                             planned=(2, 5))
+    model.fit(x, y, batch_size=8, initial_epoch=2, epochs=5, verbose=0,
+              callbacks=[progress, reader])
+    assert [s.fraction for s in reader.seen] == pytest.approx([3 / 5, 4 / 5, 1.0])
+    assert [(s.epoch, s.epochs) for s in reader.seen] == [(1, 3), (2, 3), (3, 3)]

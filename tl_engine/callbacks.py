@@ -70,7 +70,9 @@ class StoreProgress(keras.callbacks.Callback):
                  total_epochs: int, steps_per_epoch: int, started: float,
                  images_per_step: float = 0.0, pause_guess_steps: float = 0.0,
                  later_seconds: Callable[[EtaEstimator], float | None] | None = None,
-                 title: str = "") -> None:
+                 title: str = "", planned: tuple[int, int] | None = None) -> None:
+        """`planned`: the epochs the run's plan has before this phase, and in all; the
+        bar then spans the whole run rather than starting again at each phase."""
         super().__init__()
         self.ws, self.run_id, self.phase, self.title = ws, run_id, phase, title or phase
         self.epoch_offset, self.total_epochs = epoch_offset, total_epochs
@@ -78,6 +80,7 @@ class StoreProgress(keras.callbacks.Callback):
         self.started = started
         self.images_per_step = images_per_step
         self.later_seconds = later_seconds
+        self.planned = planned or (0, total_epochs)
         self.eta = EtaEstimator(self.steps_per_epoch, pause_guess_steps)
         self.cancelled = False
         self._last_write = 0.0
@@ -95,6 +98,9 @@ class StoreProgress(keras.callbacks.Callback):
         eta = self.eta.seconds_left(total - done, self.total_epochs - self._epoch)
         later = self.later_seconds(self.eta) if self.later_seconds else 0.0
         step_s = self.eta.step_seconds
+        before, planned_total = self.planned
+        in_phase = done / total if total else 0.0
+        fraction = (before + in_phase * self.total_epochs) / planned_total if planned_total else 0.0
         return Progress(
             phase=self.phase,
             phase_title=self.title,
@@ -102,7 +108,7 @@ class StoreProgress(keras.callbacks.Callback):
             epochs=self.total_epochs,
             step=step,
             steps=self.steps_per_epoch,
-            fraction=min(1.0, done / total) if total else 0.0,
+            fraction=min(1.0, fraction),
             eta_s=eta + later if eta is not None and later is not None else eta,
             eta_scope="run" if later is not None else "phase",
             images_per_s=self.images_per_step / step_s

@@ -189,6 +189,9 @@ class RunTrainer:
         # A frozen backbone's familiarity profile, fitted while its head trains.
         self._frozen_profile: Future[familiarity.FamiliarityProfile] | None = None
         self._forward_s_per_image: float | None = None
+        # The epochs the plan has before the current phase, and in all (progress spans
+        # the whole run).
+        self._planned_epochs: tuple[int, int] | None = None
 
     # --- helpers -----------------------------------------------------------------
     def _remove_staging_files_of_earlier_attempts(self) -> None:
@@ -251,7 +254,7 @@ class RunTrainer:
             images_per_step=len(self.splits.train) / max(1, steps),
             # Validation runs forward only: about a third of a training step per batch.
             pause_guess_steps=val_steps / 3,
-            later_seconds=later_seconds, title=title,
+            later_seconds=later_seconds, title=title, planned=self._planned_epochs,
         )
         _discard_if_unreadable(best_path)  # left torn by a worker of an older version
         backup = backup_path(self.dir, phase)
@@ -488,6 +491,8 @@ class RunTrainer:
         known: dict[str, np.ndarray] = {}
         for index in range(state.next_index(), len(plan)):
             phase, last = plan[index], index == len(plan) - 1
+            self._planned_epochs = (sum(p.epochs for p in plan[:index]),
+                                    sum(p.epochs for p in plan))
             freeze = freeze_for(phase)
             apply_freeze(clf.backbone, freeze)
             result, known = self._run_phase(
