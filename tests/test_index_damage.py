@@ -227,6 +227,59 @@ def test_doctor_finds_missing_files_and_repairs_what_it_can(trained_workspace, t
         p.message for p in report.problems if p.kind == "run")
 
 
+def test_doctor_removes_stored_images_no_dataset_uses_once_they_are_old(
+        workspace, tmp_path, capsys):
+    from conftest import TINY_CLASSES, write_color_classes
+
+    ws = workspace
+    kept = tle.ingest_folder(ws, write_color_classes(tmp_path / "kept", TINY_CLASSES,
+                                                     per_class=4), project="p")
+    gone_folder = write_color_classes(tmp_path / "gone", TINY_CLASSES, per_class=3, seed=9)
+    gone = tle.ingest_folder(ws, gone_folder, project="p")
+    tle.delete_dataset(ws, gone.id)  # its images stay, as a stopped ingest's would
+    leftovers = [ws.image_path(r.hash) for r in gone.records]
+    assert all(path.is_file() for path in leftovers)
+    assert check_workspace(ws.root) == []  # recent: an ingest may be about to use them
+
+    day_ago = time.time() - 24 * 3600
+    for path in ws.images_dir.glob("*/*.jpg"):  # everything stored a day ago
+        os.utime(path, (day_ago, day_ago))
+    problems = check_workspace(ws.root)
+    assert [p.kind for p in problems] == ["images"]
+    assert problems[0].message.startswith(f"{len(leftovers)} stored image(s)")
+    assert cli_main(["doctor", "--workspace", str(ws.root)]) == 1
+    assert "belong to no dataset" in capsys.readouterr().out
+
+    # Ingesting the same photos again refreshes their stored copies before the dataset
+    # names them: a repair meanwhile would spare them.
+    again = tle.ingest_folder(ws, gone_folder, project="p")
+    assert all(path.stat().st_mtime > day_ago + 3600 for path in leftovers)
+    tle.delete_dataset(ws, again.id)
+    for path in leftovers:
+        os.utime(path, (day_ago, day_ago))
+
+    report = repair_workspace(ws.root)
+    assert report.healthy, report.problems
+    assert any(f"removed {len(leftovers)} stored image(s)" in line for line in report.repairs)
+    assert not any(path.exists() for path in leftovers)
+    assert all(ws.image_path(r.hash).is_file() for r in kept.records)
+
+
+def test_doctor_removes_no_image_while_a_manifest_is_unreadable(workspace, tmp_path):
+    from conftest import TINY_CLASSES, write_color_classes
+
+    ws = workspace
+    dataset = tle.ingest_folder(ws, write_color_classes(tmp_path / "d", TINY_CLASSES,
+                                                        per_class=3), project="p")
+    (ws.dataset_dir(dataset.id) / "manifest.json").write_text("{ torn")
+    day_ago = time.time() - 24 * 3600
+    for path in ws.images_dir.glob("*/*.jpg"):
+        os.utime(path, (day_ago, day_ago))
+    assert [p.kind for p in check_workspace(ws.root)] == ["dataset"]
+    repair_workspace(ws.root)
+    assert all(ws.image_path(r.hash).is_file() for r in dataset.records)
+
+
 @pytest.mark.fault
 def test_doctor_reports_a_run_whose_worker_was_killed(workspace, tiny_dataset, capsys):
     ws = workspace

@@ -40,6 +40,7 @@ from .store import (
     repair_command,
     resolve_workspace,
 )
+from .stored_images import remove_unused_images, unused_images
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -56,8 +57,8 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a workspace. kind: index, project, dataset, run, model or
-    features; path: the file or folder concerned."""
+    """One thing wrong with a workspace. kind: index, project, dataset, run, model,
+    features or images; path: the file or folder concerned."""
 
     kind: str
     path: str
@@ -107,6 +108,12 @@ def check_workspace(root: str | os.PathLike[str] | None = None) -> list[Problem]
     if index_sound:
         ws = Workspace(root)
         problems += _row_problems(ws)
+        unused = unused_images(ws)
+        if unused is not None and unused.files:
+            problems.append(Problem(
+                "images", str(ws.images_dir),
+                f"{unused.describe()} belong to no dataset: an ingest or upload stopped "
+                "before it finished, or their datasets were deleted (--repair removes them)"))
         completed = [row["id"] for row in ws.query(
             "SELECT id FROM runs WHERE status = ? ORDER BY created_at",
             (RunStatus.COMPLETED,))]
@@ -270,6 +277,9 @@ def repair_workspace(root: str | os.PathLike[str] | None = None) -> DoctorReport
     if interrupted:
         repairs.append("marked interrupted (no worker was training them): "
                        + ", ".join(interrupted))
+    removed = remove_unused_images(ws)
+    if removed is not None and removed.files:
+        repairs.append(f"removed {removed.describe()} that no dataset uses")
     features = root / "features" / "features.sqlite"
     if _sqlite_damage(features):
         aside = _move_aside(features, stamp)

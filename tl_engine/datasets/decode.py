@@ -4,11 +4,13 @@ shrunk) and each content is kept once, under one label."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..images import (
@@ -125,6 +127,7 @@ def _decode_one(
             # limit in force is checked again). Re-ingesting a folder costs no decoding.
             known = header_size(data, candidate.filename) if target and target.exists() else None
             if known is not None:
+                _mark_in_use(target)
                 return _Decoded(content_hash, *known)
             prepared = prepare(data, candidate.filename)
             del data
@@ -136,3 +139,10 @@ def _decode_one(
         # The same bytes always give the same stored pixels.
         ws.write_bytes_atomic(target, to_jpeg_bytes(prepared.image))
     return _Decoded(content_hash, prepared.original_width, prepared.original_height)
+
+
+def _mark_in_use(stored: Path) -> None:
+    """Refresh a stored image's time: until this ingest saves its dataset, no dataset
+    names the image, and `doctor --repair` spares only recent ones (stored_images)."""
+    with contextlib.suppress(OSError):  # removed meanwhile: the dataset save finds out
+        os.utime(stored)

@@ -1,0 +1,81 @@
+"""Stored images that no dataset uses: left by an ingest or upload stopped before its
+dataset was saved, or by datasets since deleted (images are shared by content, so
+deleting a dataset keeps them).
+
+An ingest stores its images before it saves the dataset that names them, and one that
+finds an image already stored refreshes its time. So only images stored longer ago than
+`UNUSED_GRACE_S` are taken as left behind: a younger one may belong to an ingest still
+running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .rebuild import _read_json, _subfolders
+from .store import Workspace
+
+UNUSED_GRACE_S = 6 * 3600
+
+
+@dataclass(frozen=True)
+class UnusedImages:
+    files: list[Path]  # stored over UNUSED_GRACE_S ago and named by no dataset
+    bytes: int
+
+    def describe(self) -> str:
+        return f"{len(self.files)} stored image(s), {self.bytes / 1024**2:.1f} MB"
+
+
+def unused_images(ws: Workspace, now: float | None = None) -> UnusedImages | None:
+    """The stored images no dataset names, stored over UNUSED_GRACE_S ago. None when a
+    dataset's manifest cannot be read: then which images are in use is not known."""
+    used: set[str] = set()
+    indexed = {row["id"] for row in ws.query("SELECT id FROM datasets")}
+    folders = {folder.name: folder for folder in _subfolders(ws.root / "datasets")}
+    for dataset_id in indexed | set(folders):
+        manifest_file = ws.dataset_dir(dataset_id) / "manifest.json"
+        if dataset_id not in indexed and not manifest_file.exists():
+            continue  # a deleted dataset's folder, kept because something else was in it
+        manifest = _read_json(manifest_file)
+        try:
+            used.update(str(record["hash"]) for record in manifest["records"])
+        except (TypeError, KeyError):
+            return None
+    cutoff = (time.time() if now is None else now) - UNUSED_GRACE_S
+    files: list[Path] = []
+    size = 0
+    for path in sorted(ws.images_dir.glob("*/*.jpg")):
+        if path.stem in used:
+            continue
+        try:
+            info = path.stat()
+        except OSError:  # removed meanwhile
+            continue
+        if info.st_mtime < cutoff:
+            files.append(path)
+            size += info.st_size
+    return UnusedImages(files, size)
+
+
+def remove_unused_images(ws: Workspace) -> UnusedImages | None:
+    """Remove what `unused_images` finds; returns what it removed."""
+    found = unused_images(ws)
+    if found is None:
+        return None
+    cutoff = time.time() - UNUSED_GRACE_S
+    removed: list[Path] = []
+    size = 0
+    for path in found.files:
+        try:
+            info = path.stat()
+            if info.st_mtime >= cutoff:  # an ingest found it stored meanwhile
+                continue
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+        size += info.st_size
+    return UnusedImages(removed, size)
