@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import DatasetError
 from ..images import env_int
+from .known_files import file_status
 from .layout import (
     _Candidate,
     _Entry,
@@ -82,7 +83,10 @@ def _collect_folder(root: Path) -> _Source:
             if problem:
                 unreadable.append({"file": rel, "reason": problem})
                 continue
-            entries.append(_Entry(parts, rel, _file_reader(full), _file_size(full)))
+            status = file_status(full)
+            origin = (os.path.abspath(full), status) if status else None
+            entries.append(_Entry(parts, rel, _file_reader(full),
+                                  status[0] if status else 0, origin))
     return _layout(entries, dirs, str(root), unreadable)
 
 

@@ -23,6 +23,7 @@ from ..images import (
     to_jpeg_bytes,
 )
 from ..store import Workspace
+from . import known_files
 from .health import HealthReport, build_report
 from .layout import _Candidate, _Source, _Unreadable
 from .records import ImageRecord, Progress, _record_order
@@ -52,16 +53,19 @@ def _process(
     total = len(candidates)
     if progress:
         progress(0, total)
-    if candidates:
-        workers = min(16, (os.cpu_count() or 2) + 2, total)
+    if ws is not None:
+        decoded.update(_known_unchanged(ws, candidates))
+        if progress and decoded:
+            progress(len(decoded), total)
+    to_read = [i for i in range(total) if i not in decoded]
+    if to_read:
+        workers = min(16, (os.cpu_count() or 2) + 2, len(to_read))
         # Pillow and hashlib release the GIL while decoding, resizing, encoding and
         # hashing, so threads scale across cores without pickling images to processes.
         reading = MemoryBudget()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-            futures = {
-                pool.submit(_decode_one, c, ws, reading): i for i, c in enumerate(candidates)
-            }
-            for done, future in enumerate(as_completed(futures), start=1):
+            futures = {pool.submit(_decode_one, candidates[i], ws, reading): i for i in to_read}
+            for done, future in enumerate(as_completed(futures), start=total - len(to_read) + 1):
                 # Dropped as soon as it is read: a finished future keeps its result alive.
                 index = futures.pop(future)
                 outcome = future.result()
@@ -71,6 +75,13 @@ def _process(
                     unreadable.append({"file": candidates[index].filename, "reason": outcome})
                 if progress:
                     progress(done, total)
+
+        if ws is not None:
+            known_files.remember(ws, [
+                (origin[0], origin[1], known_files.KnownFile(info.hash, info.width, info.height))
+                for i in to_read
+                if (info := decoded.get(i)) is not None
+                and (origin := candidates[i].origin) is not None])
 
     by_hash: dict[str, list[int]] = defaultdict(list)
     for index in sorted(decoded):
@@ -107,6 +118,26 @@ def _process(
     cross_class.sort(key=lambda item: item["files"][0])
     report = build_report(source, records, unreadable, duplicates, cross_class, across_splits)
     return records, report
+
+
+def _known_unchanged(ws: Workspace, candidates: list[_Candidate]) -> dict[int, _Decoded]:
+    """Folder files unchanged since an ingest read them, whose stored pixels are still
+    here and within the pixel limit in force: known without reading them again."""
+    origins = {c.origin[0]: c.origin[1] for c in candidates if c.origin is not None}
+    if not origins:
+        return {}
+    known = known_files.recall(ws, origins)
+    limit = max_image_pixels()
+    found: dict[int, _Decoded] = {}
+    for index, candidate in enumerate(candidates):
+        entry = known.get(candidate.origin[0]) if candidate.origin else None
+        if entry is None or entry.width * entry.height > limit:
+            continue  # read as new: the limit's refusal names the file
+        stored = ws.image_path(entry.hash)
+        if stored.exists():
+            _mark_in_use(stored)
+            found[index] = _Decoded(entry.hash, entry.width, entry.height)
+    return found
 
 
 def _decode_one(

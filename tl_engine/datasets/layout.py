@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from .known_files import FileStatus
+
 # Warnings name at most this many files, then say how many more there are.
 NAMED_FILES = 3
 # What a stray file looks like from its name alone: files outside class folders are
@@ -37,6 +39,8 @@ class _Candidate:
     split: str
     read: Callable[[], bytes] = field(repr=False, compare=False)
     size: int = 0  # bytes `read` will take into memory (0: already in memory)
+    # A file in a folder: its absolute path and status before it was read.
+    origin: tuple[str, FileStatus] | None = None
 
 
 @dataclass
@@ -58,6 +62,7 @@ class _Entry:
     filename: str
     read: Callable[[], bytes]
     size: int = 0  # bytes `read` will take into memory (0: already in memory)
+    origin: tuple[str, FileStatus] | None = None  # a file in a folder: path and status
 
 
 def _is_junk(parts: Iterable[str]) -> bool:
@@ -132,7 +137,7 @@ def _layout(
                 continue
             label, split = rel[0], ""
         source.candidates.append(
-            _Candidate(entry.filename, label, split, entry.read, entry.size)
+            _Candidate(entry.filename, label, split, entry.read, entry.size, entry.origin)
         )
     source.warnings += _loose_file_warnings(loose, source, prefix)
     if ignored_dirs:
