@@ -449,3 +449,22 @@ def test_a_later_phases_bar_continues_where_the_earlier_phases_left_it(workspace
               callbacks=[progress, reader])
     assert [s.fraction for s in reader.seen] == pytest.approx([3 / 5, 4 / 5, 1.0])
     assert [(s.epoch, s.epochs) for s in reader.seen] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_stored_epoch_figures_read_as_the_counts_they_are(workspace, tiny_dataset):
+    """Keras's float32 accuracy of k of 40 images is stored as the decimal k / 40, the
+    figure a run's count-based val_accuracy has, not 0.67500001192..."""
+    run_id = _queued_run(workspace, tiny_dataset)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.Adam(0.003), "categorical_crossentropy",
+                  metrics=["accuracy"])
+    x, y = np.random.default_rng(1).normal(size=(40, 4)), np.eye(3)[np.arange(40) % 3]
+    progress = StoreProgress(workspace, run_id, "head", 0, 4, 5, time.time())
+    model.fit(x, y, batch_size=8, epochs=4, validation_data=(x, y), verbose=0,
+              callbacks=[progress])
+    stored = runs.run_metrics(workspace, run_id)
+    assert len(stored) == 4
+    for epoch in stored:
+        for name in ("accuracy", "val_accuracy"):
+            assert epoch[name] == round(epoch[name] * 40) / 40
+        assert epoch["learning_rate"] == 0.003

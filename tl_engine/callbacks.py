@@ -58,6 +58,13 @@ class ValidationOnArrays(keras.callbacks.Callback):
                          for name, value in model.get_metrics_result().items()})
 
 
+def float32_value(value: Any) -> float:
+    """A float32 figure (Keras's metrics, its learning rate) as the shortest decimal that
+    is the same float32: an accuracy of 133 of 200 images reads 0.665, as the run's own
+    count-based val_accuracy does, not 0.6650000214576721."""
+    return float(str(np.float32(value)))
+
+
 class StoreProgress(keras.callbacks.Callback):
     """Writes live progress (every ~1.5 s and per epoch) and per-epoch metrics to the store,
     and turns a cancel request into `stop_training`.
@@ -114,7 +121,7 @@ class StoreProgress(keras.callbacks.Callback):
             images_per_s=self.images_per_step / step_s
             if step_s and self.images_per_step else None,
             elapsed_s=time.time() - self.started,
-            logs={k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)},
+            logs={k: float32_value(v) for k, v in (logs or {}).items() if np.isscalar(v)},
         )
 
     def _write(self, step: int, logs: dict[str, Any] | None, force: bool = False) -> None:
@@ -148,10 +155,10 @@ class StoreProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # The pause (validation, checkpoints) runs from the last step to the next epoch.
         self._pause_from = self._mark
-        values = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
+        values = {k: float32_value(v) for k, v in (logs or {}).items() if np.isscalar(v)}
         lr = getattr(self.model.optimizer, "learning_rate", None)
         if lr is not None:
-            values["learning_rate"] = float(np.asarray(lr))
+            values["learning_rate"] = float32_value(np.asarray(lr))
         values["seconds"] = time.monotonic() - self._epoch_started
         runs.record_epoch(self.ws, self.run_id, epoch + 1, self.phase, values)
         self._write(self.steps_per_epoch, logs, force=True)
