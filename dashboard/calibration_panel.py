@@ -45,8 +45,8 @@ def reliability_chart(report: Mapping[str, Any]) -> go.Figure:
                          tickformat=".0%", row=1, col=col)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=1)
     fig.update_annotations(font_size=13)
-    fig.update_layout(height=360, legend={"orientation": "h", "y": -0.25},
-                      margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    fig.update_layout(height=380, legend={"orientation": "h", "y": -0.25},
+                      margin={"l": 10, "r": 10, "t": 64, "b": 10})  # clear of the toolbar
     return fig
 
 

@@ -114,6 +114,8 @@ def grid(names: list[str], draft: Mapping[str, Any], columns: int = COLUMNS,
     for name in wide:
         values[name] = control(name, draft, **overrides.get(name, {}))
     if switches:
-        for cell, name in zip(st.columns(max(columns, len(switches))), switches, strict=False):
-            values[name] = control(name, draft, cell, **overrides.get(name, {}))
+        # Side by side, each as wide as its label: equal columns cut the longer ones short.
+        row = st.container(horizontal=True, gap="large")
+        for name in switches:
+            values[name] = control(name, draft, row, **overrides.get(name, {}))
     return values

@@ -377,6 +377,12 @@ def paged(items: Sequence[Any], key: str, per_page: int) -> Sequence[Any]:
 # --- runs ----------------------------------------------------------------------------------
 
 
+def started_by(run: tle.RunRecord) -> str:
+    """Who started a run, as every page names them (runs from the CLI, or from laptop mode
+    with no name typed, name no one)."""
+    return run.started_by or "anonymous"
+
+
 def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None,
                dataset_names: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per run. The columns no run has a value for (test accuracy without test
@@ -396,6 +402,7 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None,
             epochs, last_val, seconds = so_far.epochs, so_far.last_val_accuracy, so_far.seconds
         rows.append({
             "run": run.id,
+            "status": run.status,
             "dataset": (dataset_names or {}).get(run.dataset_id, run.dataset_id),
             "model": f"{run.spec.backbone} · {weights_text(run.spec.weights)}",
             "strategy": strategy_text(run.spec),
@@ -405,13 +412,12 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None,
             "test acc": summary.test_accuracy,
             "top-k acc": top_k_accuracy(run),
             "time": format_duration(seconds) if seconds is not None else None,
-            "status": run.status,
             "started by": run.started_by or "",
             "created": datetime.fromtimestamp(run.created_at),
         })
     table = pd.DataFrame(rows, columns=[
-        "run", "dataset", "model", "strategy", "epochs", "val acc", "last val acc", "test acc",
-        "top-k acc", "time", "status", "started by", "created"])
+        "run", "status", "dataset", "model", "strategy", "epochs", "val acc", "last val acc",
+        "test acc", "top-k acc", "time", "started by", "created"])
     numbers = ["val acc", "last val acc", "test acc", "top-k acc"]
     table[numbers] = table[numbers].astype("Float64")  # <NA> while unknown
     optional = ["last val acc", "test acc", "top-k acc"]

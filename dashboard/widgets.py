@@ -178,7 +178,10 @@ def project_picker() -> str | None:
         # a choice in it becomes the project before the script runs. (Without a key, the
         # box's identity changed with its index, and two identities each kept the choice
         # last made in them: switching back and forth could flip between them forever.)
-        if st.session_state.get(PROJECT_BOX_KEY) != current:
+        # None shows the placeholder: without a value, the box would show the first
+        # project as if it were chosen, and choosing it would change nothing.
+        if PROJECT_BOX_KEY not in st.session_state or \
+                st.session_state[PROJECT_BOX_KEY] != current:
             st.session_state[PROJECT_BOX_KEY] = current
         st.selectbox("Project", projects, placeholder="Choose a project", key=PROJECT_BOX_KEY,
                      on_change=_choose_project)

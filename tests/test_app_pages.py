@@ -91,7 +91,7 @@ def test_every_page_renders_for_a_project_with_a_completed_run(monkeypatch, trai
 
     at.switch_page("views/freeze.py").run()
     assert not at.exception
-    assert {"Trainable parameters", "Frozen parameters"} <= {m.label for m in at.metric}
+    assert {"Trainable", "Frozen", "Share trained"} <= {m.label for m in at.metric}
 
     at.switch_page("views/training.py").run()
     assert not at.exception
@@ -243,12 +243,12 @@ def test_freeze_slider_changes_the_trainable_parameters(monkeypatch, demo_ws):
     at.session_state["spec_draft"] = tle.RunSpec(**TINY_SPEC).to_dict()
     at.run()
     at.switch_page("views/freeze.py").run()
-    frozen = metric(at, "Trainable parameters")
+    frozen = metric(at, "Trainable")
     at.radio(key="freeze_strategy").set_value("partial").run()
     at.slider(key="freeze_unfreeze").set_value(10).run()
-    ten = metric(at, "Trainable parameters")
+    ten = metric(at, "Trainable")
     at.slider(key="freeze_unfreeze").set_value(60).run()
-    sixty = metric(at, "Trainable parameters")
+    sixty = metric(at, "Trainable")
     assert not at.exception
     assert len({frozen, ten, sixty}) == 3
     assert at.session_state["spec_draft"]["strategy"] == "partial"
@@ -336,6 +336,21 @@ def test_sidebar_picker_switches_project(monkeypatch, tmp_path):
     assert not at.exception
     assert at.query_params["project"] == "beta"
     assert "Project · beta" in texts(at.subheader)
+
+
+def test_the_project_box_shows_no_project_until_one_is_chosen(monkeypatch, tmp_path):
+    """Without a project, the box shows its placeholder, not the first project as if it
+    were chosen (choosing that one then changed nothing)."""
+    ws = tle.Workspace(tmp_path / "ws")
+    ws.ensure_project("alpha")
+    ws.ensure_project("beta")
+    at = open_app(monkeypatch, ws.root)
+    picker = next(s for s in at.sidebar.selectbox if s.label == "Project")
+    assert picker.value is None and "project" not in at.query_params
+    picker.select("alpha").run()
+    assert not at.exception
+    assert at.query_params["project"] == "alpha"
+    assert "Project · alpha" in texts(at.subheader)
 
 
 def test_switching_projects_back_and_forth_settles_on_the_last_choice(monkeypatch, demo_ws):

@@ -100,9 +100,9 @@ def test_runs_table_comparison_and_evaluation(monkeypatch, demo_root):
 
     table = at.dataframe[0].value
     assert set(table["run"]) == {random.id, learned.id}
-    assert list(table.columns) == ["run", "model", "strategy", "epochs", "val acc",
-                                   "last val acc", "top-k acc", "time", "status",
-                                   "started by", "created"]
+    assert list(table.columns) == ["run", "status", "model", "strategy", "epochs", "val acc",
+                                   "last val acc", "top-k acc", "time", "started by",
+                                   "created"]
     row = table.set_index("run").loc[learned.id]
     assert row["status"] == "completed" and row["epochs"].startswith("8 · ")
     assert row["model"] == "MobileNetV2-0.35 · ImageNet"

@@ -126,7 +126,7 @@ def upload_by_class() -> None:
     files_by_class: dict[int, list[Any]] = {}
     for i, cls in enumerate(classes):
         with st.container(border=True):
-            cols = st.columns([0.28, 0.62, 0.1], vertical_alignment="center")
+            cols = st.columns([0.28, 0.64, 0.08], vertical_alignment="center")
             widgets.seed(f"class_name_{cls['id']}", cls["name"])
             cls["name"] = cols[0].text_input(
                 f"Class {i + 1}", key=f"class_name_{cls['id']}", placeholder="e.g. scratched"
@@ -136,9 +136,10 @@ def upload_by_class() -> None:
                 key=f"class_files_{cls['id']}_{gen}", label_visibility="collapsed",
             ) or []
             n_shots = sum(1 for shot in shots.values() if shot["class_id"] == cls["id"])
-            cols[2].button("Remove", key=f"class_remove_{cls['id']}", on_click=_remove_class,
+            # An icon alone: a worded button would not fit beside the uploader.
+            cols[2].button("", key=f"class_remove_{cls['id']}", on_click=_remove_class,
                            args=(cls["id"],), icon=":material/delete:", type="tertiary",
-                           disabled=len(classes) <= 2)
+                           disabled=len(classes) <= 2, help=f"Remove class {i + 1}")
             if n_shots:
                 st.caption(f"+ {n_shots} webcam shot(s)")
     st.button("Add a class", on_click=_add_class, icon=":material/add:")
@@ -351,9 +352,11 @@ label_views.dataset_map_section(ws, dataset, label_job)
 
 
 def thumb_caption(record: tle.ImageRecord) -> str:
+    """The file's name, after its split when the dataset gave one: the page's style cuts
+    what does not fit on one line, from the end."""
     name = PurePosixPath(record.filename).name
-    name = name if len(name) <= 13 else name[:12] + "…"
-    return f"{name} · {record.split}" if record.split in ("val", "test") else name
+    name = name if len(name) <= 60 else name[:59] + "…"
+    return f"{record.split} · {name}" if record.split in ("val", "test") else name
 
 
 # --- ----------------------------------------------------------------------
@@ -367,7 +370,10 @@ page = cols[1].number_input("Page", 1, pages, 1, key=f"browse_page_{dataset.id}_
 cols[2].caption(f"{len(records)} images · page {page} of {pages}")
 shown = records[(page - 1) * PER_PAGE : page * PER_PAGE]
 # Square, cropped thumbnails keep the grid even whatever the photos' aspect ratios.
-st.html("<style>.st-key-thumbnails img {aspect-ratio: 1 / 1; object-fit: cover;}</style>")
+st.html("<style>.st-key-thumbnails img {aspect-ratio: 1 / 1; object-fit: cover;}"
+        ".st-key-thumbnails [data-testid='stImageCaption'], "
+        ".st-key-thumbnails [data-testid='stImageCaption'] * {white-space: nowrap; "
+        "overflow: hidden; text-overflow: ellipsis;}</style>")
 with st.container(key="thumbnails"):
     for row in range(0, len(shown), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)

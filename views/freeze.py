@@ -99,11 +99,13 @@ with right:
     plan = plan_or_stop(phases[-1].trainable_top, phases[-1].unit)
     total = plan.trainable_params + plan.frozen_params
     cols = st.columns(3)
-    cols[0].metric("Trainable parameters", format_params(plan.trainable_params),
-                   help=f"{plan.trainable_params:,} incl. the head's {plan.head_params:,}")
-    cols[1].metric("Frozen parameters", format_params(plan.frozen_params),
-                   help=f"{plan.frozen_params:,}")
-    cols[2].metric("Trainable share", f"{plan.trainable_params / max(total, 1):.1%}")
+    cols[0].metric("Trainable", format_params(plan.trainable_params),
+                   help=f"{plan.trainable_params:,} trainable parameters, incl. the head's "
+                        f"{plan.head_params:,}")
+    cols[1].metric("Frozen", format_params(plan.frozen_params),
+                   help=f"{plan.frozen_params:,} frozen parameters")
+    cols[2].metric("Share trained", f"{plan.trainable_params / max(total, 1):.1%}",
+                   help="Trainable parameters as a share of all the network's parameters")
     by_params = st.toggle("Block width by parameter count", key="freeze_by_params")
     st.plotly_chart(widgets.freeze_strip(plan, by_params), width="stretch",
                     config={"displayModeBar": False})
@@ -125,11 +127,19 @@ with right:
     with st.expander(f"All {len(plan.layers)} layers"):
         st.dataframe(
             pd.DataFrame([
-                {"layer": layer.name, "block": layer.block, "parameters": layer.params,
-                 "trainable": layer.trainable, "BatchNorm": layer.batch_norm}
+                {"layer": layer.name, "trainable": layer.trainable,
+                 "BatchNorm": layer.batch_norm, "parameters": layer.params,
+                 "block": layer.block}
                 for layer in plan.layers
             ]),
             hide_index=True, width="stretch", height=320,
+            # What trains first: the long layer names would push it out of sight.
+            column_config={
+                "layer": st.column_config.TextColumn(width="medium"),
+                "trainable": st.column_config.CheckboxColumn(width="small"),
+                "BatchNorm": st.column_config.CheckboxColumn(width="small"),
+                "parameters": st.column_config.NumberColumn(width="small", format="localized"),
+            },
         )
 
 st.page_link(pages.TRAINING, label="Next: training", icon=":material/arrow_forward:")

@@ -26,13 +26,14 @@ def weights_statuses() -> dict[str, str]:
 def backbone_table(chosen: str, statuses: dict[str, str]) -> pd.io.formats.style.Styler:
     rows = [
         {
+            # Whether a backbone can be used here now comes first; its family is in its
+            # name, and the box beside the table says it too.
             "Backbone": entry.key,
-            "Family": entry.family,
+            "Weights here": STATUS_TEXT[statuses[entry.key]],
             "Parameters": format_params(entry.params),
-            "Input size": f"{entry.default_size} px",
+            "Input": f"{entry.default_size} px",
             "ImageNet top-1": entry.imagenet_top1,
             "Features": entry.feature_dim,
-            "Weights here": STATUS_TEXT[statuses[entry.key]],
         }
         for entry in tle.list_backbones()
     ]

@@ -161,7 +161,7 @@ with state.engine_errors():
     st.markdown(f"#### {md_escape(run.id)} &nbsp; {run_views.status_badge(run)}")
     st.caption(md_escape(
         f"{run.spec.backbone} · {run_views.weights_text(run.spec.weights)} weights · "
-        f"{run_views.strategy_text(run.spec)} · started by {run.started_by or 'unknown'} · "
+        f"{run_views.strategy_text(run.spec)} · started by {run_views.started_by(run)} · "
         f"{formats.format_time(run.created_at)}"))
     cols = st.columns([0.25, 0.75], vertical_alignment="center")
     if cols[0].button("Load these settings", key=f"load_{run.id}", icon=":material/replay:",
@@ -201,9 +201,13 @@ with state.engine_errors():
                 clicked = explain_views.confusion_chart(val, key=f"confusion_{run.id}")
             table = run_views.per_class_table(val)
             right.markdown("**Per class**")
-            right.dataframe(table, width="stretch", column_config={
-                m: st.column_config.NumberColumn(m, format="percent")
-                for m in ("precision", "recall", "f1")})
+            scores = ["precision", "recall", "f1"]
+            # In percent with one decimal each: "percent" alone drops trailing zeros, and
+            # 89.7% then stands beside 87.94%.
+            right.dataframe(table.assign(**{m: table[m] * 100 for m in scores}),
+                            width="stretch", column_config={
+                                m: st.column_config.NumberColumn(m, format="%.1f%%")
+                                for m in scores})
             right.plotly_chart(run_views.per_class_bar(table), width="stretch")
             explain_views.drill_down(ws, run.id, val, clicked)
 

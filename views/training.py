@@ -192,7 +192,7 @@ def queue_list(active: list[tle.RunRecord], shown_id: str | None) -> None:
             cols[0].markdown(
                 f"{widgets.STATUS_ICONS[run.status]} {run.id} · {where} · "
                 f"{md_escape(run.spec.backbone)} · started by "
-                f"{md_escape(run.started_by or 'someone')}")
+                f"{md_escape(run_views.started_by(run))}")
             if cols[1].button("Show", key=f"show_{run.id}"):
                 state.set_run(run.id)
                 st.rerun()
@@ -256,7 +256,7 @@ def live_panel(shown_id: str | None, shown_status: str | None,
         cols = st.columns([0.8, 0.2], vertical_alignment="center")
         cols[0].markdown(f"**{widgets.STATUS_ICONS[run.status]} {run.status.capitalize()}** · "
                          f"{md_escape(run.spec.backbone)} · started by "
-                         f"{md_escape(run.started_by or 'anonymous')}")
+                         f"{md_escape(run_views.started_by(run))}")
         if access.guarded_button(cols[1], "Cancel run", "cancel_run", project, run,
                                  disabled=run.cancel_requested, key=f"cancel_{run.id}",
                                  icon=":material/stop:"):
@@ -285,7 +285,7 @@ def use_head_weights(run_id: str) -> None:
 
 
 def final_panel(run: tle.RunRecord) -> None:
-    who = md_escape(run.started_by or "anonymous")
+    who = md_escape(run_views.started_by(run))
     if run.status == tle.RunStatus.COMPLETED:
         if run_views.just_finished(run):
             run_views.preload_predictor(ws, run.id)
@@ -344,7 +344,12 @@ def final_panel(run: tle.RunRecord) -> None:
                    on_click=state.load_run_settings, args=(run.spec,),
                    help="Copy this run's settings into the Model, Freeze and Training pages.")
     with st.expander("Settings of this run"):
-        widgets.show_spec(run.spec.to_dict())
+        try:  # whose split the run used: the dataset's own, or the one it made
+            trained_on = tle.load_dataset(ws, run.dataset_id)
+        except tle.TLError:
+            trained_on = None
+        widgets.show_spec(run.spec.to_dict(), bool(trained_on and trained_on.has_given_val),
+                          bool(trained_on and trained_on.has_given_test))
 
 
 # Refresh only while something in this project is queued or running: an idle tab costs
