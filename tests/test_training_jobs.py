@@ -247,12 +247,19 @@ def test_worker_process_queue_cancel_interrupt_and_resume(workspace, tiny_datase
     listed = next(line for line in capsys.readouterr().out.splitlines()
                   if line.startswith(third.run_id))
     assert "interrupted" in listed and f"{done_before} of 12" in listed
+    first_attempt = runs.trained_so_far(workspace, runs.get_run(workspace, third.run_id)).seconds
+    assert first_attempt and first_attempt > 0
     resume_run(workspace, third.run_id)
     resumed = wait_for_run(workspace, third.run_id, timeout_s=300)
     assert resumed.status == "completed", resumed.error
     epochs = [m["epoch"] for m in runs.run_metrics(workspace, third.run_id)]
     assert epochs == list(range(1, 13))  # continuous: no epoch lost or repeated
     assert 1 <= done_before < 12 and resumed.epochs_run == 12
+    # Its time counts both attempts.
+    assert resumed.earlier_seconds == pytest.approx(first_attempt)
+    # The last attempt's own account starts once its worker has loaded: within its claim.
+    last_attempt = resumed.finished_at - resumed.started_at
+    assert first_attempt < resumed.seconds <= first_attempt + last_attempt
 
 
 def test_resuming_a_phase_without_a_backup_drops_its_epochs_at_once(workspace, tiny_dataset):

@@ -106,13 +106,13 @@ def restore_from_folders(root: Path, db: sqlite3.Connection) -> list[str]:
         db.execute(
             "INSERT INTO runs (id, project, dataset_id, kind, spec_json, cache_key, status, "
             "started_by, created_at, started_at, finished_at, progress_json, summary_json, "
-            "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "error, earlier_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run_id, record["project"], record["dataset_id"],
              record.get("kind") or DEFAULT_KIND, canonical_json(record["spec"]),
              record["cache_key"], status, record.get("started_by"),
              float(record["created_at"]), record.get("started_at"), finished_at,
              json.dumps(record.get("progress") or {}), json.dumps(record.get("summary") or {}),
-             error),
+             error, float(record.get("earlier_seconds") or 0.0)),
         )
         added_runs += 1
         for metric in _metrics_lines(root / "runs" / run_id / METRICS_FILE):

@@ -37,7 +37,8 @@ METRICS_FILE = "metrics.jsonl"
 RUN_FILE_FORMAT = 1
 # The runs columns a run folder keeps in run.json: enough to rebuild its index row.
 RUN_FILE_FIELDS = ("id", "project", "dataset_id", "kind", "cache_key", "status",
-                   "started_by", "created_at", "started_at", "finished_at", "error")
+                   "started_by", "created_at", "started_at", "finished_at", "error",
+                   "earlier_seconds")
 DEFAULT_KIND = "train"
 INTERRUPTED_ERROR = "The worker process stopped before the run finished; resume it."
 
@@ -101,6 +102,7 @@ class RunRecord:
     error: str | None = None
     cancel_requested: bool = False
     kind: str = DEFAULT_KIND
+    earlier_seconds: float = 0.0  # what its attempts before a resume trained
 
     @property
     def result(self) -> RunSummary:
@@ -184,6 +186,8 @@ def _record(ws: Workspace, row: Any) -> RunRecord:
         cancel_requested=bool(row["cancel_requested"]),
         # A read-only workspace's index may predate the column; its runs all trained.
         kind=row["kind"] if "kind" in row.keys() else DEFAULT_KIND,
+        earlier_seconds=float(row["earlier_seconds"] or 0.0)
+        if "earlier_seconds" in row.keys() else 0.0,
     )
 
 
@@ -223,7 +227,7 @@ class TrainedSoFar:
 
     epochs: int | None  # the last epoch with metrics
     last_val_accuracy: float | None
-    seconds: float | None  # since its latest start (a resumed run's earlier time not counted)
+    seconds: float | None  # its attempts so far, the current one until its last sign of life
 
 
 def trained_so_far(ws: Workspace, run: RunRecord) -> TrainedSoFar:
@@ -231,15 +235,27 @@ def trained_so_far(ws: Workspace, run: RunRecord) -> TrainedSoFar:
     epochs = max((m["epoch"] for m in metrics), default=None)
     last_val = next((m["val_accuracy"] for m in reversed(metrics)
                      if m.get("val_accuracy") is not None), None)
-    if run.status == RunStatus.INTERRUPTED:
+    attempt = attempt_seconds(run.status, run.started_at, run.heartbeat_at,
+                              run.finished_at)
+    if attempt is None:  # queued again after it ran
+        return TrainedSoFar(epochs, last_val, run.earlier_seconds or None)
+    return TrainedSoFar(epochs, last_val, run.earlier_seconds + attempt)
+
+
+def attempt_seconds(status: str, started_at: float | None, heartbeat_at: float | None,
+                    finished_at: float | None) -> float | None:
+    """How long a run's latest attempt trained; None when it has not started one."""
+    if status == RunStatus.INTERRUPTED:
         # Its end is when the dead worker was noticed, maybe hours later: its last sign
         # of life is when it stopped.
-        end = run.heartbeat_at or run.finished_at
+        end = heartbeat_at or finished_at
+    elif status == RunStatus.QUEUED:
+        return None
     else:
-        end = run.finished_at or run.heartbeat_at or time.time()
-    if run.started_at is None or end is None or end < run.started_at:
-        return TrainedSoFar(epochs, last_val, None)  # queued again after it ran
-    return TrainedSoFar(epochs, last_val, end - run.started_at)
+        end = finished_at or heartbeat_at or time.time()
+    if started_at is None or end is None or end < started_at:
+        return None
+    return end - started_at
 
 
 def queue_position(ws: Workspace, run_id: str) -> int | None:
@@ -413,15 +429,21 @@ def requeue_run(ws: Workspace, run_id: str) -> None:
     error, cancel request and progress cleared. Raises TLError for a run in any other status."""
     get_run(ws, run_id)  # a clear NotFound for a wrong id
     with ws.transaction() as db:
-        row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = db.execute("SELECT status, started_at, heartbeat_at, finished_at, "
+                         "earlier_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None or row["status"] not in RESUMABLE:
             status = row["status"] if row else "deleted"
             raise TLError(f"Run {run_id} is {status}: only a stopped run can be resumed.")
+        stopped = attempt_seconds(row["status"], row["started_at"], row["heartbeat_at"],
+                                  row["finished_at"]) or 0.0
         db.execute(
             # The progress of the stopped attempt goes too: the next one reports its own.
+            # Its time is kept: the run's seconds count every attempt.
             "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, "
-            "cancel_requested = 0, progress_json = '{}', created_at = ? WHERE id = ?",
-            (RunStatus.QUEUED, time.time(), run_id),
+            "cancel_requested = 0, progress_json = '{}', created_at = ?, "
+            "earlier_seconds = ? WHERE id = ?",
+            (RunStatus.QUEUED, time.time(), (row["earlier_seconds"] or 0.0) + stopped,
+             run_id),
         )
         write_run_file(ws, db, run_id)
 

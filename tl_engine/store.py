@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS runs (
     progress_json TEXT NOT NULL DEFAULT '{}',
     summary_json TEXT NOT NULL DEFAULT '{}',
     error TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    earlier_seconds REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_key ON runs (cache_key, status);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_at);
@@ -110,6 +111,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
 # rows it already holds were.
 ADDED_COLUMNS = (
     ("runs", "kind", "TEXT NOT NULL DEFAULT 'train'"),
+    # Seconds the run's earlier attempts trained, before it was resumed.
+    ("runs", "earlier_seconds", "REAL NOT NULL DEFAULT 0"),
 )
 
 

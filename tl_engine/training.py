@@ -518,7 +518,8 @@ class RunTrainer:
             best_epoch=int(final.kept_epoch),
             final_val_accuracy=metrics[-1].get("val_accuracy") if metrics else None,
             restored_best=bool(final.kept_epoch < last_epoch),
-            seconds=time.time() - self.started,
+            # Every attempt's: a resumed run's earlier ones trained too.
+            seconds=self.run.earlier_seconds + time.time() - self.started,
             model_path=str(self.dir / "model.keras"),
             classes=tuple(self.classes),
             n_train=len(self.splits.train),
