@@ -22,8 +22,9 @@ PROGRESS_INTERVAL_S = 1.5
 
 class ValidationOnArrays(keras.callbacks.Callback):
     """Keras's validation of a model on inputs held in memory (a head on cached features):
-    each epoch, the model's own `test_step` over the batches, in one graph traced once, and
-    its metrics added to the epoch's logs as `val_<name>`, as `fit` would add them.
+    each epoch, the model's own `test_step` over the batches, with the metrics reset before
+    and read after, in one graph traced once, and its metrics added to the epoch's logs as
+    `val_<name>`, as `fit` would add them.
 
     On features an epoch takes milliseconds, and `fit`'s own validation costs more than the
     epoch: a new iterator and its multi-step loop every epoch, and a graph of its own to
@@ -38,9 +39,7 @@ class ValidationOnArrays(keras.callbacks.Callback):
         self._batches = [(tf.constant(inputs[i:i + batch_size]),
                           tf.constant(targets[i:i + batch_size]))
                          for i in range(0, len(inputs), batch_size)]
-        self._signature = [tuple(tf.TensorSpec((None, *array.shape[1:]), array.dtype)
-                                 for array in self._batches[0])] if self._batches else []
-        self._step: Any = None
+        self._validate: Any = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not self._batches:
@@ -48,14 +47,19 @@ class ValidationOnArrays(keras.callbacks.Callback):
         import tensorflow as tf
 
         model = self.model
-        if self._step is None:
-            self._step = tf.function(model.test_step, input_signature=self._signature)
-        model.reset_metrics()  # as `evaluate` does: the epoch's training figures are logged
-        for batch in self._batches:
-            self._step(batch)
+        if self._validate is None:
+            def validate(batches: list[tuple[Any, Any]]) -> dict[str, Any]:
+                # As `evaluate` does; the epoch's training figures are in the logs already.
+                # One graph for all of it: eager resets and reads cost more than the steps.
+                model.reset_metrics()
+                for batch in batches:
+                    model.test_step(batch)
+                return model.get_metrics_result()
+
+            self._validate = tf.function(validate)
+        results = self._validate(self._batches)
         if logs is not None:
-            logs.update({f"val_{name}": float(value)
-                         for name, value in model.get_metrics_result().items()})
+            logs.update({f"val_{name}": float(value) for name, value in results.items()})
 
 
 def float32_value(value: Any) -> float:
@@ -141,7 +145,9 @@ class StoreProgress(keras.callbacks.Callback):
         self._epoch = epoch - self.epoch_offset
         self._step = 0
         self._epoch_started = self._mark = now
-        self._write(0, logs, force=True)
+        # The epoch before ended with a write: this one comes in its turn (epochs on
+        # features take milliseconds).
+        self._write(0, logs)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # With steps_per_execution, `batch` is the last step of a chunk of several (Keras
@@ -160,8 +166,11 @@ class StoreProgress(keras.callbacks.Callback):
         if lr is not None:
             values["learning_rate"] = float32_value(np.asarray(lr))
         values["seconds"] = time.monotonic() - self._epoch_started
-        runs.record_epoch(self.ws, self.run_id, epoch + 1, self.phase, values)
-        self._write(self.steps_per_epoch, logs, force=True)
+        self._last_write = time.monotonic()
+        if runs.record_epoch(self.ws, self.run_id, epoch + 1, self.phase, values,
+                             self._progress(self.steps_per_epoch, logs)):
+            self.cancelled = True
+            self.model.stop_training = True
 
 
 class PredictProgress(keras.callbacks.Callback):

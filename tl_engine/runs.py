@@ -505,7 +505,11 @@ def heartbeat(ws: Workspace, run_id: str, progress: Progress | dict[str, Any]) -
     return bool(row and row["cancel_requested"])
 
 
-def record_epoch(ws: Workspace, run_id: str, epoch: int, phase: str, values: dict) -> None:
+def record_epoch(ws: Workspace, run_id: str, epoch: int, phase: str, values: dict,
+                 progress: Progress | None = None) -> bool:
+    """Store an epoch's figures, with the progress at its end when given (one transaction:
+    a run on features records an epoch every few milliseconds); whether a cancel was
+    requested."""
     with ws.transaction() as db:
         db.execute(
             "INSERT OR REPLACE INTO metrics (run_id, epoch, phase, values_json, recorded_at) "
@@ -513,6 +517,12 @@ def record_epoch(ws: Workspace, run_id: str, epoch: int, phase: str, values: dic
             (run_id, epoch, phase, json.dumps(values), time.time()),
         )
         write_metrics_file(ws, db, run_id)
+        if progress is None:
+            return False
+        db.execute("UPDATE runs SET progress_json = ?, heartbeat_at = ? WHERE id = ?",
+                   (json.dumps(progress.to_dict()), time.time(), run_id))
+        row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return bool(row and row["cancel_requested"])
 
 
 def clear_metrics_after(ws: Workspace, run_id: str, epoch: int) -> None:
