@@ -6,6 +6,7 @@ import functools
 import json
 import random
 import time
+from typing import Any
 
 import keras
 import numpy as np
@@ -189,12 +190,17 @@ def test_a_test_split_too_small_to_make_is_said(workspace, tmp_path):
                              "class has enough images to spare one (a class needs 3 or more)."]
 
 
+def _small_classifier(optimizer: Any = "adam") -> tuple[Any, np.ndarray, np.ndarray]:
+    """A compiled one-layer model and 40 examples of 3 classes for it: callbacks' test bed."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer, "categorical_crossentropy", metrics=["accuracy"])
+    return model, np.random.default_rng(0).normal(size=(40, 4)), np.eye(3)[np.arange(40) % 3]
+
+
 def test_training_progress_counts_later_phases_and_reports_images_per_second(
         workspace, tiny_dataset):
     run_id = _queued_run(workspace, tiny_dataset)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
-    x, y = np.random.default_rng(0).normal(size=(40, 4)), np.eye(3)[np.arange(40) % 3]
+    model, x, y = _small_classifier()
     reader = _ReadProgressAtEpochEnd(workspace, run_id)
     progress = StoreProgress(workspace, run_id, "head", 0, 3, 5, time.time(),
                              images_per_step=8, later_seconds=lambda eta: 1000.0)
@@ -439,9 +445,7 @@ def test_a_later_phases_bar_continues_where_the_earlier_phases_left_it(workspace
     """Fine-tuning after 2 head epochs, 3 of 5 planned: the bar goes on from 2/5 rather
     than starting again at zero."""
     run_id = _queued_run(workspace, tiny_dataset)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
-    x, y = np.random.default_rng(0).normal(size=(40, 4)), np.eye(3)[np.arange(40) % 3]
+    model, x, y = _small_classifier()
     reader = _ReadProgressAtEpochEnd(workspace, run_id)
     progress = StoreProgress(workspace, run_id, "fine-tune", 2, 3, 5, time.time(),
                              planned=(2, 5))
@@ -455,10 +459,7 @@ def test_stored_epoch_figures_read_as_the_counts_they_are(workspace, tiny_datase
     """Keras's float32 accuracy of k of 40 images is stored as the decimal k / 40, the
     figure a run's count-based val_accuracy has, not 0.67500001192..."""
     run_id = _queued_run(workspace, tiny_dataset)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile(keras.optimizers.Adam(0.003), "categorical_crossentropy",
-                  metrics=["accuracy"])
-    x, y = np.random.default_rng(1).normal(size=(40, 4)), np.eye(3)[np.arange(40) % 3]
+    model, x, y = _small_classifier(keras.optimizers.Adam(0.003))
     progress = StoreProgress(workspace, run_id, "head", 0, 4, 5, time.time())
     model.fit(x, y, batch_size=8, epochs=4, validation_data=(x, y), verbose=0,
               callbacks=[progress])
