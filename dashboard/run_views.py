@@ -397,7 +397,8 @@ def runs_table(runs: Sequence[tle.RunRecord], ws: tle.Workspace | None = None,
         kept = weights_kept_text(run, short=True)
         epochs = run.epochs_run if run.status == tle.RunStatus.COMPLETED else None
         last_val, seconds = summary.final_val_accuracy, run.seconds
-        if ws is not None and epochs is None and run.started_at is not None:
+        if ws is not None and epochs is None and (run.started_at is not None
+                                                  or run.earlier_seconds):
             so_far = tle.trained_so_far(ws, run)
             epochs, last_val, seconds = so_far.epochs, so_far.last_val_accuracy, so_far.seconds
         rows.append({

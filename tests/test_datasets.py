@@ -622,3 +622,39 @@ def test_ingesting_a_folder_again_knows_its_unchanged_files_and_rereads_changed_
     with pytest.raises(DatasetError) as refused:
         ingest_folder(workspace, root)
     assert "a/a_01.jpg" in str(refused.value)
+
+
+def test_the_same_images_again_bring_this_ingests_report(workspace, tmp_path) -> None:
+    root = make_classes(tmp_path / "src", {"a": 3, "b": 3})
+    write(root / "a" / "broken.jpg", b"not an image")
+    first = ingest_folder(workspace, root)
+    assert [u["file"] for u in first.report["unreadable"]] == ["a/broken.jpg"]
+    (root / "a" / "broken.jpg").unlink()
+    write(root / "b" / "garbage.jpg", os.urandom(500))
+    again = ingest_folder(workspace, root)
+    assert again.id == first.id  # the same images: the same dataset
+    assert [u["file"] for u in again.report["unreadable"]] == ["b/garbage.jpg"]
+    assert load_dataset(workspace, first.id).report == again.report  # kept, for every page
+
+
+def test_a_class_folder_that_cannot_be_read_is_named_not_called_empty(tmp_path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    root = make_classes(tmp_path / "src", {"ants": 3, "bees": 3})
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # root reads anything: drop the capabilities that allow it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: a folder cannot be made unreadable")
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    (root / "ants").chmod(0)
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-m", "tl_engine", "check-data",
+                               "--data", str(root)], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    finally:
+        (root / "ants").chmod(0o755)
+    assert "ants/: cannot read the folder (Permission denied)" in done.stdout, done.stdout
+    assert "its folder ants/ cannot be read" in done.stdout
+    assert "is empty" not in done.stdout

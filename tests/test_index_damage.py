@@ -265,6 +265,20 @@ def test_doctor_removes_stored_images_no_dataset_uses_once_they_are_old(
     assert all(ws.image_path(r.hash).is_file() for r in kept.records)
 
 
+def test_doctor_names_a_dataset_whose_stored_images_are_gone(workspace, tmp_path):
+    from conftest import TINY_CLASSES, write_color_classes
+
+    ws = workspace
+    folder = write_color_classes(tmp_path / "d", TINY_CLASSES, per_class=3)
+    dataset = tle.ingest_folder(ws, folder, project="p")
+    ws.image_path(dataset.records[0].hash).unlink()  # a hand clean-up, a bad restore
+    problems = check_workspace(ws.root)
+    assert [p.kind for p in problems] == ["dataset"]
+    assert f"lacks 1 of its {len(dataset.records)} stored images" in problems[0].message
+    assert tle.ingest_folder(ws, folder, project="p").id == dataset.id  # as it says
+    assert check_workspace(ws.root) == []
+
+
 def test_doctor_removes_no_image_while_a_manifest_is_unreadable(workspace, tmp_path):
     from conftest import TINY_CLASSES, write_color_classes
 

@@ -221,3 +221,24 @@ def test_deleting_a_dataset_takes_its_finished_analyses_but_not_its_models(
     delete_dataset(workspace, tiny_dataset.id)
     assert not workspace.query("SELECT id FROM runs WHERE id = ?", (echo,))
     assert not workspace.run_dir(echo).exists()
+
+
+def test_a_resumed_runs_earlier_time_is_counted_once(workspace, tiny_dataset):
+    """Killed after 30 s of training, resumed, cancelled while it waits, resumed again:
+    its earlier attempts trained 30 s, not 30 s plus the wait."""
+    run_id = submit_job(workspace, "test", tiny_dataset.id, TINY, start_worker=False).run_id
+    assert runs.claim_next_run(workspace) == run_id
+    started = runs.get_run(workspace, run_id).started_at
+    with workspace.transaction() as db:  # its worker's last sign of life, 30 s in
+        db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (started + 30, run_id))
+    assert runs.mark_interrupted(workspace) == [run_id]
+    assert runs.trained_so_far(workspace, runs.get_run(workspace, run_id)).seconds == \
+        pytest.approx(30)
+    runs.requeue_run(workspace, run_id)
+    waiting = runs.get_run(workspace, run_id)
+    assert waiting.earlier_seconds == pytest.approx(30) and waiting.started_at is None
+    assert runs.request_cancel(workspace, run_id) == RunStatus.CANCELLED
+    cancelled = runs.get_run(workspace, run_id)
+    assert runs.trained_so_far(workspace, cancelled).seconds == pytest.approx(30)
+    runs.requeue_run(workspace, run_id)
+    assert runs.get_run(workspace, run_id).earlier_seconds == pytest.approx(30)

@@ -84,6 +84,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 # A text listing names this many unreadable files, then counts the rest (--json has all).
 UNREADABLE_LISTED = 50
+# `train` names the first few before it waits: the rest are in --json and check-data.
+UNREADABLE_NAMED = 5
 
 
 def _print_data_notes(report: dict[str, Any], stream: Any, unreadable_shown: int) -> None:
@@ -92,8 +94,8 @@ def _print_data_notes(report: dict[str, Any], stream: Any, unreadable_shown: int
     for item in unreadable[:unreadable_shown]:
         print(f"  unreadable: {item['file']}: {item['reason']}", file=stream)
     if len(unreadable) > unreadable_shown:
-        print(f"  unreadable: … and {len(unreadable) - unreadable_shown} more (--json lists "
-              "every one)", file=stream)
+        print(f"  unreadable: … and {len(unreadable) - unreadable_shown} more (--json and "
+              "check-data list every one)", file=stream)
     for warning in report.get("warnings") or []:
         print(f"  warning: {warning}", file=stream)
 
@@ -197,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # --data that is not there or not laid out in class folders.
     dataset = _ingest(ws, args.data, args.project, once_listed=lambda: prewarm_worker(ws))
     if not args.json:  # what was left out of the data, said before the wait, not after
-        _print_data_notes(dataset.report, sys.stderr, unreadable_shown=0)
+        _print_data_notes(dataset.report, sys.stderr, unreadable_shown=UNREADABLE_NAMED)
     project = dataset.project
     submission = submit_run(ws, project, dataset.id, spec, force=args.force,
                             started_by=args.started_by)
@@ -383,7 +385,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if after == RunStatus.RUNNING:
         said, code = f"run {args.run}: cancel requested; it stops within a batch or two", 0
     elif after == RunStatus.CANCELLED and before == RunStatus.QUEUED:
-        said, code = f"run {args.run}: cancelled before it started", 0
+        resumed = bool(get_run(ws, args.run).earlier_seconds)
+        said, code = (f"run {args.run}: cancelled before it started"
+                      + (" again (what its earlier attempts trained is kept)" if resumed
+                         else "")), 0
     else:
         said, code = f"run {args.run} is already {after}: nothing to cancel", 1
     if args.json:
@@ -402,8 +407,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run = wait_for_run(ws, args.run) if args.wait else None
     status = run.status if run else RunStatus.QUEUED
     if args.json:
-        _print_json({"run_id": args.run, "status": status,
-                     "error": run.error if run else None})
+        # As `train --json`: the run's result once it is waited for.
+        _print_json({**(run.result.to_dict() if run else {}), "run_id": args.run,
+                     "status": status, "error": run.error if run else None})
     else:
         print(status)
     if run is not None and run.status != RunStatus.COMPLETED:

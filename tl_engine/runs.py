@@ -439,9 +439,11 @@ def requeue_run(ws: Workspace, run_id: str) -> None:
         db.execute(
             # The progress of the stopped attempt goes too: the next one reports its own.
             # Its time is kept: the run's seconds count every attempt.
+            # Its start goes too: until a worker claims it, no attempt of it is under way
+            # (a cancel while it waits must not count the stopped attempt's time again).
             "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, "
             "cancel_requested = 0, progress_json = '{}', created_at = ?, "
-            "earlier_seconds = ? WHERE id = ?",
+            "earlier_seconds = ?, started_at = NULL, heartbeat_at = NULL WHERE id = ?",
             (RunStatus.QUEUED, time.time(), (row["earlier_seconds"] or 0.0) + stopped,
              run_id),
         )

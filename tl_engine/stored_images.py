@@ -10,6 +10,7 @@ running.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ class UnusedImages:
     bytes: int
 
     def describe(self) -> str:
-        return f"{len(self.files)} stored image(s), {self.bytes / 1024**2:.1f} MB"
+        size = (f"{self.bytes / 1024**2:.1f} MB" if self.bytes >= 1024**2
+                else f"{max(1, round(self.bytes / 1024))} KB")
+        return f"{len(self.files)} stored image(s), {size}"
 
 
 def unused_images(ws: Workspace, now: float | None = None) -> UnusedImages | None:
@@ -69,13 +72,34 @@ def remove_unused_images(ws: Workspace) -> UnusedImages | None:
     removed: list[Path] = []
     size = 0
     for path in found.files:
+        # Moved aside first, then judged: an ingest that refreshed the image before the
+        # move gets it back; one that comes after finds it gone and stores it again.
+        aside = path.with_name(f".removing-{path.name}")
         try:
-            info = path.stat()
-            if info.st_mtime >= cutoff:  # an ingest found it stored meanwhile
+            os.rename(path, aside)
+            info = aside.stat()
+            if info.st_mtime >= cutoff:
+                os.rename(aside, path)
                 continue
-            path.unlink()
+            aside.unlink()
         except OSError:
             continue
         removed.append(path)
         size += info.st_size
     return UnusedImages(removed, size)
+
+
+def missing_images(ws: Workspace) -> dict[str, tuple[int, int]]:
+    """Datasets whose stored images are not all there: id -> (missing, of how many).
+    Datasets whose manifest cannot be read are left to the manifest check."""
+    missing: dict[str, tuple[int, int]] = {}
+    for row in ws.query("SELECT id FROM datasets ORDER BY created_at"):
+        manifest = _read_json(ws.dataset_dir(row["id"]) / "manifest.json")
+        try:
+            hashes = {str(record["hash"]) for record in manifest["records"]}
+        except (TypeError, KeyError):
+            continue
+        lost = sum(1 for h in hashes if not ws.image_path(h).is_file())
+        if lost:
+            missing[row["id"]] = (lost, len(hashes))
+    return missing

@@ -56,7 +56,14 @@ def _collect_folder(root: Path) -> _Source:
     unreadable: list[dict[str, str]] = []
     entries: list[_Entry] = []
     dirs: set[tuple[str, ...]] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
+    def unreadable_folder(exc: OSError) -> None:
+        # os.walk skips a folder it cannot list: said, not taken for an empty one.
+        where = Path(exc.filename or root)
+        rel = PurePosixPath(*where.relative_to(root).parts).as_posix() if where != root else "."
+        unreadable.append({"file": rel + "/", "reason": "cannot read the folder "
+                           f"({exc.strerror or exc}): its images are left out"})
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder):
         rel_dir = Path(dirpath).relative_to(root).parts
         kept = []
         for dirname in sorted(dirnames):

@@ -4,7 +4,6 @@ shrunk) and each content is kept once, under one label."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections import defaultdict
@@ -133,9 +132,7 @@ def _known_unchanged(ws: Workspace, candidates: list[_Candidate]) -> dict[int, _
         entry = known.get(candidate.origin[0]) if candidate.origin else None
         if entry is None or entry.width * entry.height > limit:
             continue  # read as new: the limit's refusal names the file
-        stored = ws.image_path(entry.hash)
-        if stored.exists():
-            _mark_in_use(stored)
+        if _mark_in_use(ws.image_path(entry.hash)):
             found[index] = _Decoded(entry.hash, entry.width, entry.height)
     return found
 
@@ -156,9 +153,9 @@ def _decode_one(
             # Content-addressed: stored pixels mean these very bytes were decoded and
             # accepted before, so a JPEG's header says all that is left to know (the size
             # limit in force is checked again). Re-ingesting a folder costs no decoding.
-            known = header_size(data, candidate.filename) if target and target.exists() else None
+            stored = target is not None and _mark_in_use(target)
+            known = header_size(data, candidate.filename) if stored else None
             if known is not None:
-                _mark_in_use(target)
                 return _Decoded(content_hash, *known)
             prepared = prepare(data, candidate.filename)
             del data
@@ -172,8 +169,12 @@ def _decode_one(
     return _Decoded(content_hash, prepared.original_width, prepared.original_height)
 
 
-def _mark_in_use(stored: Path) -> None:
-    """Refresh a stored image's time: until this ingest saves its dataset, no dataset
-    names the image, and `doctor --repair` spares only recent ones (stored_images)."""
-    with contextlib.suppress(OSError):  # removed meanwhile: the dataset save finds out
+def _mark_in_use(stored: Path) -> bool:
+    """Refresh a stored image's time; whether it is there. Until this ingest saves its
+    dataset no dataset names the image, and `doctor --repair` spares recent ones
+    (stored_images): one it is removing is not there, and is stored again."""
+    try:
         os.utime(stored)
+    except OSError:
+        return False
+    return True

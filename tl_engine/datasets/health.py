@@ -177,6 +177,11 @@ def _errors(
                 f"class {label!r} has only 1 usable image{where}: each class needs at least "
                 "2 — add images or remove the folder"
             )
+        elif not files and (locked := [f for f in folders if f in unusable]):
+            errors.append(
+                f"class {label!r} has no usable images: its folder {_some(locked)} cannot be "
+                "read — give this program read access to it, or remove the folder"
+            )
         elif not files:
             what = f"its folder {_some(folders)} is empty" if folders else "it has no files"
             errors.append(

@@ -172,7 +172,24 @@ def _save(
                     created_at,
                 ),
             )
+        else:
+            _refresh_report(ws, db, existing["id"], report)
     return load_dataset(ws, existing["id"] if existing is not None else dataset_id)
+
+
+def _refresh_report(ws: Workspace, db: Any, dataset_id: str, report: dict[str, Any]) -> None:
+    """The same images ingested again: the dataset's report becomes this ingest's, so
+    what it says was left out (unreadable files, warnings) is what is left out now."""
+    manifest_file = ws.dataset_dir(dataset_id) / "manifest.json"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, ValueError):
+        return  # damaged: load_dataset names it, doctor too
+    if manifest.get("report") == report:
+        return
+    ws.write_json_atomic(manifest_file, {**manifest, "report": report})
+    db.execute("UPDATE datasets SET report_json = ? WHERE id = ?",
+               (json.dumps(report, sort_keys=True), dataset_id))
 
 
 def _from_row(ws: Workspace, row: Any) -> Dataset:
