@@ -185,7 +185,7 @@ def _refresh_report(ws: Workspace, db: Any, dataset_id: str, report: dict[str, A
         manifest = json.loads(manifest_file.read_text())
     except (OSError, ValueError):
         return  # damaged: load_dataset names it, doctor too
-    if manifest.get("report") == report:
+    if manifest.get("report") == json.loads(json.dumps(report)):  # as JSON: lists, not tuples
         return
     ws.write_json_atomic(manifest_file, {**manifest, "report": report})
     db.execute("UPDATE datasets SET report_json = ? WHERE id = ?",
