@@ -21,7 +21,7 @@ from .cli_probe import add_probe_parser
 from .cli_sweep import add_sweep_parser
 from .cli_users import add_users_parser
 from .errors import SpecError, TLError
-from .phases import phases
+from .phases import phases, planned_epochs
 from .runs import DEFAULT_KIND, RunRecord, RunStatus, trained_so_far
 from .spec import RunSpec
 from .store import INDEX_FILE, Workspace, folder_records, resolve_workspace
@@ -323,8 +323,7 @@ def _epochs_shown(ws: Workspace, run: RunRecord) -> str:
     if run.kind != DEFAULT_KIND:
         return ""
     so_far = trained_so_far(ws, run).epochs
-    planned = sum(phase.epochs for phase in phases(run.spec))
-    return f"{so_far} of {planned}" if so_far else ""
+    return f"{so_far} of {planned_epochs(phases(run.spec))}" if so_far else ""
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -380,15 +379,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     ws = Workspace(args.workspace)
     recover_interrupted(ws)  # a run whose worker died is interrupted, not cancellable
-    before = get_run(ws, args.run).status
+    before = get_run(ws, args.run)
     after = cancel_run(ws, args.run)
     if after == RunStatus.RUNNING:
         said, code = f"run {args.run}: cancel requested; it stops within a batch or two", 0
-    elif after == RunStatus.CANCELLED and before == RunStatus.QUEUED:
-        resumed = bool(get_run(ws, args.run).earlier_seconds)
+    elif after == RunStatus.CANCELLED and before.status == RunStatus.QUEUED:
         said, code = (f"run {args.run}: cancelled before it started"
-                      + (" again (what its earlier attempts trained is kept)" if resumed
-                         else "")), 0
+                      + (" again (what its earlier attempts trained is kept)"
+                         if before.earlier_seconds else "")), 0
     else:
         said, code = f"run {args.run} is already {after}: nothing to cancel", 1
     if args.json:

@@ -40,7 +40,12 @@ from .store import (
     repair_command,
     resolve_workspace,
 )
-from .stored_images import missing_images, remove_unused_images, unused_images
+from .stored_images import (
+    images_by_dataset,
+    missing_images,
+    remove_unused_images,
+    unused_images,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -108,12 +113,13 @@ def check_workspace(root: str | os.PathLike[str] | None = None) -> list[Problem]
     if index_sound:
         ws = Workspace(root)
         problems += _row_problems(ws)
-        for dataset_id, (lost, total) in missing_images(ws).items():
+        named = images_by_dataset(ws)  # every manifest read once, for both checks
+        for dataset_id, (lost, total) in missing_images(ws, named).items():
             problems.append(Problem(
                 "dataset", str(ws.dataset_dir(dataset_id)),
                 f"dataset {dataset_id} lacks {lost} of its {total} stored images: ingest the "
                 "same photos again to store them again, or delete the dataset"))
-        unused = unused_images(ws)
+        unused = unused_images(ws, named)
         if unused is not None and unused.files:
             problems.append(Problem(
                 "images", str(ws.images_dir),

@@ -499,11 +499,15 @@ def heartbeat(ws: Workspace, run_id: str, progress: Progress | dict[str, Any]) -
     if isinstance(progress, dict):
         progress = Progress.from_dict(progress)
     with ws.transaction() as db:
-        db.execute(
-            "UPDATE runs SET progress_json = ?, heartbeat_at = ? WHERE id = ?",
-            (json.dumps(progress.to_dict()), time.time(), run_id),
-        )
-        row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _store_progress(db, run_id, progress)
+
+
+def _store_progress(db: sqlite3.Connection, run_id: str, progress: Progress) -> bool:
+    """The run's progress and heartbeat, in the caller's transaction; whether a cancel was
+    requested."""
+    db.execute("UPDATE runs SET progress_json = ?, heartbeat_at = ? WHERE id = ?",
+               (json.dumps(progress.to_dict()), time.time(), run_id))
+    row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
     return bool(row and row["cancel_requested"])
 
 
@@ -519,12 +523,7 @@ def record_epoch(ws: Workspace, run_id: str, epoch: int, phase: str, values: dic
             (run_id, epoch, phase, json.dumps(values), time.time()),
         )
         write_metrics_file(ws, db, run_id)
-        if progress is None:
-            return False
-        db.execute("UPDATE runs SET progress_json = ?, heartbeat_at = ? WHERE id = ?",
-                   (json.dumps(progress.to_dict()), time.time(), run_id))
-        row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
-    return bool(row and row["cancel_requested"])
+        return progress is not None and _store_progress(db, run_id, progress)
 
 
 def clear_metrics_after(ws: Workspace, run_id: str, epoch: int) -> None:

@@ -32,21 +32,33 @@ class UnusedImages:
         return f"{len(self.files)} stored image(s), {size}"
 
 
-def unused_images(ws: Workspace, now: float | None = None) -> UnusedImages | None:
-    """The stored images no dataset names, stored over UNUSED_GRACE_S ago. None when a
-    dataset's manifest cannot be read: then which images are in use is not known."""
-    used: set[str] = set()
+def images_by_dataset(ws: Workspace) -> dict[str, set[str] | None]:
+    """The stored images (hashes) each dataset names: the index's datasets, and folders
+    whose manifest a repair would restore; None for a manifest that cannot be read."""
     indexed = {row["id"] for row in ws.query("SELECT id FROM datasets")}
-    folders = {folder.name: folder for folder in _subfolders(ws.root / "datasets")}
-    for dataset_id in indexed | set(folders):
+    folders = {folder.name for folder in _subfolders(ws.root / "datasets")}
+    named: dict[str, set[str] | None] = {}
+    for dataset_id in sorted(indexed | folders):
         manifest_file = ws.dataset_dir(dataset_id) / "manifest.json"
         if dataset_id not in indexed and not manifest_file.exists():
             continue  # a deleted dataset's folder, kept because something else was in it
         manifest = _read_json(manifest_file)
         try:
-            used.update(str(record["hash"]) for record in manifest["records"])
+            named[dataset_id] = {str(record["hash"]) for record in manifest["records"]}
         except (TypeError, KeyError):
-            return None
+            named[dataset_id] = None
+    return named
+
+
+def unused_images(ws: Workspace, named: dict[str, set[str] | None] | None = None,
+                  now: float | None = None) -> UnusedImages | None:
+    """The stored images no dataset names, stored over UNUSED_GRACE_S ago. None when a
+    dataset's manifest cannot be read: then which images are in use is not known.
+    `named`: images_by_dataset(ws), when the caller has it already."""
+    named = images_by_dataset(ws) if named is None else named
+    if any(hashes is None for hashes in named.values()):
+        return None
+    used: set[str] = set().union(*named.values())
     cutoff = (time.time() if now is None else now) - UNUSED_GRACE_S
     files: list[Path] = []
     size = 0
@@ -89,15 +101,15 @@ def remove_unused_images(ws: Workspace) -> UnusedImages | None:
     return UnusedImages(removed, size)
 
 
-def missing_images(ws: Workspace) -> dict[str, tuple[int, int]]:
-    """Datasets whose stored images are not all there: id -> (missing, of how many).
-    Datasets whose manifest cannot be read are left to the manifest check."""
+def missing_images(ws: Workspace, named: dict[str, set[str] | None] | None = None,
+                   ) -> dict[str, tuple[int, int]]:
+    """The index's datasets whose stored images are not all there: id -> (missing, of how
+    many). Datasets whose manifest cannot be read are left to the manifest check."""
+    named = images_by_dataset(ws) if named is None else named
     missing: dict[str, tuple[int, int]] = {}
     for row in ws.query("SELECT id FROM datasets ORDER BY created_at"):
-        manifest = _read_json(ws.dataset_dir(row["id"]) / "manifest.json")
-        try:
-            hashes = {str(record["hash"]) for record in manifest["records"]}
-        except (TypeError, KeyError):
+        hashes = named.get(row["id"])
+        if hashes is None:
             continue
         lost = sum(1 for h in hashes if not ws.image_path(h).is_file())
         if lost:

@@ -58,6 +58,7 @@ from .phases import (
     backup_path,
     done_path,
     phases,
+    planned_epochs,
     read_resume_state,
     tag_phase_file,
 )
@@ -491,8 +492,7 @@ class RunTrainer:
         known: dict[str, np.ndarray] = {}
         for index in range(state.next_index(), len(plan)):
             phase, last = plan[index], index == len(plan) - 1
-            self._planned_epochs = (sum(p.epochs for p in plan[:index]),
-                                    sum(p.epochs for p in plan))
+            self._planned_epochs = (planned_epochs(plan[:index]), planned_epochs(plan))
             freeze = freeze_for(phase)
             apply_freeze(clf.backbone, freeze)
             result, known = self._run_phase(
