@@ -155,11 +155,26 @@ def inference_pixels(info: DeviceInfo | None = None) -> str:
 
 def clear_keras_session(free_memory: bool = True) -> None:
     """Forget the Keras state a job left (layer names, graphs, the dtype policy it set).
-    `free_memory`: collect garbage too (a few tenths of a second)."""
-    import keras
+    `free_memory`: collect garbage too (a few tenths of a second).
 
-    keras.backend.clear_session(free_memory=free_memory)
+    TensorFlow's kernel cache is kept: Keras's clear_session empties it too, and then the
+    next job has TensorFlow optimise again every graph the worker keeps warm (the
+    backbone's inference, head_fit's training graph): 0.3 s each, every job. Its entries
+    are per op and per graph, not per model's weights."""
+    import keras
+    from tensorflow.python.eager import context
+
+    tf_context = context.context()
+    tf_context.clear_kernel_cache = _keep_kernel_cache  # this call only; see finally
+    try:
+        keras.backend.clear_session(free_memory=free_memory)
+    finally:
+        del tf_context.clear_kernel_cache  # the class's own method again
     reset_precision()
+
+
+def _keep_kernel_cache() -> None:
+    """What clear_keras_session puts in place of TensorFlow's clear_kernel_cache."""
 
 
 def _device_info(tf: Any, keras: Any, gpus: list[Any], mixed: bool,

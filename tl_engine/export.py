@@ -17,7 +17,7 @@ from . import runs
 from .calibration import fold_temperature, run_temperature
 from .datasets import load_dataset
 from .errors import SpecError
-from .model_file import checked_model_path, load_run_model
+from .model_file import checked_model_path, load_run_model, save_keras_model
 from .phases import phases
 from .registry import get_backbone
 from .store import Workspace
@@ -181,7 +181,7 @@ def _write_export(ws: Workspace, run_id: str, fmt: str, model_file: Path, target
     elif fmt == "keras":
         staging = target.with_name(f".{time.time_ns()}.{target.name}")
         try:
-            _model(ws, run_id).save(str(staging))
+            save_keras_model(_model(ws, run_id), staging)
             staging.replace(target)
         finally:
             staging.unlink(missing_ok=True)

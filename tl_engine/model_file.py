@@ -6,6 +6,7 @@ as damaged, with what to do, never reported as missing nor exported as if it wer
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import zipfile
 from pathlib import Path
@@ -49,11 +50,39 @@ def load_run_model(ws: Workspace, run_id: str) -> Any:
     import keras
 
     path = checked_model_path(ws, run_id)
+    remember_keras_skipsets()
     try:
         return keras.saving.load_model(str(path), compile=False)
     except Exception as exc:  # Keras and h5py raise many types on a corrupt archive
         reason = f"Keras cannot load it ({type(exc).__name__}: {str(exc)[:200]})"
         raise ModelDamaged(damaged_message(run_id, path, reason)) from exc
+
+
+def save_keras_model(model: Any, path: Path) -> None:
+    """`model.save(path)`, without the Keras overhead `remember_keras_skipsets` removes."""
+    remember_keras_skipsets()
+    model.save(str(path))
+
+
+def remember_keras_skipsets() -> None:
+    """Keras's saving walks the attributes of every layer it saves or loads, skipping
+    those every bare Layer has. It means to compute that set once per kind of object, but
+    stores it under another key than it reads it from ("saving_attr_skipset_" against
+    "saving_attr_skiplist_"), so it builds a throwaway Layer for every layer: a third of
+    a MobileNetV2 classifier's save. Stored under the key it reads, it is computed once.
+    Keras's global state is cleared after every job, so this runs before each save and
+    load; a Keras that reads its own key again ignores what this stores."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.saving import saving_lib
+    except ImportError:
+        return
+    for kind in ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer",
+                 "Loss"):
+        key = f"saving_attr_skiplist_{kind}"
+        if global_state.get_global_attribute(key) is None:
+            with contextlib.suppress(Exception):  # a Keras whose internals moved: as before
+                global_state.set_global_attribute(key, saving_lib.get_attr_skipset(kind))
 
 
 def damaged_message(run_id: str, path: Path, problem: str) -> str:

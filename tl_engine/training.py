@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import calibration, familiarity, runs
+from . import calibration, familiarity, head_fit, runs
 from .activations import ActivationData, activation_data
 from .callbacks import (
     KeepBestWeights,
@@ -50,6 +50,7 @@ from .features import (
     inference_function,
 )
 from .freeze import FreezePlan, apply_freeze, layer_rate_factors, plan_freeze
+from .model_file import save_keras_model
 from .modeling import Classifier, build_classifier
 from .optimizers import make_optimizer, variable_factors
 from .phases import (
@@ -98,6 +99,7 @@ def warm_up() -> None:
     pixel_type = inference_pixels()
     inference_function(clf.feature_model, size, pixel_type)(np.zeros(
         (inference_batch(clf.feature_model, spec.batch_size), size, size, 3), pixel_type))
+    head_fit.warm_up()
     clear_keras_session(free_memory=False)  # what it built is kept: nothing to collect
 
 
@@ -317,6 +319,34 @@ class RunTrainer:
             if self.spec.class_weights else None,
             verbose=0,
         )
+        return self._phase_result(model, phase, callbacks, progress, best_path, epoch_offset)
+
+    def _fit_head(self, head: Any, optimizer: Any, phase: Phase,
+                  train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                  epoch_offset: int, steps: int,
+                  later_seconds: Callable[[EtaEstimator], float | None]) -> PhaseResult:
+        """As `_fit`, for a head on feature matrices, by head_fit's graph (traced once per
+        worker, not once per head). Not resumable, as epochs on features take
+        milliseconds: a killed run trains the phase again."""
+        best_path = self.dir / f"best-{phase.name}.weights.h5"
+        callbacks, progress = self._callbacks(phase.name, epoch_offset, phase.epochs, steps,
+                                              best_path, later_seconds, phase.title,
+                                              resumable=False)
+        head_fit.fit_head(
+            head, optimizer, train, val, batch_size=self.spec.batch_size,
+            epochs=phase.epochs, initial_epoch=epoch_offset, seed=self.spec.seed,
+            label_smoothing=self.spec.label_smoothing,
+            class_weights=_class_weights(self.splits.train, self.index)
+            if self.spec.class_weights else None,
+            top_k=top_k_for(len(self.classes)), callbacks=callbacks)
+        return self._phase_result(head, phase.name, callbacks, progress, best_path,
+                                  epoch_offset)
+
+    def _phase_result(self, model: Any, phase: str, callbacks: list[Any],
+                      progress: StoreProgress, best_path: Path,
+                      epoch_offset: int) -> PhaseResult:
+        """A finished phase's result; with keep_weights "best", its best epoch's weights
+        are put back in `model`."""
         if progress.cancelled:
             raise RunCancelled()
         phase_metrics = [m for m in runs.run_metrics(self.ws, self.run.id)
@@ -349,6 +379,15 @@ class RunTrainer:
             crossing = list(crossing) if isinstance(crossing, (list, tuple)) else [crossing]
             outputs.append(np.asarray(data.cut.top(crossing, training=False)))
         return np.concatenate(outputs)
+
+    @staticmethod
+    def _head_probabilities(clf: Classifier, matrices: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The head's probabilities for the validation (and test) features: direct calls
+        on the matrices, no predict function to trace."""
+        known = {"val": np.asarray(clf.head(matrices[1], training=False))}
+        if len(matrices) > 2:
+            known["test"] = np.asarray(clf.head(matrices[2], training=False))
+        return known
 
     def _later_seconds(self, later: Sequence[Phase], steps: int,
                        ) -> Callable[[EtaEstimator], float | None]:
@@ -415,6 +454,12 @@ class RunTrainer:
                             val_batch))
             if last:  # the saved model's backbone is this one, frozen
                 self._start_frozen_profile(clf, matrices[0], matrices[1])
+            optimizer = make_optimizer(spec.optimizer, rate)
+            if head_fit.head_shape(clf.head) is not None and head_fit.supports(optimizer):
+                result = self._fit_head(clf.head, optimizer, phase, (matrices[0], y_train),
+                                        (matrices[1], y_val), offset, steps,
+                                        lambda eta: later(eta, False))
+                return result, self._head_probabilities(clf, matrices)
             # An epoch on features takes milliseconds: one graph call per epoch, so the
             # per-step Python (callbacks, iterator, dispatch) is paid once, not per batch.
             compile_classifier(clf.head, spec, n_classes, rate, steps_per_execution=steps)
@@ -422,11 +467,7 @@ class RunTrainer:
             # again rather than write a backup every epoch.
             result = self._fit(clf.head, phase.name, train, val, offset, phase.epochs, steps,
                                lambda eta: later(eta, False), phase.title, resumable=False)
-            # Direct calls on the feature matrices: no predict function to trace.
-            known = {"val": np.asarray(clf.head(matrices[1], training=False))}
-            if len(matrices) > 2:
-                known["test"] = np.asarray(clf.head(matrices[2], training=False))
-            return result, known
+            return result, self._head_probabilities(clf, matrices)
         factors = variable_factors(clf.backbone, layer_rate_factors(freeze, phase.lr_decay))
         why = phase.pixels_reason
         if phase.cached_activations:  # the top of the backbone and the head, shared weights
@@ -634,7 +675,7 @@ class RunTrainer:
                 clf.model.load_weights(str(phase1_done))
             evaluation = self._evaluate(clf, {})
             tmp = self.dir / ".model-head.tmp.keras"
-            clf.model.save(str(tmp))
+            save_keras_model(clf.model, tmp)
             tmp.replace(head_model)
             self.ws.write_json_atomic(head_evaluation, evaluation)
             head_val = evaluation["val"]["accuracy"]
@@ -667,7 +708,7 @@ class RunTrainer:
     def _save(self, clf: Classifier, evaluation: dict[str, Any]) -> None:
         model_file = self.dir / "model.keras"
         tmp = self.dir / ".model.tmp.keras"
-        clf.model.save(str(tmp))
+        save_keras_model(clf.model, tmp)
         tmp.replace(model_file)
         self.ws.write_json_atomic(self.dir / "evaluation.json", evaluation)
         self.ws.write_json_atomic(self.dir / "labels.json", self.classes)
