@@ -173,6 +173,33 @@ def clear_keras_session(free_memory: bool = True) -> None:
     reset_precision()
 
 
+def seed_job(seed: int) -> None:
+    """`keras.utils.set_random_seed(seed)`: Python's, NumPy's, Keras's and TensorFlow's
+    random state for a job. TensorFlow's global seed is set again only when it changes:
+    `tf.random.set_seed` also empties TensorFlow's kernel cache, and every job would then
+    have TensorFlow prepare again each graph the worker keeps warm (the backbone's
+    inference, head_fit's training graph). Nothing the engine runs reads more of
+    TensorFlow's random state than that seed: its random ops (tf.data's shuffles, Keras's
+    layers and initializers, head_fit's dropout) all take explicit seeds."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    if context.global_seed() != seed:
+        keras.utils.set_random_seed(seed)
+        return
+    set_tf_seed = tf.random.set_seed
+    tf.random.set_seed = _seed_already_set  # for this call only; see finally
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        tf.random.set_seed = set_tf_seed
+
+
+def _seed_already_set(seed: int) -> None:
+    """What seed_job puts in place of tf.random.set_seed when the seed is unchanged."""
+
+
 def _keep_kernel_cache() -> None:
     """What clear_keras_session puts in place of TensorFlow's clear_kernel_cache."""
 

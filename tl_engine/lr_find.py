@@ -147,11 +147,16 @@ def _range_test_callback(ws: Workspace, run_id: str, steps: int) -> Any:
 
 def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[str, Any] | None:
     """The range test of `run`'s first phase; its summary, or None when cancelled."""
-    import keras
     import tensorflow as tf
 
     from .datasets import load_dataset, split_records
-    from .device import clear_keras_session, configure, distribution_strategy, use_precision
+    from .device import (
+        clear_keras_session,
+        configure,
+        distribution_strategy,
+        seed_job,
+        use_precision,
+    )
     from .features import FeaturesCancelled, extract_features, feature_key
     from .freeze import apply_freeze, layer_rate_factors, plan_freeze
     from .modeling import build_classifier
@@ -165,7 +170,7 @@ def run_range_test(ws: Workspace, run: RunRecord, steps: int = STEPS) -> dict[st
     started = time.time()
     spec = run.spec
     configure()
-    keras.utils.set_random_seed(spec.seed)
+    seed_job(spec.seed)
     dataset = load_dataset(ws, run.dataset_id)
     classes = list(dataset.classes)
     index = {name: i for i, name in enumerate(classes)}

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-
 from .spec import RunSpec
 
 ALL = None  # Phase.trainable_top: the whole backbone trains
@@ -135,6 +133,8 @@ def backup_path(run_dir: Path, phase_name: str) -> Path:
 
 def tag_phase_file(path: Path, result: PhaseResult) -> None:
     """Record the phase's result in its (just written, not yet renamed) weights file."""
+    import h5py  # here, not above: the CLI's `train` imports this module and never needs it
+
     with h5py.File(path, "a") as handle:
         handle.attrs["epoch"] = int(result.kept_epoch)
         handle.attrs["last_epoch"] = int(result.last_epoch)
@@ -147,6 +147,8 @@ def read_phase_file(path: Path, metrics: Sequence[dict], phase_name: str,
                     keep_best: bool) -> PhaseResult | None:
     """The result a finished phase stored with its weights; None when it has none or the
     file is torn. Files of earlier versions lack some tags: the phase's metrics fill in."""
+    import h5py
+
     try:
         with h5py.File(path, "r") as handle:
             attrs = dict(handle.attrs)

@@ -40,6 +40,7 @@ from .device import (
     configure,
     distribution_strategy,
     inference_pixels,
+    seed_job,
     use_precision,
 )
 from .features import (
@@ -92,7 +93,7 @@ def warm_up() -> None:
     default spec would: that run reuses both (see build_classifier's `keep`)."""
     configure()
     spec = RunSpec().normalized()
-    keras.utils.set_random_seed(spec.seed)  # as RunTrainer.train does before its build
+    seed_job(spec.seed)  # as RunTrainer.train does before its build
     with distribution_strategy().scope():
         clf = build_classifier(spec, n_classes=2, keep=True)
     size = spec.image_size  # a full batch: TensorFlow prepares its kernels per shape
@@ -510,7 +511,7 @@ class RunTrainer:
         device = configure()
         # The batch a step really has, as lr-find decides (a set smaller than the batch).
         self._policy = use_precision(min(spec.batch_size, len(self.splits.train)))
-        keras.utils.set_random_seed(spec.seed)
+        seed_job(spec.seed)
         entry = get_backbone(spec.backbone)
         self._weights_id = weights_identity(entry, spec.weights, spec.seed)
         n_classes = len(self.classes)
