@@ -11,6 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# A name that is also a submodule's is bound now: importing the submodule later would
+# otherwise set the package's attribute to the module.
+from .phases import phases as phases
+
 # Public name -> (module, name in that module).
 _EXPORTS: dict[str, tuple[str, str]] = {
     "AccessDenied": ("access", "AccessDenied"),
@@ -87,7 +91,6 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Overfitting": ("hints", "Overfitting"),
     "overfitting": ("hints", "overfitting"),
     "Phase": ("phases", "Phase"),
-    "phases": ("phases", "phases"),
     "predict_images": ("predict", "predict_images"),
     "Prediction": ("predict", "Prediction"),
     "prediction_batch": ("predict", "prediction_batch"),
@@ -157,7 +160,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 }
 _SUBMODULES = ('access', 'accounts')
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "phases"])
 
 
 def __getattr__(name: str) -> Any:
