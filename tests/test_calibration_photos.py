@@ -65,16 +65,19 @@ def test_temperature_scaling_on_held_out_photos(photo_run):
     assert report["nll_calibrated"] <= report["nll"] + 0.02
 
     # The fitting split, from the saved model's own probabilities: the same T, and a lower
-    # ECE after scaling.
+    # NLL after scaling (what T minimises there). ECE, binned over 153 images, is not what
+    # T minimises: it may move by about an image's share either way.
     labels, probs = _raw(ws, run, split["val"])
     # (Pillow decodes the photos here, TensorFlow in training: a few pixels differ.)
     assert tle.fit_temperature(labels, probs) == pytest.approx(result.temperature, rel=0.03)
+    assert (calibration.nll(labels, probs, result.temperature)
+            < calibration.nll(labels, probs))
     before = tle.expected_calibration_error(labels, probs)
     after = tle.expected_calibration_error(labels, tle.apply_temperature(probs,
                                                                          result.temperature))
     print(f"on the {len(labels)} validation images T was fitted to: ECE {before:.4f} -> "
           f"{after:.4f}")
-    assert after <= before
+    assert after <= before + 2 / len(labels)
 
 
 def test_the_export_carries_the_temperature(photo_run):
