@@ -246,6 +246,13 @@ def test_best_and_last_epoch_weights_with_feature_passes_for_test_images(
     assert summary["val_accuracy"] == pytest.approx(values[summary["best_epoch"] - 1], abs=1e-6)
     best_file = workspace.run_dir(best.id) / "best-head.weights.h5"
     assert weights_tag(best_file)[0] == summary["best_epoch"]
+    # The saved model (written while the head trained, see early_save.py) holds them.
+    saved_head = keras.saving.load_model(runs.model_path(workspace, best.id),
+                                         compile=False).get_layer("head")
+    kept = keras.models.clone_model(saved_head)
+    kept.load_weights(str(best_file))
+    for saved, wanted in zip(saved_head.get_weights(), kept.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, wanted)
     # Training, validation and test images went through one feature phase, all cached.
     assert summary["features_computed"] == 30 and summary["n_test"] > 0
     assert summary["test_accuracy"] is not None

@@ -43,6 +43,7 @@ from .device import (
     seed_job,
     use_precision,
 )
+from .early_save import EarlySave
 from .features import (
     FeaturesCancelled,
     extract_features,
@@ -192,6 +193,8 @@ class RunTrainer:
         self._activations: ActivationData | None = None
         # A frozen backbone's familiarity profile, fitted while its head trains.
         self._frozen_profile: Future[familiarity.FamiliarityProfile] | None = None
+        # The model file being written while the last phase's head trains (early_save.py).
+        self._early_save: EarlySave | None = None
         self._forward_s_per_image: float | None = None
         # The epochs the plan has before the current phase, and in all (progress spans
         # the whole run).
@@ -456,10 +459,21 @@ class RunTrainer:
             if last:  # the saved model's backbone is this one, frozen
                 self._start_frozen_profile(clf, matrices[0], matrices[1])
             optimizer = make_optimizer(spec.optimizer, rate)
-            if head_fit.head_shape(clf.head) is not None and head_fit.supports(optimizer):
-                result = self._fit_head(clf.head, optimizer, phase, (matrices[0], y_train),
-                                        (matrices[1], y_val), offset, steps,
-                                        lambda eta: later(eta, False))
+            shape = head_fit.head_shape(clf.head)
+            if shape is not None and head_fit.supports(optimizer):
+                # The saved model is this backbone and head: its file is written meanwhile.
+                early = EarlySave(clf.model, [layer for layer in (shape.hidden, shape.probs)
+                                              if layer is not None],
+                                  self.dir / ".model.tmp.keras") if last else None
+                try:
+                    result = self._fit_head(clf.head, optimizer, phase,
+                                            (matrices[0], y_train), (matrices[1], y_val),
+                                            offset, steps, lambda eta: later(eta, False))
+                except BaseException:
+                    if early is not None:
+                        early.abandon()
+                    raise
+                self._early_save = early
                 return result, self._head_probabilities(clf, matrices)
             # An epoch on features takes milliseconds: one graph call per epoch, so the
             # per-step Python (callbacks, iterator, dispatch) is paid once, not per batch.
@@ -507,6 +521,14 @@ class RunTrainer:
 
     # --- the run -------------------------------------------------------------------
     def train(self) -> RunSummary:
+        try:
+            return self._train()
+        finally:
+            if self._early_save is not None:  # stopped before the model file was finished
+                self._early_save.abandon()
+                self._early_save = None
+
+    def _train(self) -> RunSummary:
         spec = self.spec
         device = configure()
         # The batch a step really has, as lr-find decides (a set smaller than the batch).
@@ -708,8 +730,12 @@ class RunTrainer:
 
     def _save(self, clf: Classifier, evaluation: dict[str, Any]) -> None:
         model_file = self.dir / "model.keras"
-        tmp = self.dir / ".model.tmp.keras"
-        save_keras_model(clf.model, tmp)
+        if self._early_save is not None:
+            tmp = self._early_save.finish()
+            self._early_save = None
+        else:
+            tmp = self.dir / ".model.tmp.keras"
+            save_keras_model(clf.model, tmp)
         tmp.replace(model_file)
         self.ws.write_json_atomic(self.dir / "evaluation.json", evaluation)
         self.ws.write_json_atomic(self.dir / "labels.json", self.classes)
