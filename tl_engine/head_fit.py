@@ -71,7 +71,10 @@ def head_shape(head: Any) -> HeadShape | None:
             probs = layer
         else:
             return None
-    if probs is None or tf.distribute.get_strategy().num_replicas_in_sync != 1:
+    # A head built under a strategy of several replicas (its variables mirrored) trains
+    # under `fit`, which updates every replica.
+    strategy = getattr(head, "distribute_strategy", None) or tf.distribute.get_strategy()
+    if probs is None or strategy.num_replicas_in_sync != 1:
         return None
     return HeadShape(hidden, dropout, probs)
 
@@ -283,38 +286,39 @@ def fit_head(head: Any, optimizer: Any, train: tuple[np.ndarray, np.ndarray],
     first = second = None
     iterations = tf.constant(0.0)
     logs: dict[str, float] = {}
-    for epoch in range(initial_epoch, initial_epoch + epochs):
-        _each(callbacks, "on_epoch_begin", epoch, None)
-        params = _params(shape)
-        if first is None:
-            first = [tf.zeros_like(p) for p in params]
-            second = [tf.zeros_like(p) for p in params]
-        with _graph_rewrites_off():
+    with _graph_rewrites_off():  # the callbacks run no graphs of their own
+        for epoch in range(initial_epoch, initial_epoch + epochs):
+            _each(callbacks, "on_epoch_begin", epoch, None)
+            params = _params(shape)
+            if first is None:
+                first = [tf.zeros_like(p) for p in params]
+                second = [tf.zeros_like(p) for p in params]
             params, first, second, iterations, figures = _train_epoch(
                 params, first, second, iterations, *tensors,
                 tf.constant(epoch_order(seed, epoch, len(x))), *val_tensors,
                 _hyper(optimizer, shape.dropout, label_smoothing), ints)
-        _store(shape, params)
-        loss, accuracy, top, val_loss, val_accuracy, val_top = (
-            float(v) for v in figures.numpy())
-        logs = {"loss": loss, "accuracy": accuracy, "top_k": top}
-        _each(callbacks, "on_train_batch_end", steps - 1, dict(logs))
-        if len(x_val):
-            logs.update(val_loss=val_loss, val_accuracy=val_accuracy, val_top_k=val_top)
-        _each(callbacks, "on_epoch_end", epoch, logs)
-        if model.stop_training:
-            break
+            _store(shape, params)
+            loss, accuracy, top, val_loss, val_accuracy, val_top = (
+                float(v) for v in figures.numpy())
+            logs = {"loss": loss, "accuracy": accuracy, "top_k": top}
+            _each(callbacks, "on_train_batch_end", steps - 1, dict(logs))
+            if len(x_val):
+                logs.update(val_loss=val_loss, val_accuracy=val_accuracy, val_top_k=val_top)
+            _each(callbacks, "on_epoch_end", epoch, logs)
+            if model.stop_training:
+                break
     _each(callbacks, "on_train_end", logs)
     return model
 
 
 @contextlib.contextmanager
 def _graph_rewrites_off() -> Iterator[None]:
-    """TensorFlow's graph optimiser (Grappler) off for the calls made within. It
-    optimises a function again for every new shape of its inputs, so each head width,
-    class count or number of images cost 0.2 s more; this graph is small ops in loops,
-    which its rewrites do not make faster. The setting is read when a call prepares the
-    function, so it is put back at once for every other graph of the process."""
+    """TensorFlow's graph optimiser (Grappler) off for the calls made within. Whenever
+    TensorFlow's kernel cache is emptied (a job with another seed empties it), the next
+    call prepares the function again, and Grappler's pass over it took 0.2 s of the
+    0.3 s; its rewrites do not make these small ops in loops faster. The setting is read
+    when a call prepares the function, so it is put back at once for every other graph
+    of the process."""
     before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer",
                                                                 False)
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
