@@ -22,7 +22,7 @@ import tl_engine as tle
 from tl_engine.cli import main as cli_main
 from tl_engine.datasets import check_data, ingest_folder, ingest_uploads, ingest_zip
 from tl_engine.errors import ModelDamaged
-from tl_engine.images import DECODE_BUDGET_BYTES
+from tl_engine.image_limits import DECODE_BUDGET_BYTES
 from tl_engine.predict import MAX_BATCH_UNPACKED_BYTES, Refused, prediction_batch
 
 GIB = 1024**3

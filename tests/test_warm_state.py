@@ -83,3 +83,15 @@ def test_importing_the_package_imports_only_what_is_used() -> None:
     for name in tl_engine.__all__:
         assert getattr(tl_engine, name) is not None, name
     assert set(dir(tl_engine)) >= set(tl_engine.__all__)
+
+
+def test_the_cli_starts_without_numpy_pillow_or_tqdm() -> None:
+    """What `python -m tl_engine train --no-progress` imports before it needs an image
+    decoded: a folder ingested again, unchanged, decodes nothing."""
+    code = ("import json, sys; import tl_engine.cli, tl_engine.jobs; "
+            "from tl_engine.datasets import ingest_folder; "
+            "print(json.dumps([m for m in ('numpy', 'PIL', 'tqdm', 'h5py', 'tensorflow') "
+            "if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    assert json.loads(out.stdout) == []

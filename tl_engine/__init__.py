@@ -34,7 +34,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Dataset": ("datasets", "Dataset"),
     "DatasetError": ("errors", "DatasetError"),
     "default_choices": ("probe", "default_choices"),
-    "DEFAULT_NOT_SURE_BELOW": ("calibration", "DEFAULT_NOT_SURE_BELOW"),
+    "DEFAULT_NOT_SURE_BELOW": ("spec", "DEFAULT_NOT_SURE_BELOW"),
     "delete_dataset": ("datasets", "delete_dataset"),
     "delete_run": ("runs", "delete_run"),
     "describe": ("spec", "describe"),

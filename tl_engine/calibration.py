@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from .errors import TLError
+from .spec import DEFAULT_NOT_SURE_BELOW as DEFAULT_NOT_SURE_BELOW
 
 N_BINS = 15
 LOG_T_BOUNDS = (-3.0, 3.0)  # T from about 0.05 to 20
-DEFAULT_NOT_SURE_BELOW = 0.6
 # log(0) would make an image the model was certain about, and wrong, cost infinitely much.
 _TINY = 1e-30
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0

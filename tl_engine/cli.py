@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import spec as spec_table
-from .calibration import DEFAULT_NOT_SURE_BELOW
 from .cli_explain import add_explain_parser
 from .cli_format import print_json as _print_json
 from .cli_format import table as _table
@@ -23,7 +22,7 @@ from .cli_users import add_users_parser
 from .errors import SpecError, TLError
 from .phases import phases, planned_epochs
 from .runs import DEFAULT_KIND, RunRecord, RunStatus, trained_so_far
-from .spec import RunSpec
+from .spec import DEFAULT_NOT_SURE_BELOW, RunSpec
 from .store import INDEX_FILE, Workspace, folder_records, resolve_workspace
 
 
@@ -159,13 +158,17 @@ class _ProgressBar:
     """tqdm on stderr, following the run's progress in the store."""
 
     def __init__(self, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=1000, file=sys.stderr, disable=not enabled,
-                        bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]")
+        self.bar: Any = None
         self.phase: str | None = None
+        if enabled:  # tqdm imported only then: --no-progress and --json start faster
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, file=sys.stderr,
+                            bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}<{remaining}]")
 
     def __call__(self, run: Any) -> None:
+        if self.bar is None:
+            return
         progress = run.progress
         if progress.phase != self.phase and run.status == RunStatus.RUNNING:
             self.phase = progress.phase
@@ -187,7 +190,8 @@ class _ProgressBar:
             self.bar.update(target - self.bar.n)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -20,6 +20,11 @@ from typing import Any
 from .errors import SpecError
 from .registry import get_backbone
 
+# A prediction whose confidence is below this is marked "not sure" (the Prediction page's
+# and `predict`'s default). Here, with the settings, so that the CLI reads it without
+# importing NumPy.
+DEFAULT_NOT_SURE_BELOW = 0.6
+
 
 @dataclass(frozen=True)
 class Strategy:

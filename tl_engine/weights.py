@@ -23,12 +23,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .errors import WeightsUnavailable
 from .registry import Backbone
+
+if TYPE_CHECKING:  # NumPy is imported where used: `python -m tl_engine train` needs none
+    import numpy as np
 
 DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 WEIGHTS_DIR_ENV = "TL_WEIGHTS_DIR"
@@ -228,6 +229,8 @@ def _starting_weights(backbone: Backbone, weights: str, target: Any) -> None:
         finally:
             random.setstate(state)
         target.set_weights(source.get_weights())
+    import numpy as np
+
     arrays = [np.array(value, copy=True) for value in target.get_weights()]
     for array in arrays:
         array.setflags(write=False)

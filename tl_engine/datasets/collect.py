@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from ..errors import DatasetError
-from ..images import env_int
+from ..image_limits import env_int
 from .known_files import file_status
 from .layout import (
     _Candidate,

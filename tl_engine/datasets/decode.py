@@ -12,15 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..images import (
-    ImageRejected,
-    MemoryBudget,
-    decode_budget_bytes,
-    header_size,
-    max_image_pixels,
-    prepare,
-    to_jpeg_bytes,
-)
+from ..image_limits import ImageRejected, MemoryBudget, decode_budget_bytes, max_image_pixels
 from ..store import Workspace
 from . import known_files
 from .health import HealthReport, build_report
@@ -145,6 +137,10 @@ def _decode_one(
     A reason, not an exception: a raised exception would keep the file's bytes alive
     through its traceback for as long as its future is kept.
     """
+    # Here, not at the top: a folder ingested again and unchanged decodes nothing, and the
+    # command that ingests it then starts without NumPy and Pillow.
+    from ..images import header_size, prepare, to_jpeg_bytes
+
     try:
         with reading.hold(candidate.size, READ_BUDGET_BYTES):
             data = candidate.read()
