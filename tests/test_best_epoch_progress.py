@@ -15,7 +15,7 @@ from conftest import TINY_CLASSES, kill_worker, train_tiny_run, write_color_clas
 
 import tl_engine as tle
 from tl_engine import cli, runs
-from tl_engine.callbacks import PredictProgress, StoreProgress, weights_tag
+from tl_engine.callbacks import PROGRESS_INTERVAL_S, PredictProgress, StoreProgress, weights_tag
 from tl_engine.datasets import ingest_folder, split_records
 from tl_engine.errors import SpecError, TLError
 from tl_engine.hints import Hint, run_hints, spec_hints
@@ -476,3 +476,38 @@ def test_stored_epoch_figures_read_as_the_counts_they_are(workspace, tiny_datase
         for name in ("accuracy", "val_accuracy"):
             assert epoch[name] == round(epoch[name] * 40) / 40
         assert epoch["learning_rate"] == 0.003
+
+
+class _StoredEpochsAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self, ws, run_id):
+        super().__init__()
+        self.ws, self.run_id, self.seen = ws, run_id, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(len(runs.run_metrics(self.ws, self.run_id)))
+
+
+def test_fast_epochs_of_a_phase_not_resumed_are_stored_together(workspace, tiny_dataset):
+    """Epochs of milliseconds (a head on features) go to the store in one transaction
+    once training ends, or once PROGRESS_INTERVAL_S has passed: every one of them, each
+    with its own time; a cancel asked for meanwhile is seen then."""
+    run_id = _queued_run(workspace, tiny_dataset)
+    model, x, y = _small_classifier()
+    stored = _StoredEpochsAtEpochEnd(workspace, run_id)
+    progress = StoreProgress(workspace, run_id, "head", 0, 4, 5, time.time(),
+                             hold_epochs=True)
+    started = time.time()
+    model.fit(x, y, batch_size=8, epochs=4, validation_data=(x, y), verbose=0,
+              callbacks=[progress, stored])
+    metrics = runs.run_metrics(workspace, run_id)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    if time.time() - started < PROGRESS_INTERVAL_S:  # a slow machine flushes midway
+        assert stored.seen == [0, 0, 0, 0]
+    assert all(m["val_accuracy"] is not None and m["seconds"] > 0 for m in metrics)
+    assert runs.get_run(workspace, run_id).progress.epoch == 4
+
+    assert runs.claim_next_run(workspace) == run_id
+    runs.request_cancel(workspace, run_id)
+    again = StoreProgress(workspace, run_id, "head", 0, 2, 5, time.time(), hold_epochs=True)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[again])
+    assert again.cancelled

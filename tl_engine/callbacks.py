@@ -81,10 +81,18 @@ class StoreProgress(keras.callbacks.Callback):
                  total_epochs: int, steps_per_epoch: int, started: float,
                  images_per_step: float = 0.0, pause_guess_steps: float = 0.0,
                  later_seconds: Callable[[EtaEstimator], float | None] | None = None,
-                 title: str = "", planned: tuple[int, int] | None = None) -> None:
+                 title: str = "", planned: tuple[int, int] | None = None,
+                 hold_epochs: bool = False) -> None:
         """`planned`: the epochs the run's plan has before this phase, and in all; the
-        bar then spans the whole run rather than starting again at each phase."""
+        bar then spans the whole run rather than starting again at each phase.
+        `hold_epochs`: store epochs that end less than PROGRESS_INTERVAL_S after the last
+        write together with the next ones (at the latest when training ends), not one
+        transaction each: for a phase not resumed from its epochs (a head on features,
+        whose epochs take milliseconds), as a killed run trains it again anyway."""
         super().__init__()
+        self.hold_epochs = hold_epochs
+        self._held: list[tuple[int, str, dict, float]] = []
+        self._last_flush = time.monotonic()
         self.ws, self.run_id, self.phase, self.title = ws, run_id, phase, title or phase
         self.epoch_offset, self.total_epochs = epoch_offset, total_epochs
         self.steps_per_epoch = max(1, steps_per_epoch)
@@ -166,9 +174,21 @@ class StoreProgress(keras.callbacks.Callback):
         if lr is not None:
             values["learning_rate"] = float32_value(np.asarray(lr))
         values["seconds"] = time.monotonic() - self._epoch_started
-        self._last_write = time.monotonic()
-        if runs.record_epoch(self.ws, self.run_id, epoch + 1, self.phase, values,
-                             self._progress(self.steps_per_epoch, logs)):
+        self._held.append((epoch + 1, self.phase, values, time.time()))
+        now = time.monotonic()
+        if self.hold_epochs and now - self._last_flush < PROGRESS_INTERVAL_S:
+            return
+        self._flush(self._progress(self.steps_per_epoch, logs))
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._held:
+            self._flush(self._progress(self.steps_per_epoch, logs))
+
+    def _flush(self, progress: Progress) -> None:
+        """The epochs recorded since the last flush, and the progress, in one write."""
+        self._last_write = self._last_flush = time.monotonic()
+        held, self._held = self._held, []
+        if runs.record_epochs(self.ws, self.run_id, held, progress):
             self.cancelled = True
             self.model.stop_training = True
 

@@ -209,8 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             started_by=args.started_by)
     bar = _ProgressBar(enabled=not args.no_progress)
     try:
-        # A short poll: a run served by a warm worker takes about a second.
-        run = wait_for_run(ws, submission.run_id, on_update=bar, poll_s=0.05)
+        run = wait_for_run(ws, submission.run_id, on_update=bar, poll_s=0.1)
     except KeyboardInterrupt:
         run = None
     finally:

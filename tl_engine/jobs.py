@@ -44,8 +44,12 @@ WORKER_NICENESS = 10
 AUTO_RESUMED_MARKER = "auto-resumed"
 WORKER_IDLE_ENV = "TL_WORKER_IDLE_S"
 DEFAULT_WORKER_IDLE_S = 120.0
-# One tiny query per poll: a job queued for a waiting worker starts within this.
-WORKER_POLL_S = 0.05
+# One tiny query per poll: a job queued for a waiting worker starts within this. The
+# seconds after a job are polled more often: the next job (a tweaked setting, a sweep's
+# next run) most often comes then, and a run on cached features takes a second.
+WORKER_POLL_S = 0.1
+QUICK_POLL_S = 0.02
+QUICK_FOR_S = 5.0
 
 
 class RunStalled(TLError):
@@ -365,11 +369,13 @@ def worker_main(ws: Workspace, idle_s: float = 0.0,
 def _job_queued_within(ws: Workspace, idle_s: float) -> bool:
     """Whether a job is queued within `idle_s` seconds. The caller holds the slot, so
     `ensure_worker` spawns nobody meanwhile and readers still see a live worker."""
-    deadline = time.monotonic() + idle_s
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    deadline = started + idle_s
+    while (now := time.monotonic()) < deadline:
         if _any_with_status(ws, RunStatus.QUEUED):
             return True
-        time.sleep(min(WORKER_POLL_S, max(0.0, deadline - time.monotonic())))
+        poll = QUICK_POLL_S if now - started < QUICK_FOR_S else WORKER_POLL_S
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
     return False
 
 
@@ -391,7 +397,8 @@ def wait_for_run(
 ) -> RunRecord:
     """Block until the run leaves queued/running (polling the store). Raises RunStalled
     when its worker, still alive, has been silent for runs.stalled_after_seconds()."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = None if timeout_s is None else started + timeout_s
     while True:
         run = runs.get_run(ws, run_id)
         if on_update:
@@ -406,4 +413,6 @@ def wait_for_run(
             raise RunStalled(run.stalled_message(silent))
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Run {run_id} still {run.status} after {timeout_s} s.")
-        time.sleep(poll_s)
+        # Its first seconds more often: a run served by a warm worker takes about one.
+        time.sleep(min(poll_s, QUICK_POLL_S) if time.monotonic() - started < QUICK_FOR_S
+                   else poll_s)

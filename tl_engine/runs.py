@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,11 +516,20 @@ def record_epoch(ws: Workspace, run_id: str, epoch: int, phase: str, values: dic
     """Store an epoch's figures, with the progress at its end when given (one transaction:
     a run on features records an epoch every few milliseconds); whether a cancel was
     requested."""
+    return record_epochs(ws, run_id, [(epoch, phase, values, time.time())], progress)
+
+
+def record_epochs(ws: Workspace, run_id: str,
+                  epochs: Sequence[tuple[int, str, dict, float]],
+                  progress: Progress | None = None) -> bool:
+    """Store several epochs' figures, each (epoch, phase, values, recorded_at), and the
+    progress after them, in one transaction; whether a cancel was requested."""
     with ws.transaction() as db:
-        db.execute(
+        db.executemany(
             "INSERT OR REPLACE INTO metrics (run_id, epoch, phase, values_json, recorded_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            (run_id, epoch, phase, json.dumps(values), time.time()),
+            [(run_id, epoch, phase, json.dumps(values), recorded_at)
+             for epoch, phase, values, recorded_at in epochs],
         )
         write_metrics_file(ws, db, run_id)
         return progress is not None and _store_progress(db, run_id, progress)

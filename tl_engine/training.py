@@ -262,6 +262,7 @@ class RunTrainer:
             # Validation runs forward only: about a third of a training step per batch.
             pause_guess_steps=val_steps / 3,
             later_seconds=later_seconds, title=title, planned=self._planned_epochs,
+            hold_epochs=not resumable,
         )
         _discard_if_unreadable(best_path)  # left torn by a worker of an older version
         backup = backup_path(self.dir, phase)
