@@ -162,3 +162,14 @@ def test_heads_it_does_not_train_are_left_to_keras() -> None:
     assert not head_fit.supports(keras.optimizers.SGD(1e-3, momentum=0.9))  # not Nesterov
     assert not head_fit.supports(keras.optimizers.Adam(1e-3, clipnorm=1.0))
     assert not head_fit.supports(keras.optimizers.Adagrad(1e-3))
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5)
+    assert not head_fit.supports(keras.optimizers.Adam(schedule))
+    spared = keras.optimizers.AdamW(1e-3)
+    spared.exclude_from_weight_decay(var_names=["bias"])
+    assert not head_fit.supports(spared)
+    constrained = keras.Model(inputs, keras.layers.Dense(
+        2, activation="softmax", kernel_constraint=keras.constraints.NonNeg())(inputs))
+    assert head_fit.head_shape(constrained) is None
+    twice = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(
+        keras.layers.Dropout(0.1)(keras.layers.Dropout(0.2)(inputs))))
+    assert head_fit.head_shape(twice) is None

@@ -9,6 +9,7 @@ command does not need, and nothing here imports TensorFlow.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 # A name that is also a submodule's is bound now: importing the submodule later would
@@ -164,7 +165,10 @@ __all__ = sorted([*_EXPORTS, *_SUBMODULES, "phases"])
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or (name not in _EXPORTS and not name.startswith("_")
+                               and importlib.util.find_spec(f"{__name__}.{name}")):
+        # A submodule asked for as an attribute (`tle.runs`): imported now, not only when
+        # something else happened to import it first.
         return importlib.import_module(f"{__name__}.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -181,6 +181,10 @@ class StoreProgress(keras.callbacks.Callback):
         self._flush(self._progress(self.steps_per_epoch, logs))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.flush(logs)
+
+    def flush(self, logs: dict[str, Any] | None = None) -> None:
+        """Store the epochs held back, if any (training ended, or stopped by an error)."""
         if self._held:
             self._flush(self._progress(self.steps_per_epoch, logs))
 

@@ -189,6 +189,11 @@ class _ProgressBar:
         if target > self.bar.n:
             self.bar.update(target - self.bar.n)
 
+    def describe(self, text: str) -> None:
+        """Label the bar (a probe's backbone, a sweep's row) until the run labels it."""
+        if self.bar is not None:
+            self.bar.set_description_str(text)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

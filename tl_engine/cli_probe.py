@@ -34,7 +34,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     failed: list[Any] = []
     for choice, submission in zip(choices, submissions, strict=True):
         bar = _ProgressBar(enabled=not args.no_progress)
-        bar.bar.set_description_str(choice.backbone)
+        bar.describe(choice.backbone)
         try:
             run = wait_for_run(ws, submission.run_id, on_update=bar)
         finally:

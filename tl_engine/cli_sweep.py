@@ -31,7 +31,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             started_by=args.started_by)
     for row in sweep_result(ws, sweep_id).rows:
         bar = _ProgressBar(enabled=not args.no_progress)
-        bar.bar.set_description_str(row.label)
+        bar.describe(row.label)
         try:
             wait_for_run(ws, row.run_id, on_update=bar)
         finally:
@@ -76,7 +76,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size)
     submission = submit_lr_find(ws, project, dataset.id, spec, started_by=args.started_by)
     bar = _ProgressBar(enabled=not args.no_progress)
-    bar.bar.set_description_str("lr-find")
+    bar.describe("lr-find")
     try:
         run = wait_for_run(ws, submission.run_id, on_update=bar)
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -165,12 +166,17 @@ def clear_keras_session(free_memory: bool = True) -> None:
     from tensorflow.python.eager import context
 
     tf_context = context.context()
-    tf_context.clear_kernel_cache = _keep_kernel_cache  # this call only; see finally
-    try:
-        keras.backend.clear_session(free_memory=free_memory)
-    finally:
-        del tf_context.clear_kernel_cache  # the class's own method again
+    with _PATCHING:  # one thread at a time puts TensorFlow's method aside, and back
+        tf_context.clear_kernel_cache = _keep_kernel_cache  # this call only; see finally
+        try:
+            keras.backend.clear_session(free_memory=free_memory)
+        finally:
+            del tf_context.clear_kernel_cache  # the class's own method again
     reset_precision()
+
+
+# seed_job and clear_keras_session each put a TensorFlow function aside for one call.
+_PATCHING = threading.Lock()
 
 
 def seed_job(seed: int) -> None:
@@ -185,15 +191,16 @@ def seed_job(seed: int) -> None:
     import tensorflow as tf
     from tensorflow.python.eager import context
 
-    if context.global_seed() != seed:
-        keras.utils.set_random_seed(seed)
-        return
-    set_tf_seed = tf.random.set_seed
-    tf.random.set_seed = _seed_already_set  # for this call only; see finally
-    try:
-        keras.utils.set_random_seed(seed)
-    finally:
-        tf.random.set_seed = set_tf_seed
+    with _PATCHING:
+        if context.global_seed() != seed:
+            keras.utils.set_random_seed(seed)
+            return
+        set_tf_seed = tf.random.set_seed
+        tf.random.set_seed = _seed_already_set  # for this call only; see finally
+        try:
+            keras.utils.set_random_seed(seed)
+        finally:
+            tf.random.set_seed = set_tf_seed
 
 
 def _seed_already_set(seed: int) -> None:

@@ -36,11 +36,15 @@ class EarlySave:
         self._abandoned = False
         self._error: BaseException | None = None
         self._layers = list(written_last)
-        for layer in self._layers:
-            layer.save_own_variables = self._held_back(layer.save_own_variables)
         self._thread = threading.Thread(target=self._save, args=(model,),
                                         name="tl-early-save", daemon=True)
-        self._thread.start()
+        try:
+            for layer in self._layers:
+                layer.save_own_variables = self._held_back(layer.save_own_variables)
+            self._thread.start()
+        except BaseException:
+            self._release()
+            raise
 
     def _held_back(self, save: Callable[[Any], None]) -> Callable[[Any], None]:
         def save_when_final(store: Any) -> None:

@@ -51,21 +51,23 @@ def head_shape(head: Any) -> HeadShape | None:
     None for anything else, which then trains under `fit`."""
     hidden = probs = None
     dropout = 0.0
+    seen_dropout = False
     for layer in head.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if isinstance(layer, keras.layers.Dropout) and probs is None:
-            dropout = float(layer.rate)
+        if isinstance(layer, keras.layers.Dropout) and probs is None and not seen_dropout:
+            dropout, seen_dropout = float(layer.rate), True
             continue
         if not isinstance(layer, keras.layers.Dense) or probs is not None:
             return None
-        if (layer.compute_dtype != "float32" or not layer.use_bias
+        if (layer.compute_dtype != "float32" or not layer.use_bias or not layer.trainable
                 or layer.kernel_regularizer is not None or layer.bias_regularizer is not None
                 or layer.activity_regularizer is not None
+                or layer.kernel_constraint is not None or layer.bias_constraint is not None
                 or getattr(layer, "lora_enabled", False)):
             return None
         name = getattr(layer.activation, "__name__", "")
-        if name == "relu" and hidden is None and dropout == 0.0:
+        if name == "relu" and hidden is None and not seen_dropout:
             hidden = layer
         elif name == "softmax":
             probs = layer
@@ -97,6 +99,12 @@ def supports(optimizer: Any) -> bool:
         return False
     if name != "adamw" and optimizer.weight_decay:
         return False
+    if (getattr(optimizer, "_exclude_from_weight_decay", None)
+            or getattr(optimizer, "_exclude_from_weight_decay_pattern", None)):
+        return False  # variables spared AdamW's decay: the graph decays every one
+    if isinstance(getattr(optimizer, "_learning_rate", None),
+                  keras.optimizers.schedules.LearningRateSchedule):
+        return False  # a rate by step: the graph takes one rate per epoch
     return not getattr(optimizer, "rate_factors", None)
 
 
@@ -125,7 +133,7 @@ _INT = tf.TensorSpec([], tf.int32)
     _SCALAR,  # the optimizer's iterations so far
     _MATRIX, _MATRIX, _VECTOR, tf.TensorSpec([None], tf.int32),  # features, targets, weights, order
     _MATRIX, _MATRIX,  # validation features and targets
-    tf.TensorSpec([9], tf.float32),  # see _hyper
+    tf.TensorSpec([12], tf.float32),  # see _hyper
     tf.TensorSpec([5], tf.int32),  # branch, has hidden, batch size, top k, seed
 ])
 def _train_epoch(params: list[Any], first: list[Any], second: list[Any], iterations: Any,
@@ -136,7 +144,7 @@ def _train_epoch(params: list[Any], first: list[Any], second: list[Any], iterati
     Written with explicit loops and few branches: its tracing is part of a worker's
     start-up."""
     (learning_rate, dropout, smoothing, beta_1, beta_2, epsilon, weight_decay,
-     momentum, rho) = tf.unstack(hyper)
+     momentum, rho, one_minus_beta_1, one_minus_beta_2, one_minus_rho) = tf.unstack(hyper)
     branch, has_hidden, batch_size, top_k, seed = tf.unstack(ints)
     n_classes = tf.cast(tf.shape(y)[1], tf.float32)
 
@@ -166,10 +174,11 @@ def _train_epoch(params: list[Any], first: list[Any], second: list[Any], iterati
         def adam() -> list[Any]:
             alpha = (learning_rate * tf.sqrt(1.0 - tf.pow(beta_2, local_step))
                      / (1.0 - tf.pow(beta_1, local_step)))
-            m = [ai + (gi - ai) * (1.0 - beta_1) for ai, gi in zip(a, g, strict=True)]
-            v = [bi + (tf.square(gi) - bi) * (1.0 - beta_2) for bi, gi in zip(b, g, strict=True)]
+            m = [ai + (gi - ai) * one_minus_beta_1 for ai, gi in zip(a, g, strict=True)]
+            v = [bi + (tf.square(gi) - bi) * one_minus_beta_2
+                 for bi, gi in zip(b, g, strict=True)]
             # AdamW's decay comes first, on the variable, at the current rate.
-            new = [pi * decay - (mi * alpha) / (tf.sqrt(vi) + epsilon)
+            new = [(pi - pi * weight_decay * learning_rate) - (mi * alpha) / (tf.sqrt(vi) + epsilon)
                    for pi, mi, vi in zip(p, m, v, strict=True)]
             return [*new, *m, *v]
 
@@ -180,7 +189,7 @@ def _train_epoch(params: list[Any], first: list[Any], second: list[Any], iterati
             return [*new, *m, *b]
 
         def rmsprop() -> list[Any]:
-            v = [rho * bi + (1.0 - rho) * tf.square(gi) for bi, gi in zip(b, g, strict=True)]
+            v = [rho * bi + one_minus_rho * tf.square(gi) for bi, gi in zip(b, g, strict=True)]
             new = [pi - (learning_rate * gi) / tf.sqrt(vi + epsilon)
                    for pi, gi, vi in zip(p, g, v, strict=True)]
             return [*new, *a, *v]
@@ -189,21 +198,20 @@ def _train_epoch(params: list[Any], first: list[Any], second: list[Any], iterati
 
     n = tf.shape(order)[0]
     steps = (n + batch_size - 1) // batch_size
-    decay = 1.0 - weight_decay * learning_rate  # AdamW's, on the weights (1 for the others)
-    # The epoch's order applied once: each step then takes a slice, not three gathers.
-    x, y, weights = tf.gather(x, order), tf.gather(y, order), tf.gather(weights, order)
 
     def train_step(step: Any, p: list[Any], a: list[Any], b: list[Any], done: Any,
                    totals: Any) -> tuple[Any, ...]:
-        start, end = step * batch_size, (step + 1) * batch_size
-        features, targets = x[start:end], y[start:end]
-        size = tf.cast(tf.shape(features)[0], tf.float32)
+        # Gathered per batch: a permuted copy of all the features would double their
+        # memory for as long as the epoch runs.
+        index = order[step * batch_size:(step + 1) * batch_size]
+        features, targets = tf.gather(x, index), tf.gather(y, index)
+        size = tf.cast(tf.shape(index)[0], tf.float32)
         drop_seed = tf.stack([seed, tf.cast(done, tf.int32)])
         with tf.GradientTape() as tape:
             tape.watch(p)
             logits = logits_of(p, features, drop_seed)
             # "Sum over batch size": weighted losses summed, divided by the batch's images.
-            loss = tf.reduce_sum(losses_of(targets, logits) * weights[start:end]) / size
+            loss = tf.reduce_sum(losses_of(targets, logits) * tf.gather(weights, index)) / size
         grads = tape.gradient(loss, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         done += 1.0
         new = update(p, grads, a, b, done)
@@ -357,11 +365,13 @@ def _hyper(optimizer: Any, dropout: float, label_smoothing: float) -> Any:
         value = getattr(optimizer, name, None)
         return default if value is None else float(value)
 
+    beta_1, beta_2, rho = setting("beta_1"), setting("beta_2"), setting("rho")
+    # The complements in Python's doubles, then rounded, as Keras's update rules have them.
     return tf.constant([
         float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate))),
-        dropout, label_smoothing, setting("beta_1"), setting("beta_2"),
+        dropout, label_smoothing, beta_1, beta_2,
         setting("epsilon"), setting("weight_decay") if _optimizer_name(optimizer) == "adamw"
-        else 0.0, setting("momentum"), setting("rho")], tf.float32)
+        else 0.0, setting("momentum"), rho, 1 - beta_1, 1 - beta_2, 1 - rho], tf.float32)
 
 
 def warm_up() -> None:

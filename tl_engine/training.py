@@ -313,17 +313,20 @@ class RunTrainer:
                                               later_seconds, title, resumable)
         if isinstance(val, ValidationOnArrays):  # first: the others read what it logs
             callbacks, val = [val, *callbacks], None
-        model.fit(
-            train,
-            validation_data=val,
-            shuffle=False,  # `train` is a tf.data pipeline that shuffles itself, seeded
-            initial_epoch=epoch_offset,
-            epochs=epoch_offset + epochs,
-            callbacks=callbacks,
-            class_weight=_class_weights(self.splits.train, self.index)
-            if self.spec.class_weights else None,
-            verbose=0,
-        )
+        try:
+            model.fit(
+                train,
+                validation_data=val,
+                shuffle=False,  # `train` is a tf.data pipeline that shuffles itself, seeded
+                initial_epoch=epoch_offset,
+                epochs=epoch_offset + epochs,
+                callbacks=callbacks,
+                class_weight=_class_weights(self.splits.train, self.index)
+                if self.spec.class_weights else None,
+                verbose=0,
+            )
+        finally:  # a phase that failed keeps the figures of the epochs it finished
+            progress.flush()
         return self._phase_result(model, phase, callbacks, progress, best_path, epoch_offset)
 
     def _fit_head(self, head: Any, optimizer: Any, phase: Phase,
@@ -337,13 +340,16 @@ class RunTrainer:
         callbacks, progress = self._callbacks(phase.name, epoch_offset, phase.epochs, steps,
                                               best_path, later_seconds, phase.title,
                                               resumable=False)
-        head_fit.fit_head(
-            head, optimizer, train, val, batch_size=self.spec.batch_size,
-            epochs=phase.epochs, initial_epoch=epoch_offset, seed=self.spec.seed,
-            label_smoothing=self.spec.label_smoothing,
-            class_weights=_class_weights(self.splits.train, self.index)
-            if self.spec.class_weights else None,
-            top_k=top_k_for(len(self.classes)), callbacks=callbacks)
+        try:
+            head_fit.fit_head(
+                head, optimizer, train, val, batch_size=self.spec.batch_size,
+                epochs=phase.epochs, initial_epoch=epoch_offset, seed=self.spec.seed,
+                label_smoothing=self.spec.label_smoothing,
+                class_weights=_class_weights(self.splits.train, self.index)
+                if self.spec.class_weights else None,
+                top_k=top_k_for(len(self.classes)), callbacks=callbacks)
+        finally:  # a phase that failed keeps the figures of the epochs it finished
+            progress.flush()
         return self._phase_result(head, phase.name, callbacks, progress, best_path,
                                   epoch_offset)
 
@@ -448,15 +454,6 @@ class RunTrainer:
                 # same features, cached for the next run.
                 named.append(("test images", self.splits.test))
             matrices = self._feature_matrices(clf, named)
-            train = tf.data.Dataset.from_tensor_slices((matrices[0], y_train)).shuffle(
-                len(matrices[0]), seed=spec.seed, reshuffle_each_iteration=True
-            ).batch(spec.batch_size)
-            # Validation only sums over its images: one large batch is the same result.
-            val_batch = max(spec.batch_size, VALIDATION_FEATURES_BATCH)
-            val: Any = (ValidationOnArrays(matrices[1], y_val, val_batch)
-                        if tf.distribute.get_strategy().num_replicas_in_sync == 1
-                        else tf.data.Dataset.from_tensor_slices((matrices[1], y_val)).batch(
-                            val_batch))
             if last:  # the saved model's backbone is this one, frozen
                 self._start_frozen_profile(clf, matrices[0], matrices[1])
             optimizer = make_optimizer(spec.optimizer, rate)
@@ -476,6 +473,16 @@ class RunTrainer:
                     raise
                 self._early_save = early
                 return result, self._head_probabilities(clf, matrices)
+            # A head head_fit does not train, under `fit`.
+            train = tf.data.Dataset.from_tensor_slices((matrices[0], y_train)).shuffle(
+                len(matrices[0]), seed=spec.seed, reshuffle_each_iteration=True
+            ).batch(spec.batch_size)
+            # Validation only sums over its images: one large batch is the same result.
+            val_batch = max(spec.batch_size, VALIDATION_FEATURES_BATCH)
+            val: Any = (ValidationOnArrays(matrices[1], y_val, val_batch)
+                        if tf.distribute.get_strategy().num_replicas_in_sync == 1
+                        else tf.data.Dataset.from_tensor_slices((matrices[1], y_val)).batch(
+                            val_batch))
             # An epoch on features takes milliseconds: one graph call per epoch, so the
             # per-step Python (callbacks, iterator, dispatch) is paid once, not per batch.
             compile_classifier(clf.head, spec, n_classes, rate, steps_per_execution=steps)
