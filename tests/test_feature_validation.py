@@ -15,7 +15,9 @@ from tl_engine.training import compile_classifier
 N_CLASSES = 4
 
 
-class _EpochLogs(keras.callbacks.Callback):
+class EpochLogs(keras.callbacks.Callback):
+    """Each epoch's logs, as the callbacks after it see them (also used by test_head_fit)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.epochs: list[dict[str, float]] = []
@@ -40,7 +42,7 @@ def _fit(validation: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray,
     compile_classifier(head, spec, N_CLASSES, 1e-2, steps_per_execution=4)
     train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
         len(x), seed=7, reshuffle_each_iteration=True).batch(16)
-    logs = _EpochLogs()
+    logs = EpochLogs()
     if validation == "keras":
         head.fit(train, epochs=5, verbose=0, callbacks=[logs],
                  validation_data=tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(

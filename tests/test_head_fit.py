@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_feature_validation import EpochLogs
 
 from tl_engine import head_fit
 from tl_engine.callbacks import ValidationOnArrays
@@ -17,15 +18,6 @@ from tl_engine.training import compile_classifier
 N_CLASSES = 4
 BATCH = 16
 SEED = 11
-
-
-class _EpochLogs(keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.epochs: list[dict[str, float]] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epochs.append(dict(logs or {}))
 
 
 def _features(n: int, seed: int, n_classes: int = N_CLASSES,
@@ -53,7 +45,7 @@ def _keras_way(spec: RunSpec, train: tuple, val: tuple, epochs: int,
     """Keras's fit, one epoch at a time, on the batches head_fit takes in each epoch."""
     head = _head(spec)
     compile_classifier(head, spec, N_CLASSES, spec.learning_rate, steps_per_execution=3)
-    logs = _EpochLogs()
+    logs = EpochLogs()
     validation = ValidationOnArrays(*val, 1024)
     x, y = train
     for epoch in range(epochs):
@@ -67,7 +59,7 @@ def _keras_way(spec: RunSpec, train: tuple, val: tuple, epochs: int,
 def _graph_way(spec: RunSpec, train: tuple, val: tuple, epochs: int,
                class_weights: dict[int, float] | None) -> tuple[list[dict], list[np.ndarray]]:
     head = _head(spec)
-    logs = _EpochLogs()
+    logs = EpochLogs()
     head_fit.fit_head(head, make_optimizer(spec.optimizer, spec.learning_rate), train, val,
                       batch_size=BATCH, epochs=epochs, seed=SEED,
                       label_smoothing=spec.label_smoothing, class_weights=class_weights,
@@ -109,7 +101,7 @@ def test_one_graph_serves_heads_of_every_width_class_count_and_optimizer() -> No
         keras.utils.set_random_seed(1)
         head = build_head(20, n_classes, hidden, 0.2)
         before = [w.copy() for w in head.get_weights()]
-        logs = _EpochLogs()
+        logs = EpochLogs()
         head_fit.fit_head(head, make_optimizer(optimizer, 1e-2), (x, y), (x[:20], y[:20]),
                           batch_size=8, epochs=3, seed=5, callbacks=[logs])
         assert len(logs.epochs) == 3
@@ -139,7 +131,7 @@ def test_callbacks_stop_training_and_change_the_learning_rate() -> None:
     x, y = _features(64, seed=6)
     head = _head(spec)
     optimizer = make_optimizer("adam", 1e-2)
-    logs = _EpochLogs()
+    logs = EpochLogs()
     # Validation on one image of one class: val_accuracy cannot improve after epoch 1.
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=2)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max",
