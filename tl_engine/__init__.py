@@ -165,8 +165,8 @@ __all__ = sorted([*_EXPORTS, *_SUBMODULES, "phases"])
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES or (name not in _EXPORTS and not name.startswith("_")
-                               and importlib.util.find_spec(f"{__name__}.{name}")):
+    if (name not in _EXPORTS and not name.startswith("_")
+            and importlib.util.find_spec(f"{__name__}.{name}")):
         # A submodule asked for as an attribute (`tle.runs`): imported now, not only when
         # something else happened to import it first.
         return importlib.import_module(f"{__name__}.{name}")

@@ -9,8 +9,8 @@ with any of the engine's optimizers.
 
 The arithmetic is Keras's own: the loss from the softmax's logits as Keras computes it
 in a graph, the optimizers' update rules with the optimizer object's own settings, the
-class weights applied to losses and metrics as `fit` applies them, and the metrics
-reduced as Keras reduces them. `tests/test_head_fit.py` trains the same head both ways on
+class weights applied to the loss as `fit` applies them, and the metrics reduced as Keras
+reduces them. `tests/test_head_fit.py` trains the same head both ways on
 the same batches and compares every epoch's figures and the weights.
 
 The run's Keras callbacks (progress and cancel, best weights, early stopping, learning
@@ -43,6 +43,11 @@ class HeadShape:
     hidden: Any  # the hidden Dense layer, or None
     dropout: float
     probs: Any  # the softmax Dense layer
+
+    @property
+    def dense(self) -> list[Any]:
+        """The layers with weights."""
+        return [layer for layer in (self.hidden, self.probs) if layer is not None]
 
 
 def head_shape(head: Any) -> HeadShape | None:
@@ -123,7 +128,6 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 _MATRIX = tf.TensorSpec([None, None], tf.float32)
 _VECTOR = tf.TensorSpec([None], tf.float32)
 _SCALAR = tf.TensorSpec([], tf.float32)
-_INT = tf.TensorSpec([], tf.int32)
 
 
 @tf.function(autograph=False, input_signature=[
@@ -261,9 +265,6 @@ class HeadUnderTraining:
     def save_weights(self, path: str) -> None:
         self.head.save_weights(path)
 
-    def load_weights(self, path: str) -> None:
-        self.head.load_weights(path)
-
 
 def fit_head(head: Any, optimizer: Any, train: tuple[np.ndarray, np.ndarray],
              val: tuple[np.ndarray, np.ndarray], *, batch_size: int, epochs: int,
@@ -370,8 +371,8 @@ def _hyper(optimizer: Any, dropout: float, label_smoothing: float) -> Any:
     return tf.constant([
         float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate))),
         dropout, label_smoothing, beta_1, beta_2,
-        setting("epsilon"), setting("weight_decay") if _optimizer_name(optimizer) == "adamw"
-        else 0.0, setting("momentum"), rho, 1 - beta_1, 1 - beta_2, 1 - rho], tf.float32)
+        setting("epsilon"), setting("weight_decay"),  # AdamW's only: see `supports`
+        setting("momentum"), rho, 1 - beta_1, 1 - beta_2, 1 - rho], tf.float32)
 
 
 def warm_up() -> None:

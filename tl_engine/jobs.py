@@ -371,11 +371,11 @@ def _job_queued_within(ws: Workspace, idle_s: float) -> bool:
     `ensure_worker` spawns nobody meanwhile and readers still see a live worker."""
     started = time.monotonic()
     deadline = started + idle_s
-    while (now := time.monotonic()) < deadline:
+    while time.monotonic() < deadline:
         if _any_with_status(ws, RunStatus.QUEUED):
             return True
-        poll = QUICK_POLL_S if now - started < QUICK_FOR_S else WORKER_POLL_S
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(_poll_seconds(started, WORKER_POLL_S),
+                       max(0.0, deadline - time.monotonic())))
     return False
 
 
@@ -413,6 +413,13 @@ def wait_for_run(
             raise RunStalled(run.stalled_message(silent))
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Run {run_id} still {run.status} after {timeout_s} s.")
-        # Its first seconds more often: a run served by a warm worker takes about one.
-        time.sleep(min(poll_s, QUICK_POLL_S) if time.monotonic() - started < QUICK_FOR_S
-                   else poll_s)
+        # A run served by a warm worker takes about a second.
+        time.sleep(_poll_seconds(started, poll_s))
+
+
+def _poll_seconds(since: float, usual_s: float) -> float:
+    """The wait before the next look at the store: QUICK_POLL_S in the first
+    QUICK_FOR_S seconds after `since` (monotonic), `usual_s` after."""
+    if time.monotonic() - since < QUICK_FOR_S:
+        return min(usual_s, QUICK_POLL_S)
+    return usual_s

@@ -308,26 +308,23 @@ class RunTrainer:
         """One `fit` phase. With keep_weights "best", its best epoch's weights are restored.
         A phase that is not `resumable` writes no backups: a killed run trains it again.
         `val`: a dataset, or a ValidationOnArrays for inputs in memory."""
-        best_path = self.dir / f"best-{phase}.weights.h5"
-        callbacks, progress = self._callbacks(phase, epoch_offset, epochs, steps, best_path,
-                                              later_seconds, title, resumable)
-        if isinstance(val, ValidationOnArrays):  # first: the others read what it logs
-            callbacks, val = [val, *callbacks], None
-        try:
+        def keras_fit(callbacks: list[Any]) -> None:
+            data = val
+            if isinstance(val, ValidationOnArrays):  # first: the others read what it logs
+                callbacks, data = [val, *callbacks], None
             model.fit(
                 train,
-                validation_data=val,
+                validation_data=data,
                 shuffle=False,  # `train` is a tf.data pipeline that shuffles itself, seeded
                 initial_epoch=epoch_offset,
                 epochs=epoch_offset + epochs,
                 callbacks=callbacks,
-                class_weight=_class_weights(self.splits.train, self.index)
-                if self.spec.class_weights else None,
+                class_weight=self._class_weight_map(),
                 verbose=0,
             )
-        finally:  # a phase that failed keeps the figures of the epochs it finished
-            progress.flush()
-        return self._phase_result(model, phase, callbacks, progress, best_path, epoch_offset)
+
+        return self._train_phase(model, phase, keras_fit, epoch_offset, epochs, steps,
+                                 later_seconds, title, resumable)
 
     def _fit_head(self, head: Any, optimizer: Any, phase: Phase,
                   train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
@@ -336,22 +333,34 @@ class RunTrainer:
         """As `_fit`, for a head on feature matrices, by head_fit's graph (traced once per
         worker, not once per head). Not resumable, as epochs on features take
         milliseconds: a killed run trains the phase again."""
-        best_path = self.dir / f"best-{phase.name}.weights.h5"
-        callbacks, progress = self._callbacks(phase.name, epoch_offset, phase.epochs, steps,
-                                              best_path, later_seconds, phase.title,
-                                              resumable=False)
-        try:
+        def graph_fit(callbacks: list[Any]) -> None:
             head_fit.fit_head(
                 head, optimizer, train, val, batch_size=self.spec.batch_size,
                 epochs=phase.epochs, initial_epoch=epoch_offset, seed=self.spec.seed,
                 label_smoothing=self.spec.label_smoothing,
-                class_weights=_class_weights(self.splits.train, self.index)
-                if self.spec.class_weights else None,
+                class_weights=self._class_weight_map(),
                 top_k=top_k_for(len(self.classes)), callbacks=callbacks)
+
+        return self._train_phase(head, phase.name, graph_fit, epoch_offset, phase.epochs,
+                                 steps, later_seconds, phase.title, resumable=False)
+
+    def _train_phase(self, model: Any, phase: str, train_with: Callable[[list[Any]], None],
+                     epoch_offset: int, epochs: int, steps: int,
+                     later_seconds: Callable[[EtaEstimator], float | None] | None,
+                     title: str, resumable: bool) -> PhaseResult:
+        """The run's callbacks for a phase, `train_with` them, and the phase's result."""
+        best_path = self.dir / f"best-{phase}.weights.h5"
+        callbacks, progress = self._callbacks(phase, epoch_offset, epochs, steps, best_path,
+                                              later_seconds, title, resumable)
+        try:
+            train_with(callbacks)
         finally:  # a phase that failed keeps the figures of the epochs it finished
             progress.flush()
-        return self._phase_result(head, phase.name, callbacks, progress, best_path,
-                                  epoch_offset)
+        return self._phase_result(model, phase, callbacks, progress, best_path, epoch_offset)
+
+    def _class_weight_map(self) -> dict[int, float] | None:
+        """Class index -> weight when the spec weighs classes, else None."""
+        return _class_weights(self.splits.train, self.index) if self.spec.class_weights else None
 
     def _phase_result(self, model: Any, phase: str, callbacks: list[Any],
                       progress: StoreProgress, best_path: Path,
@@ -460,9 +469,8 @@ class RunTrainer:
             shape = head_fit.head_shape(clf.head)
             if shape is not None and head_fit.supports(optimizer):
                 # The saved model is this backbone and head: its file is written meanwhile.
-                early = EarlySave(clf.model, [layer for layer in (shape.hidden, shape.probs)
-                                              if layer is not None],
-                                  self.dir / ".model.tmp.keras") if last else None
+                early = (EarlySave(clf.model, shape.dense, self.dir / ".model.tmp.keras")
+                         if last else None)
                 try:
                     result = self._fit_head(clf.head, optimizer, phase,
                                             (matrices[0], y_train), (matrices[1], y_val),
